@@ -1,0 +1,162 @@
+"""The typed, frozen configuration of one trial.
+
+Every knob a trial has is a field of `TrialConfig`. A search space (spaces.py) says which
+fields are fixed and which are searched; Tune's dict is turned into a `TrialConfig` once, at
+the edge, and unknown keys or bad values are rejected there with the field named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
+PRUNING_SCOPES = ("global", "layer")
+DATASETS = ("digits", "imagefolder")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    # --- model and data -------------------------------------------------------------
+    model: str = "efficientnet_lite0"  # a timm model name
+    weights: str = "pretrained"  # "pretrained", "none", or a path to a .pth/.safetensors file
+    dataset: str = "digits"  # one of DATASETS
+    data_root: str | None = None  # folder for path-based datasets (imagefolder)
+    image_size: int = 32  # square input side in pixels
+    val_fraction: float = 0.2  # stratified hold-out used for val_acc
+    max_samples: int | None = None  # use a stratified subset of this many images (quick tests)
+    data_seed: int = 0  # fixes the train/val split; the same for every trial of an experiment
+    # --- optimisation ---------------------------------------------------------------
+    epochs: int = 3
+    batch_size: int = 64
+    optimizer: str = "adamw"  # one of OPTIMIZERS; weight decay is decoupled for both
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    lr_schedule: str = "cosine"  # one of LR_SCHEDULES
+    warmup_fraction: float = 0.0  # linear warm-up, as a fraction of all steps
+    seed: int = 0  # model init (new head) and batch order
+    channels_last: bool = True  # NHWC memory format: about 3x faster convs on CPU (oneDNN) and on GPU
+    # --- regularization for fine-tuning (each family switchable off) ------------------
+    use_weight_decay: bool = False
+    weight_decay: float = 1e-4  # decoupled (AdamW-style): w <- w - lr * weight_decay * w
+    use_l2sp: bool = False
+    l2sp_alpha: float = 1e-3  # alpha * ||w - w0||^2 on the pretrained backbone
+    l2sp_beta: float = 1e-4  # beta * ||w||^2 on the new head
+    use_label_smoothing: bool = False
+    label_smoothing: float = 0.1
+    dropout: float = 0.0  # dropout before the classifier
+    # --- knowledge distillation ------------------------------------------------------
+    use_kd: bool = False
+    kd_alpha: float = 0.5  # weight of the distillation term, (1 - kd_alpha) on the task loss
+    kd_temperature: float = 4.0
+    # --- gradual magnitude pruning (Zhu & Gupta 2017) ---------------------------------
+    use_pruning: bool = False
+    final_sparsity: float = 0.8  # fraction of prunable weights that are zero at the end
+    pruning_start: float = 0.0  # start of the pruning window, fraction of training steps
+    pruning_end: float = 0.7  # end of the window; sparsity stays final_sparsity afterwards
+    pruning_frequency: int = 10  # optimizer steps between two mask updates
+    pruning_scope: str = "global"  # one threshold for all layers, or the same ratio per layer
+    # --- execution -------------------------------------------------------------------
+    cpus_per_trial: int = 1  # torch threads and Ray CPUs for one trial
+
+    def __post_init__(self) -> None:
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("pruning_scope", self.pruning_scope, PRUNING_SCOPES)
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_range("epochs", self.epochs, low=1)
+        _check_range("batch_size", self.batch_size, low=1)
+        _check_range("image_size", self.image_size, low=8)
+        _check_range("cpus_per_trial", self.cpus_per_trial, low=1)
+        _check_range("pruning_frequency", self.pruning_frequency, low=1)
+        _check_range("lr", self.lr, low=0.0, low_open=True)
+        for name in ("weight_decay", "l2sp_alpha", "l2sp_beta", "kd_temperature"):
+            _check_range(name, getattr(self, name), low=0.0)
+        for name in ("val_fraction", "label_smoothing", "dropout", "final_sparsity"):
+            _check_range(name, getattr(self, name), low=0.0, high=1.0, high_open=True)
+        for name in ("kd_alpha", "pruning_start", "pruning_end", "warmup_fraction", "momentum"):
+            _check_range(name, getattr(self, name), low=0.0, high=1.0)
+        if self.kd_temperature <= 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature!r}")
+        if self.pruning_end < self.pruning_start:
+            raise ValueError(
+                f"pruning_end ({self.pruning_end}) must be >= pruning_start ({self.pruning_start})"
+            )
+        if self.max_samples is not None and self.max_samples < 20:
+            raise ValueError(f"max_samples must be >= 20 or null, got {self.max_samples!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        """Build from a plain dict (Tune's config, YAML), rejecting unknown keys and wrong types."""
+        unknown = sorted(set(values) - set(FIELD_TYPES))
+        if unknown:
+            raise ValueError(unknown_key_message(unknown[0], FIELD_TYPES))
+        return cls(**{k: coerce(k, v) for k, v in values.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_types() -> dict[str, tuple[type, ...]]:
+    hints = typing.get_type_hints(TrialConfig)
+    out: dict[str, tuple[type, ...]] = {}
+    for f in dataclasses.fields(TrialConfig):
+        hint = hints[f.name]
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        out[f.name] = tuple(args)
+    return out
+
+
+FIELD_TYPES: dict[str, tuple[type, ...]] = _field_types()  # field -> allowed types
+
+
+def unknown_key_message(key: str, valid: typing.Iterable[str]) -> str:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=3)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    return f"unknown key {key!r}{hint} (valid keys: {', '.join(valid)})"
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Check `value` against the declared type of field `name`; ints are accepted for floats."""
+    allowed = FIELD_TYPES[name]
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, bool):  # bool is an int subclass: only accept it for bool fields
+        if bool in allowed:
+            return value
+    elif float in allowed and isinstance(value, (int, float)):
+        return float(value)
+    elif int in allowed and isinstance(value, int):
+        return value
+    elif str in allowed and isinstance(value, str):
+        return value
+    expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ValueError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose from {sorted(choices)}")
+
+
+def _check_range(
+    name: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        raise ValueError(f"{name} must be {' and '.join(p for p in (lo, hi) if p)}, got {value!r}")

@@ -1,0 +1,228 @@
+"""Multi-objective math: dominance, non-dominated ranks, crowding distance, hypervolume.
+
+Every array function takes an (n, m) float array in which each of the m objectives is
+"lower is better"; `to_minimization` is the one place where "max" objectives are negated.
+`pareto_front` is the DataFrame-facing entry point: it builds the front of a trials table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+MODES = ("max", "min")
+
+
+def to_minimization(values: np.ndarray, modes: Sequence[str]) -> np.ndarray:
+    """Return a float copy of the (n, m) `values` in which every "max" column is negated.
+
+    f'_j = -f_j if modes[j] == "max" else f_j, so that afterwards lower is better everywhere.
+    """
+    out = _as_points(values).copy()
+    if len(modes) != out.shape[1]:
+        raise ValueError(f"got {len(modes)} modes for {out.shape[1]} objective columns")
+    for j, mode in enumerate(modes):
+        _check_mode(mode)
+        if mode == "max":
+            out[:, j] = -out[:, j]
+    return out
+
+
+def pareto_mask(points: np.ndarray) -> np.ndarray:
+    """Boolean (n,) mask of the non-dominated rows of a lower-is-better (n, m) array.
+
+    a dominates b iff a_j <= b_j for all j and a_j < b_j for at least one j. Exact
+    duplicates do not dominate each other, so both stay on the front. Rows containing NaN
+    are never on the front and never dominate another row.
+    """
+    pts = _as_points(points)
+    return (non_dominated_sort(pts) == 0) & ~np.isnan(pts).any(axis=1)
+
+
+def non_dominated_sort(points: np.ndarray) -> np.ndarray:
+    """Non-dominated rank of every row: 0 for the first front, 1 once it is removed, and so on.
+
+    The fast non-dominated sort of NSGA-II (Deb et al., 2002), O(m n^2); the same ranks drive
+    MO-ASHA's promotions (Schmucker et al., 2021). Rows containing NaN get rank
+    max_rank + 1 (0 if no row is valid), i.e. they come after every valid row.
+    """
+    pts = _as_points(points)
+    valid = ~np.isnan(pts).any(axis=1)
+    ranks = np.zeros(len(pts), dtype=np.int64)
+    candidates = pts[valid]
+    dominates = _dominance_matrix(candidates)
+    dominated_count = dominates.sum(axis=0)
+    assigned = np.zeros(len(candidates), dtype=bool)
+    rank_of_valid = np.zeros(len(candidates), dtype=np.int64)
+    rank = 0
+    while not assigned.all():  # dominance is acyclic, so some unassigned row has count 0
+        front = ~assigned & (dominated_count == 0)
+        rank_of_valid[front] = rank
+        assigned |= front
+        dominated_count -= dominates[front].sum(axis=0)
+        rank += 1
+    ranks[valid] = rank_of_valid
+    ranks[~valid] = rank
+    return ranks
+
+
+def crowding_distance(points: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance (Deb et al., 2002) of each row of one front.
+
+    With the rows sorted by objective j, d_i = sum_j (f_j[i+1] - f_j[i-1]) / (f_j^max - f_j^min).
+    The two boundary rows of every objective get inf; an objective with zero spread adds
+    nothing. Fronts of one or two rows are all boundary (inf).
+    """
+    pts = _as_points(points)
+    if np.isnan(pts).any():
+        raise ValueError("crowding_distance got NaN values; pass the rows of one valid front")
+    n, m = pts.shape
+    distance = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for j in range(m):
+        order = np.argsort(pts[:, j], kind="stable")
+        column = pts[order, j]
+        distance[order[0]] = distance[order[-1]] = np.inf
+        spread = column[-1] - column[0]
+        if spread > 0 and np.isfinite(spread):
+            distance[order[1:-1]] += (column[2:] - column[:-2]) / spread
+    return distance
+
+
+def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """Lebesgue measure of the region dominated by `points` and bounded by `reference`.
+
+    HV = vol( union_i [p_i, r] ) for lower-is-better points p_i and reference point r.
+    Rows that are not strictly better than r in every objective (and NaN rows) are ignored.
+    Exact: a sweep in 2-D, and for m > 2 the slicing recursion of HSO (While et al., 2006),
+    which cuts the space into slabs along the last objective; fine for n up to ~1000.
+    """
+    pts = _as_points(points)
+    ref = np.asarray(reference, dtype=float).reshape(-1)
+    if ref.shape != (pts.shape[1],):
+        raise ValueError(f"reference has {ref.size} values for {pts.shape[1]} objectives")
+    if not np.isfinite(ref).all():
+        raise ValueError(f"reference must be finite, got {ref.tolist()}")
+    inside = (pts < ref).all(axis=1)  # NaN compares False, so NaN rows drop out here
+    pts = pts[inside]
+    return float(_hso(pts[pareto_mask(pts)], ref))
+
+
+def objective_matrix(trials: pd.DataFrame, objectives: Mapping[str, str]) -> np.ndarray:
+    """The (n, m) lower-is-better array of the objective columns of `trials` (NaN kept)."""
+    names, modes = _split_objectives(objectives)
+    missing = [name for name in names if name not in trials.columns]
+    if missing:
+        raise ValueError(
+            f"objective column(s) {missing} not in trials; columns are {list(trials.columns)}"
+        )
+    columns = []
+    for name in names:
+        try:
+            column = pd.to_numeric(trials[name], errors="raise")
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"objective column {name!r} is not numeric: {err}") from err
+        columns.append(column.to_numpy(dtype=float, na_value=np.nan))
+    return to_minimization(np.column_stack(columns), modes)
+
+
+def pareto_front(
+    trials: pd.DataFrame,
+    objectives: Mapping[str, str],
+    *,
+    status_column: str = "status",
+    completed: str = "completed",
+) -> pd.DataFrame:
+    """The non-dominated, fully trained rows of `trials`, with all their columns.
+
+    Only rows with `status_column == completed` and finite values in every objective take
+    part: a trial stopped early reports truncated metrics and must not reach the front.
+    `objectives` maps column name -> "max" or "min". The result is sorted by the first "min"
+    objective ascending (the size), then by the first "max" objective descending; index reset.
+    """
+    names, modes = _split_objectives(objectives)
+    if status_column not in trials.columns:
+        raise ValueError(
+            f"status column {status_column!r} not in trials; columns are {list(trials.columns)}"
+        )
+    values = objective_matrix(trials, objectives)
+    is_completed = (trials[status_column] == completed).to_numpy(dtype=bool, na_value=False)
+    eligible = is_completed & np.isfinite(values).all(axis=1)
+    candidates = trials.loc[eligible]
+    front = candidates.loc[pareto_mask(values[eligible])]
+    sort_by, ascending = [], []
+    for mode, want_ascending in (("min", True), ("max", False)):
+        if mode in modes:
+            sort_by.append(names[modes.index(mode)])
+            ascending.append(want_ascending)
+    front = front.sort_values(by=sort_by, ascending=ascending, kind="stable")
+    return front.reset_index(drop=True)
+
+
+def _hso(points: np.ndarray, reference: np.ndarray) -> float:
+    """Hypervolume of points that are all strictly inside the reference box."""
+    n, m = points.shape
+    if n == 0:
+        return 0.0
+    if m == 1:
+        return float(reference[0] - points[:, 0].min())
+    if m == 2:
+        return _hypervolume_2d(points, reference)
+    # Slab between consecutive values of the last objective: its depth times the (m-1)-D
+    # hypervolume of every point already "below" it in that objective.
+    points = points[np.argsort(points[:, -1], kind="stable")]
+    upper = np.append(points[1:, -1], reference[-1])
+    volume = 0.0
+    for i in range(n):
+        depth = upper[i] - points[i, -1]
+        if depth > 0:
+            volume += depth * _hso(points[: i + 1, :-1], reference[:-1])
+    return volume
+
+
+def _hypervolume_2d(points: np.ndarray, reference: np.ndarray) -> float:
+    """Sweep over x ascending: each point adds (r_x - x_i) * (best y so far - y_i)^+."""
+    order = np.lexsort((points[:, 1], points[:, 0]))
+    x, y = points[order, 0], points[order, 1]
+    best_before = np.minimum.accumulate(np.concatenate(([reference[1]], y[:-1])))
+    return float(np.sum((reference[0] - x) * np.clip(best_before - y, 0.0, None)))
+
+
+def _dominance_matrix(points: np.ndarray) -> np.ndarray:
+    """D[i, j] = True iff row i dominates row j (NaN-free input); built row by row."""
+    n = len(points)
+    dominates = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        no_worse = (points[i] <= points).all(axis=1)
+        better = (points[i] < points).any(axis=1)
+        dominates[i] = no_worse & better
+    return dominates
+
+
+def _as_points(points: np.ndarray) -> np.ndarray:
+    pts = np.asarray(points, dtype=float)
+    if pts.ndim == 1:  # a single objective given as a flat vector
+        pts = pts.reshape(-1, 1)
+    if pts.ndim != 2:
+        raise ValueError(f"points must be an (n, m) array, got shape {pts.shape}")
+    return pts
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown objective mode {mode!r}; choose from {sorted(MODES)}")
+
+
+def _split_objectives(objectives: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    if not objectives:
+        raise ValueError("objectives is empty; give at least one {column: 'max' | 'min'}")
+    names, modes = list(objectives), list(objectives.values())
+    for name, mode in zip(names, modes, strict=True):
+        if mode not in MODES:
+            raise ValueError(
+                f"unknown mode {mode!r} for objective {name!r}; choose from {sorted(MODES)}"
+            )
+    return names, modes
