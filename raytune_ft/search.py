@@ -1,0 +1,268 @@
+"""CLI: python -m raytune_ft.search — run a joint search and write the Pareto front.
+
+Flow: validate everything the user gave (space file, --set, model, data) before Ray starts;
+fine-tune (or load) the dense teacher once; run the trials with Ray Tune + OptunaSearch;
+write trials.csv, pareto.csv, pareto.png and teacher.json into <storage-path>/<name>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STORAGE = "ray_results"  # relative to the current directory
+DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "max_samples", "data_seed")
+TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity",
+                 "train_loss", "task_loss", "kd_loss", "l2sp_loss")
+
+
+class UserError(Exception):
+    """Bad input from the command line or a file: reported in one line, without a traceback."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m raytune_ft.search",
+        description="Search fine-tuning recipes (regularization x distillation x pruning) and "
+        "report the accuracy-versus-size Pareto front. With no arguments: the embedded "
+        "quickstart (scikit-learn digits + ImageNet-pretrained EfficientNet-Lite0, offline).",
+    )
+    p.add_argument("--space", default="quickstart",
+                   help="search space: a YAML path or a built-in name (quickstart, joint); default: quickstart")
+    p.add_argument("--num-samples", type=int, help="number of trials (default: the space's search.num_samples)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's search.max_concurrent)")
+    p.add_argument("--seed", type=int, help="sampler seed (default: the space's search.seed)")
+    p.add_argument("--storage-path", default=DEFAULT_STORAGE,
+                   help=f"folder for results; default: ./{DEFAULT_STORAGE} under the current directory")
+    p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a fixed setting of the space, e.g. --set epochs=2; also "
+                   "teacher.KEY=VALUE and search.KEY=VALUE; repeatable")
+    p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto'); default: start a local one")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the experiment <storage-path>/<name> instead of refusing to touch it")
+    return p.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace):
+    """Everything that can fail on user input, checked before Ray starts."""
+    from raytune_ft import data, models, spaces
+
+    try:
+        space = spaces.load_space(spaces.resolve_space(args.space))
+        overrides = list(args.overrides)
+        for flag, key in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"), ("seed", "seed")):
+            if getattr(args, flag) is not None:
+                overrides.append(f"search.{key}={getattr(args, flag)}")
+        space = space.with_overrides(overrides)
+        searched_data = [p.name for p in space.params if p.name in DATA_FIELDS]
+        if searched_data:
+            raise UserError(f"{space.path}: params.{searched_data[0]}: data settings "
+                            f"({', '.join(DATA_FIELDS)}) must be fixed, not searched")
+        teacher_cfg = space.teacher_config()
+        models.check_model_name(teacher_cfg.model)
+        if teacher_cfg.weights not in ("pretrained", "none") and not Path(teacher_cfg.weights).is_file():
+            raise UserError(f"weights file {teacher_cfg.weights!r} does not exist "
+                            "(weights: pretrained | none | PATH to .pth/.safetensors)")
+        data.check_dataset(teacher_cfg)
+        if space.teacher_checkpoint and not Path(space.teacher_checkpoint).exists():
+            raise UserError(f"teacher.checkpoint {space.teacher_checkpoint!r} does not exist")
+    except (spaces.SpaceError, models.ModelError, data.DataError, ValueError) as err:
+        raise UserError(str(err)) from err
+
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp_dir = Path(args.storage_path).expanduser().resolve() / name
+    if exp_dir.exists() and not args.resume:
+        raise UserError(f"experiment folder {str(exp_dir)!r} already exists; pass --resume to continue "
+                        "it or choose a new --name (nothing was changed)")
+    if args.resume and not exp_dir.exists():
+        raise UserError(f"--resume: experiment folder {str(exp_dir)!r} does not exist")
+    return space, exp_dir
+
+
+def obtain_teacher(space, data, exp_dir: Path) -> tuple[dict[str, Any], Any]:
+    """The dense teacher's metrics and its train-set logits: loaded from the experiment folder
+    or space's teacher.checkpoint, else fine-tuned once as a Ray task."""
+    import torch
+
+    from raytune_ft import models, train, trial
+
+    teacher_dir = exp_dir / "teacher"
+    logits_path = teacher_dir / "train_logits.pt"
+    source = space.teacher_checkpoint or (teacher_dir if (teacher_dir / models.CHECKPOINT_META).exists() else None)
+    cfg = space.teacher_config()
+    if source is not None:
+        print(f"teacher: loading {source}", flush=True)
+        model, meta = models.load_checkpoint(source)
+        if tuple(meta["class_names"]) != data.class_names:
+            raise UserError(f"teacher checkpoint {str(source)!r} has classes {meta['class_names']}, "
+                            f"the dataset has {list(data.class_names)}")
+        torch.set_num_threads(cfg.cpus_per_trial)
+        metrics = {**meta["metrics"], **train.evaluate(model, data.x_val, data.y_val)}
+        logits = torch.load(logits_path, weights_only=True) if logits_path.exists() and source == teacher_dir \
+            else train.predict_logits(model, data.x_train)
+        if source != teacher_dir:
+            models.save_checkpoint(teacher_dir, model, config=meta["config"], class_names=data.class_names,
+                                   metrics=metrics)
+    else:
+        print(f"teacher: fine-tuning {cfg.model} densely for {cfg.epochs} epochs", flush=True)
+        out = trial.fit_teacher_remote(cfg, data)
+        model = models.build_model(cfg.model, data.num_classes, weights="none", dropout=cfg.dropout)
+        model.load_state_dict(out["state_dict"])
+        metrics, logits = out["metrics"], out["train_logits"]
+        models.save_checkpoint(teacher_dir, model, config=cfg.to_dict(), class_names=data.class_names,
+                               metrics=metrics)
+    torch.save(logits, logits_path)
+    info = {**{k: metrics[k] for k in TRIAL_METRICS if k in metrics},
+            "epochs_trained": metrics.get("epoch"), "wall_time_s": metrics.get("wall_time_s"),
+            "checkpoint": str(teacher_dir)}
+    (exp_dir / "teacher.json").write_text(json.dumps(info, indent=2))
+    print(f"teacher: val_acc={info['val_acc']:.4f}  nonzero_params={info['nonzero_params']:,}", flush=True)
+    return info, logits
+
+
+def run_search(space, exp_dir: Path, args: argparse.Namespace):
+    """Start Ray, obtain the teacher, run the trials; returns Tune's ResultGrid."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from offline machines
+    # Every epoch checkpoints (num_to_keep=1) and forces a state snapshot; that is intended.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raytune_ft import data as data_mod
+    from raytune_ft import trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / "space.json").write_text(json.dumps(
+        {"space_file": space.path, "fixed": space.fixed, "teacher_overrides": space.teacher_overrides,
+         "teacher_checkpoint": space.teacher_checkpoint, "search": space.search.__dict__,
+         "objectives": space.objectives, "params": [p.name for p in space.params]}, indent=2, default=str))
+    if not ray.is_initialized():
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
+    data = data_mod.load_splits(space.teacher_config())
+    teacher, logits = obtain_teacher(space, data, exp_dir)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(trial.tune_trial, fixed=space.fixed, data=data, teacher_logits=logits),
+        {"cpu": space.teacher_config().cpus_per_trial},
+    )
+    if args.resume and tune.Tuner.can_restore(str(exp_dir)):
+        print(f"resuming {exp_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_errored=True)  # callbacks are restored too
+    else:
+        metrics, modes = space.metric_and_mode()
+        searcher = OptunaSearch(space=space.define_by_run(), metric=metrics, mode=modes,
+                                sampler=space.make_sampler())
+        # batch=True: a new group of trials is asked for only when the previous one finished,
+        # so the sampler sees the same history on every run with the same seed.
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent, batch=True)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=space.search.num_samples,
+                                        reuse_actors=True, trial_dirname_creator=trial.trial_dirname),
+            run_config=tune.RunConfig(
+                name=exp_dir.name,
+                storage_path=str(exp_dir.parent),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
+                verbose=0,  # progress comes from trial.Progress and the trials' epoch lines
+                callbacks=[trial.Progress(space.search.num_samples, space.objectives)],
+            ),
+        )
+    return tuner.fit(), teacher
+
+
+def trials_table(results, space) -> "pd.DataFrame":
+    """One row per trial: id, status, searched params, final metrics, epochs, wall time, checkpoint."""
+    import pandas as pd
+
+    epochs = space.teacher_config().epochs if "epochs" not in space.fixed else space.fixed["epochs"]
+    epochs = space.fixed.get("epochs", epochs)
+    param_names = [p.name for p in space.params]
+    rows = []
+    for result in results:
+        m = result.metrics or {}
+        config = result.config or {}
+        trained = int(m.get("epoch", 0) or 0)
+        trial_epochs = config.get("epochs", epochs)
+        if result.error is not None:
+            status = "failed"
+        elif trained >= trial_epochs:
+            status = "completed"
+        else:
+            status = "early-stopped"
+        rows.append({
+            "trial_id": m.get("trial_id") or Path(result.path).name,
+            "status": status,
+            **{name: config.get(name) for name in param_names},
+            **{name: m.get(name) for name in TRIAL_METRICS},
+            "epochs_trained": trained,
+            "wall_time_s": m.get("time_total_s"),
+            "checkpoint": result.checkpoint.path if result.checkpoint else None,
+            "error": _one_line(result.error) if result.error is not None else None,
+        })
+    return pd.DataFrame(rows)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    # Tune wraps the trial's exception; its last line is the original message
+    return text[-1] if text else type(error).__name__
+
+
+def write_results(trials, space, exp_dir: Path, teacher: dict[str, Any]):
+    from raytune_ft import pareto, report
+
+    trials.to_csv(exp_dir / "trials.csv", index=False)
+    front = pareto.pareto_front(trials, space.objectives)
+    front.to_csv(exp_dir / "pareto.csv", index=False)
+    report.plot_pareto(trials, space.objectives, exp_dir / "pareto.png", teacher=teacher,
+                       title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front")
+    return front
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        space, exp_dir = prepare(args)
+    except UserError as err:
+        print(f"raytune_ft.search: error: {err}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    print(f"experiment: {exp_dir}\nspace: {space.path} ({space.search.num_samples} trials, "
+          f"sampler {space.search.sampler}, seed {space.search.seed})", flush=True)
+    try:
+        results, teacher = run_search(space, exp_dir, args)
+    except UserError as err:
+        print(f"raytune_ft.search: error: {err}", file=sys.stderr)
+        return 2
+    trials = trials_table(results, space)
+    front = write_results(trials, space, exp_dir, teacher)
+
+    from raytune_ft import report
+
+    counts = trials["status"].value_counts().to_dict()
+    size = next(k for k, v in space.objectives.items() if v == "min")
+    print(f"\n{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) in "
+          f"{(time.perf_counter() - started) / 60:.1f} min")
+    print(f"dense teacher: val_acc={teacher['val_acc']:.4f}  {size}={teacher.get(size, math.nan):,}")
+    print("\nPareto front (completed trials, sorted by size):")
+    cols = ["trial_id", *space.objectives, "params", "sparsity", *[p.name for p in space.params]]
+    print(report.format_front(front, list(dict.fromkeys(cols))))
+    print(f"\nwrote {exp_dir / 'trials.csv'}\n      {exp_dir / 'pareto.csv'}\n      "
+          f"{exp_dir / 'pareto.png'}\n      {exp_dir / 'teacher.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
