@@ -40,6 +40,7 @@ class TrialConfig:
     lr_schedule: str = "cosine"  # one of LR_SCHEDULES
     warmup_fraction: float = 0.0  # linear warm-up, as a fraction of all steps
     seed: int = 0  # model init (new head) and batch order
+    bn_recalibration_batches: int = 8  # re-estimate BatchNorm statistics before each evaluation; 0 = off
     channels_last: bool = True  # NHWC memory format: about 3x faster convs on CPU (oneDNN) and on GPU
     # --- regularization for fine-tuning (each family switchable off) ------------------
     use_weight_decay: bool = False
@@ -74,6 +75,7 @@ class TrialConfig:
         _check_range("image_size", self.image_size, low=8)
         _check_range("cpus_per_trial", self.cpus_per_trial, low=1)
         _check_range("pruning_frequency", self.pruning_frequency, low=1)
+        _check_range("bn_recalibration_batches", self.bn_recalibration_batches, low=0)
         _check_range("lr", self.lr, low=0.0, low_open=True)
         for name in ("weight_decay", "l2sp_alpha", "l2sp_beta", "kd_temperature"):
             _check_range(name, getattr(self, name), low=0.0)

@@ -54,7 +54,10 @@ def build_model(name: str, num_classes: int, *, weights: str = "pretrained", dro
                     "Hugging Face cache or pass a file with weights: PATH"
                 ) from err
     elif weights != "none":
-        _load_by_position(model, load_state_dict_file(weights))
+        try:
+            _load_by_position(model, load_state_dict_file(weights))
+        except ModelError as err:
+            raise ModelError(f"weights file {weights!r} does not fit model {name!r}: {err}") from err
     model.reset_classifier(num_classes)
     return model
 
@@ -69,7 +72,7 @@ def head_parameter_names(model: nn.Module) -> set[str]:
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"weights file {str(path)!r} does not exist")
+        raise ModelError(f"weights file {str(path)!r} does not exist (weights: pretrained | none | PATH)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

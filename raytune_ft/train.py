@@ -48,6 +48,27 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int, batches: int) -> None:
+    """Re-estimate BatchNorm running statistics as a plain average over `batches` training batches.
+
+    The running averages lag behind weights that change quickly (fine-tuning at a high learning
+    rate, pruning masks); evaluating with fresh statistics measures the model actually trained.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches == 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    for i in range(min(batches, max(1, len(x) // batch_size))):
+        model(x[i * batch_size : (i + 1) * batch_size])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+@torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     model.eval()
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
@@ -122,9 +143,10 @@ def fit(
                 l2sp=l2sp,
             )
             if not torch.isfinite(terms["loss"]):
+                values = {k: float(v.detach()) for k, v in terms.items()}
                 raise FloatingPointError(
-                    f"loss became {float(terms['loss'])} at epoch {epoch + 1}, step {step} "
-                    f"(lr={lr:.3g}); terms: " + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                    f"loss became {values['loss']} at epoch {epoch + 1}, step {step} (lr={lr:.3g}); "
+                    "terms: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
                 )
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
@@ -140,6 +162,8 @@ def fit(
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             step += 1
 
+        recalibrate_batchnorm(model, data.x_train.contiguous(memory_format=memory_format), batch_size,
+                              cfg.bn_recalibration_batches)
         metrics = {
             "epoch": epoch + 1,
             **evaluate(model, data.x_val.contiguous(memory_format=memory_format), data.y_val),

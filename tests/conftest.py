@@ -1,0 +1,44 @@
+"""Shared tiny inputs for the unit tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class TinyClassifier(nn.Module):
+    """conv -> BN -> ReLU -> pool -> linear head named `fc` (like a real backbone + head)."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+TINY_HEAD = {"fc.weight", "fc.bias"}
+
+
+@pytest.fixture
+def tiny_splits():
+    """A learnable 3-class problem: the class sets the mean of one colour channel."""
+    from raytune_ft.data import Splits
+
+    g = torch.Generator().manual_seed(0)
+
+    def make(n: int):
+        y = torch.arange(n) % 3
+        x = torch.randn(n, 3, 8, 8, generator=g) * 0.5
+        x[torch.arange(n), y] += 2.0
+        return x, y
+
+    x_train, y_train = make(96)
+    x_val, y_val = make(48)
+    return Splits(x_train, y_train, x_val, y_val, ("a", "b", "c"))

