@@ -183,18 +183,19 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
 
 
 def trials_table(results, space) -> "pd.DataFrame":
-    """One row per trial: id, status, searched params, final metrics, epochs, wall time, checkpoint."""
+    """One row per trial: id, status, searched params, fixed settings, final metrics, epochs
+    trained, wall time, checkpoint."""
     import pandas as pd
 
-    epochs = space.teacher_config().epochs if "epochs" not in space.fixed else space.fixed["epochs"]
-    epochs = space.fixed.get("epochs", epochs)
+    from raytune_ft.config import TrialConfig
+
     param_names = [p.name for p in space.params]
     rows = []
     for result in results:
         m = result.metrics or {}
         config = result.config or {}
         trained = int(m.get("epoch", 0) or 0)
-        trial_epochs = config.get("epochs", epochs)
+        trial_epochs = {**space.fixed, **config}.get("epochs", TrialConfig().epochs)
         if result.error is not None:
             status = "failed"
         elif trained >= trial_epochs:
@@ -204,7 +205,8 @@ def trials_table(results, space) -> "pd.DataFrame":
         rows.append({
             "trial_id": m.get("trial_id") or Path(result.path).name,
             "status": status,
-            **{name: config.get(name) for name in param_names},
+            **{name: config.get(name) for name in param_names},  # inactive conditional params: empty
+            **{name: value for name, value in space.fixed.items() if name not in param_names},
             **{name: m.get(name) for name in TRIAL_METRICS},
             "epochs_trained": trained,
             "wall_time_s": m.get("time_total_s"),

@@ -26,7 +26,7 @@ def test_l2sp_is_zero_at_pretrained_weights_and_grows_when_moved():
         model.fc.weight.zero_()
         model.fc.bias.zero_()
     reg = losses.L2SP(model, TINY_HEAD, alpha=0.1, beta=0.01)
-    assert float(reg()) == 0.0
+    assert float(reg().detach()) == 0.0
     with torch.no_grad():
         model.conv.weight.add_(1.0)  # backbone: alpha * ||w - w0||^2
     assert torch.isclose(reg(), torch.tensor(0.1 * model.conv.weight.numel()))

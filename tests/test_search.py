@@ -16,7 +16,7 @@ from raytune_ft.config import TrialConfig
 
 SMALL = ["--set", "max_samples=240", "--set", "epochs=2", "--set", "image_size=32",
          "--set", "teacher.epochs=2", "--num-samples", "3"]
-PARAM_COLUMNS = ["lr", "use_kd", "kd_alpha", "final_sparsity", "pruning_scope"]
+PARAM_COLUMNS = ["lr", "use_kd", "kd_alpha", "final_sparsity", "pruning_end"]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,7 @@ def test_search_writes_trials_front_plot_and_teacher(first_run):
         assert (first_run / name).stat().st_size > 0, name
     trials = pd.read_csv(first_run / "trials.csv")
     assert len(trials) == 3 and set(trials["status"]) == {"completed"}
+    assert (trials["pruning_scope"] == "global").all() and (trials["epochs"] == 2).all()  # fixed settings too
     for column in ("trial_id", "status", *PARAM_COLUMNS, "val_acc", "nonzero_params", "params",
                    "epochs_trained", "wall_time_s", "checkpoint"):
         assert column in trials.columns, column
