@@ -1,11 +1,15 @@
-"""Human-facing output of an experiment: the accuracy-versus-size plot and plain-text tables.
+"""Human-facing output of an experiment: PNG plots, an inline-SVG Pareto plot with hover text,
+plain-text and HTML tables, and the self-contained HTML page around them.
 
-The math lives in pareto.py; this module only draws and formats. matplotlib is imported
-inside the functions (Agg canvas, no pyplot state), so importing this module costs nothing.
+The math lives in pareto.py and analyze.py; this module only draws and formats. matplotlib is
+imported inside the functions (Agg canvas, no pyplot state), so importing this module costs nothing.
 """
 
 from __future__ import annotations
 
+import base64
+import html
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -206,3 +210,281 @@ def _format_unit(value: float) -> str:
 
 def _missing_or(value: Any, fmt: Any) -> str:
     return "" if pd.isna(value) else fmt(value)
+
+
+# --- analysis plots (python -m raytune_ft.analyze) -------------------------------------------
+
+
+def plot_hypervolume(curve: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
+    """Two panels: hypervolume after each completed trial, and against wall time (minutes since
+    the search started). `curve` has the columns of analyze.hypervolume_curve."""
+    fig, axes = _figure((9.0, 3.6), ncols=2)
+    for ax, x_name, label in ((axes[0], "completed", "completed trials"),
+                              (axes[1], "elapsed_s", "wall time (min)")):
+        if len(curve):
+            x = pd.to_numeric(curve[x_name]).to_numpy(dtype=float)
+            x = x / 60.0 if x_name == "elapsed_s" else x
+            ax.step(x, curve["hypervolume"].to_numpy(dtype=float), where="post", color="tab:red")
+            ax.scatter(x, curve["hypervolume"].to_numpy(dtype=float), s=14, color="tab:red")
+        else:
+            _no_data(ax, "no completed trials")
+        ax.set_xlabel(label)
+        ax.set_ylabel("hypervolume")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title or "hypervolume of the completed trials", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_importances(table: pd.DataFrame | None, path: str | Path, *, note: str = "") -> Path:
+    """Horizontal bars, one panel per objective (columns of `table`), params sorted by the mean
+    importance. With no table, a panel saying `note` (e.g. "needs ≥ 3 completed trials")."""
+    columns = list(table.columns) if table is not None and len(table) else []
+    fig, axes = _figure((4.2 * max(1, len(columns)), 0.8 + 0.32 * (len(table) if columns else 4)),
+                        ncols=max(1, len(columns)))
+    if not columns:
+        _no_data(axes[0], note or "no importances")
+        axes[0].set_axis_off()
+        return _save(fig, path)
+    ordered = table.loc[table.mean(axis=1).sort_values().index]
+    for ax, name in zip(axes, columns, strict=True):
+        ax.barh(list(ordered.index), ordered[name].to_numpy(dtype=float), color="tab:blue")
+        ax.set_title(f"importance for {name}", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_family_panels(trials: pd.DataFrame, x_name: str, y_name: str, switches: Sequence[str],
+                       path: str | Path, *, sparsity: str = "final_sparsity", kd: str = "use_kd") -> Path:
+    """One panel per on/off switch: `y_name` against `x_name` (size) for the completed trials in
+    `trials`, on and off in two colours with their counts; plus `y_name` against `sparsity`
+    coloured by `kd` when both columns exist. Compare colours at the same x: that is the effect
+    of the switch at equal size."""
+    panels: list[tuple[str, str]] = [(s, x_name) for s in switches if s in trials.columns]
+    if sparsity in trials.columns and kd in trials.columns:
+        panels.append((kd, sparsity))
+    ncols = min(3, max(1, len(panels)))
+    nrows = max(1, math.ceil(len(panels) / ncols))
+    fig, axes = _figure((4.0 * ncols, 3.3 * nrows), ncols=ncols, nrows=nrows)
+    y = pd.to_numeric(trials[y_name], errors="coerce") if y_name in trials.columns else None
+    for ax, (switch, x_col) in zip(axes, panels, strict=False):
+        x = pd.to_numeric(trials[x_col], errors="coerce")
+        for value, color in ((True, "tab:green"), (False, "tab:gray")):
+            on = (trials[switch] == value).to_numpy(dtype=bool, na_value=False) & x.notna().to_numpy()
+            if y is not None and on.any():
+                ax.scatter(x[on], y[on], s=18, color=color, label=f"{switch}={value} ({int(on.sum())})")
+        if x_col == x_name and x.notna().any() and x.min() > 0 and x.max() / x.min() > LOG_X_SPREAD:
+            ax.set_xscale("log")
+        if x_col == x_name:
+            _eng_axis(ax.xaxis)
+        ax.set_xlabel(x_col, fontsize=8)
+        ax.set_ylabel(y_name, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    if not panels:
+        _no_data(axes[0], "no on/off switches were searched")
+    return _save(fig, path)
+
+
+def plot_fronts(experiments: Sequence[tuple[str, pd.DataFrame, Mapping[str, Any] | None]],
+                objectives: Mapping[str, str], path: str | Path) -> Path:
+    """The Pareto fronts of several experiments on one plot (a colour each, step lines), their
+    completed trials as faint dots and each dense teacher as a star."""
+    x_name, y_name = _plot_axes(objectives)
+    fig, (ax,) = _figure((7.5, 5.0))
+    sizes = []
+    for i, (name, trials, teacher) in enumerate(experiments):
+        color = f"C{i % 10}"
+        done = trials[trials["status"] == "completed"] if len(trials) else trials
+        if len(done):
+            ax.scatter(done[x_name], done[y_name], s=10, color=color, alpha=0.3)
+            sizes.extend(pd.to_numeric(done[x_name]).tolist())
+        front = pareto_front(trials, objectives) if len(trials) else trials
+        if len(front):
+            ax.step(front[x_name], front[y_name], where="post", color=color)
+        ax.scatter(front[x_name] if len(front) else [], front[y_name] if len(front) else [], s=30,
+                   color=color, label=f"{name} ({len(front)} on the front)")
+        if teacher and _number(teacher.get(x_name)) and _number(teacher.get(y_name)):
+            ax.scatter([teacher[x_name]], [teacher[y_name]], marker="*", s=140, color=color,
+                       edgecolors="black", linewidths=0.5)
+            sizes.append(float(teacher[x_name]))
+    if sizes and min(sizes) > 0 and max(sizes) / min(sizes) > LOG_X_SPREAD:
+        ax.set_xscale("log")
+    _eng_axis(ax.xaxis)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.set_title("Pareto fronts (stars: dense teachers)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def pareto_svg(trials: pd.DataFrame, objectives: Mapping[str, str], hover: Sequence[str], *,
+               teacher: Mapping[str, Any] | None = None, width: int = 760, height: int = 440) -> str:
+    """An inline SVG scatter of accuracy against size: every plottable trial (completed filled,
+    others hollow), the front in red joined by a step line, the teacher as a blue star. Each
+    mark has an SVG <title> (`hover[i]` for trial i), which browsers show on hover — no script."""
+    x_name, y_name = _plot_axes(objectives)
+    front_ids = set(pareto_front(trials, objectives)["trial_id"]) if len(trials) else set()
+    x = pd.to_numeric(trials[x_name], errors="coerce").to_numpy(dtype=float) if len(trials) else np.array([])
+    y = pd.to_numeric(trials[y_name], errors="coerce").to_numpy(dtype=float) if len(trials) else np.array([])
+    tx = float(teacher[x_name]) if teacher and _number(teacher.get(x_name)) else None
+    ty = float(teacher[y_name]) if teacher and _number(teacher.get(y_name)) else None
+    xs = [v for v in [*x, tx] if v is not None and np.isfinite(v)]
+    ys = [v for v in [*y, ty] if v is not None and np.isfinite(v)]
+    left, right, top, bottom = 70, 20, 20, 50
+    log_x = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > LOG_X_SPREAD
+    fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)
+    x_lo, x_hi = _padded([fx(v) for v in xs] or [0.0, 1.0])
+    y_lo, y_hi = _padded(ys or [0.0, 1.0])
+
+    def px(v: float) -> float:
+        return left + (fx(v) - x_lo) / (x_hi - x_lo) * (width - left - right)
+
+    def py(v: float) -> float:
+        return height - bottom - (v - y_lo) / (y_hi - y_lo) * (height - top - bottom)
+
+    out = [f'<svg class="pareto" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img">',
+           f"<title>{html.escape(y_name)} vs {html.escape(x_name)}</title>",
+           f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+           'fill="white" stroke="#999"/>']
+    from matplotlib.ticker import LogLocator, MaxNLocator
+
+    x_ticks = (np.log10(LogLocator(numticks=8).tick_values(10**x_lo, 10**x_hi)) if log_x
+               else MaxNLocator(6).tick_values(x_lo, x_hi))
+    for xv in (v for v in x_ticks if x_lo <= v <= x_hi):
+        xp = left + (xv - x_lo) / (x_hi - x_lo) * (width - left - right)
+        out.append(f'<text x="{xp:.1f}" y="{height - bottom + 16}" font-size="11" '
+                   f'text-anchor="middle">{_tick(10 ** xv if log_x else xv)}</text>')
+        out.append(f'<line x1="{xp:.1f}" x2="{xp:.1f}" y1="{top}" y2="{height - bottom}" stroke="#eee"/>')
+    for yv in (v for v in MaxNLocator(6).tick_values(y_lo, y_hi) if y_lo <= v <= y_hi):
+        out.append(f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" font-size="11" '
+                   f'text-anchor="end">{yv:.3f}</text>')
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{py(yv):.1f}" y2="{py(yv):.1f}" '
+                   'stroke="#eee"/>')
+    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" font-size="12" '
+               'text-anchor="middle">'
+               f'{html.escape(x_name)}{" (log)" if log_x else ""}</text>')
+    out.append(f'<text x="16" y="{(top + height - bottom) / 2}" font-size="12" text-anchor="middle" '
+               f'transform="rotate(-90 16 {(top + height - bottom) / 2})">{html.escape(y_name)}</text>')
+    on_front = [i for i in range(len(trials)) if trials["trial_id"].iloc[i] in front_ids]
+    steps = sorted((x[i], y[i]) for i in on_front)
+    if steps:
+        pts = []
+        for j, (a, b) in enumerate(steps):
+            pts.append(f"{px(a):.1f},{py(b):.1f}")
+            if j + 1 < len(steps):
+                pts.append(f"{px(steps[j + 1][0]):.1f},{py(b):.1f}")
+        out.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="#d62728" stroke-width="1.5"/>')
+    for i in range(len(trials)):
+        if not (np.isfinite(x[i]) and np.isfinite(y[i])):
+            continue
+        status = str(trials["status"].iloc[i])
+        front = i in on_front
+        fill = "#d62728" if front else ("#999" if status == "completed" else "none")
+        stroke = "#d62728" if front else "#777"
+        out.append(f'<circle class="trial{" front" if front else ""}" '
+                   f'cx="{px(x[i]):.1f}" cy="{py(y[i]):.1f}" '
+                   f'r="{6 if front else 4.5}" fill="{fill}" stroke="{stroke}">'
+                   f"<title>{html.escape(hover[i])}</title></circle>")
+    if tx is not None and ty is not None:
+        cx, cy = px(tx), py(ty)
+        star = " ".join(f"{cx + r * math.sin(k * math.pi / 5):.1f},{cy - r * math.cos(k * math.pi / 5):.1f}"
+                        for k, r in zip(range(10), [9, 4] * 5, strict=True))
+        out.append(f'<polygon class="teacher" points="{star}" fill="#1f77b4"><title>dense teacher: '
+                   f"{html.escape(y_name)}={ty:.4f}, {html.escape(x_name)}={_tick(tx)}</title></polygon>")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def html_table(frame: pd.DataFrame, *, max_rows: int = 200) -> str:
+    """An HTML table of `frame` with format_front's number formatting, cells escaped."""
+    if frame.empty:
+        return '<p class="note">(no rows)</p>'
+    shown = frame.head(max_rows)
+    text = pd.DataFrame({c: ["" if v in ("nan", "None") else v for v in _format_column(shown[c])]
+                         for c in shown.columns})
+    table = text.to_html(index=False, escape=True, border=0, classes="data")
+    if len(frame) > max_rows:
+        table += f'<p class="note">… {len(frame) - max_rows} more rows</p>'
+    return table
+
+
+def img_tag(path: str | Path, alt: str) -> str:
+    """An <img> with the PNG at `path` embedded as a base64 data URI (the page stays one file)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def html_page(title: str, body: str) -> str:
+    """A complete HTML document with inline CSS and no external resource (opens offline)."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1180px; color: #222; }}
+h1 {{ font-size: 22px; }} h2 {{ font-size: 18px; margin-top: 28px; border-bottom: 1px solid #ddd; }}
+h3 {{ font-size: 15px; }}
+table.data {{ border-collapse: collapse; font-size: 12px; margin: 8px 0; }}
+table.data th, table.data td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; }}
+table.data th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; border: 1px solid #eee; margin: 6px 0; }}
+p.note {{ color: #555; font-size: 13px; }}
+svg.pareto circle.trial:hover {{ stroke: black; stroke-width: 2; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def _figure(size: tuple[float, float], *, ncols: int = 1, nrows: int = 1) -> tuple[Any, list[Any]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, list(axes.ravel())
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, format="png")
+    return path
+
+
+def _eng_axis(axis: Any) -> None:
+    """Tick labels like 380k, 3.38M: raw parameter counts overlap at small sizes."""
+    from matplotlib.ticker import EngFormatter
+
+    axis.set_major_formatter(EngFormatter(sep=""))
+
+
+def _no_data(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _padded(values: Sequence[float]) -> tuple[float, float]:
+    lo, hi = float(min(values)), float(max(values))
+    pad = (hi - lo) * 0.06 or abs(lo) * 0.06 or 0.5
+    return lo - pad, hi + pad
+
+
+def _tick(value: float) -> str:
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.3g}M"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:.3g}k"
+    return f"{value:.3g}"

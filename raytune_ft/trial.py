@@ -12,6 +12,7 @@ import tempfile
 import time
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from ray import tune
@@ -90,29 +91,78 @@ def trial_dirname(trial: Any) -> str:
 
 
 class Progress(tune.Callback):
-    """One line when a trial starts, ends or fails, with the count done and the time spent."""
+    """One line when a trial starts, finishes or fails (never per epoch), e.g.
 
-    def __init__(self, total: int, objectives: dict[str, str]) -> None:
-        self.total, self.objectives = total, objectives
-        self.done = 0
-        self.started = time.perf_counter()
+        [4/10 done, 1 running, 0 failed | front 2, HV 0.6123 | 3.2 min] trial 5cb43b1c finished: ...
 
-    def _stamp(self) -> str:
-        return f"[{self.done}/{self.total} done, {(time.perf_counter() - self.started) / 60:.1f} min]"
+    Counts come from Tune's trial list (so they stay right after `--resume`). The front is over
+    the completed trials' last results; with `epochs` (the fixed epoch count; a trial's own
+    `epochs` in its config wins) a trial that reported fewer epochs is early-stopped and stays
+    off it. The hypervolume uses analyze's normalisation — 1 − accuracy and size / the dense
+    `teacher`'s size, reference point (1, 1) — so it is the number the report shows; without a
+    `teacher` the largest value seen so far is the scale, and early values can still move.
+    """
+
+    def __init__(self, total: int, objectives: dict[str, str], *,
+                 teacher: dict[str, Any] | None = None, epochs: int | None = None) -> None:
+        self.total, self.objectives = total, dict(objectives)
+        self.teacher, self.epochs = (dict(teacher) if teacher else None), epochs
+        self.started = time.time()  # wall clock: still meaningful after a restore
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         recipe = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
-        print(f"{self._stamp()} trial {trial.trial_id} started: {recipe}", flush=True)
+        print(f"{self._stamp(trials)} trial {trial.trial_id} started: {recipe}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.done += 1
+        # Tune calls this while the trial is still RUNNING; count it as done already.
         result = trial.last_result or {}
         values = ", ".join(f"{k}={_short(result.get(k))}" for k in self.objectives)
-        print(f"{self._stamp()} trial {trial.trial_id} finished: {values}", flush=True)
+        stopped = "" if self._fully_trained(trial) else " (early-stopped, not on the front)"
+        print(f"{self._stamp(trials, done=trial)} trial {trial.trial_id} finished: {values}{stopped}",
+              flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.done += 1
-        print(f"{self._stamp()} trial {trial.trial_id} FAILED (see trials.csv; the search goes on)", flush=True)
+        print(f"{self._stamp(trials)} trial {trial.trial_id} FAILED (see trials.csv; the search goes on)",
+              flush=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        print(f"{self._stamp(trials)} search finished", flush=True)
+
+    def summary(self, trials: list, done: Any = None) -> dict[str, Any]:
+        """Counts (done, running, failed, pending), front size and hypervolume of `trials`."""
+        import pandas as pd
+
+        from raytune_ft import analyze, pareto
+
+        status = {t.trial_id: t.status for t in trials}
+        if done is not None:
+            status[done.trial_id] = "TERMINATED"
+        counts = {s: sum(1 for v in status.values() if v == s)
+                  for s in ("TERMINATED", "RUNNING", "ERROR", "PENDING")}
+        finished = [t for t in trials if status[t.trial_id] == "TERMINATED" and self._fully_trained(t)]
+        rows = [{"trial_id": t.trial_id, "status": "completed",
+                 **{k: (t.last_result or {}).get(k) for k in self.objectives}} for t in finished]
+        front_size, hv = 0, 0.0
+        if rows:
+            table = pd.DataFrame(rows)
+            front_size = len(pareto.pareto_front(table, self.objectives))
+            scales = analyze.hv_scales(table, self.objectives, self.teacher)
+            points = analyze.normalize(table, self.objectives, scales)
+            points = points[np.isfinite(points).all(axis=1)]
+            hv = pareto.hypervolume(points, np.ones(len(self.objectives))) if len(points) else 0.0
+        return {"done": counts["TERMINATED"], "running": counts["RUNNING"], "failed": counts["ERROR"],
+                "pending": counts["PENDING"], "front": front_size, "hypervolume": hv,
+                "elapsed_min": (time.time() - self.started) / 60}
+
+    def _stamp(self, trials: list, done: Any = None) -> str:
+        s = self.summary(trials, done)
+        return (f"[{s['done'] + s['failed']}/{self.total} done, {s['running']} running, "
+                f"{s['failed']} failed | front {s['front']}, HV {s['hypervolume']:.4f} | "
+                f"{s['elapsed_min']:.1f} min]")
+
+    def _fully_trained(self, trial: Any) -> bool:
+        required = (trial.config or {}).get("epochs", self.epochs)
+        return required is None or int((trial.last_result or {}).get("epoch", 0) or 0) >= int(required)
 
 
 def _short(value: Any) -> str:
