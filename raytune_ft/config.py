@@ -17,6 +17,8 @@ from typing import Any
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 PRUNING_SCOPES = ("global", "layer")
+CHANNEL_IMPORTANCE = ("l1", "l2", "taylor", "bn_scale")
+CHANNEL_SCOPES = ("uniform", "global")
 DATASETS = ("digits", "imagefolder")
 
 
@@ -62,6 +64,15 @@ class TrialConfig:
     pruning_end: float = 0.7  # end of the window; sparsity stays final_sparsity afterwards
     pruning_frequency: int = 10  # optimizer steps between two mask updates
     pruning_scope: str = "global"  # one threshold for all layers, or the same ratio per layer
+    # --- structured channel pruning (Torch-Pruning), in the same window ------------------
+    use_channel_pruning: bool = False
+    channel_pruning_ratio: float = 0.5  # fraction of channels removed from each prunable group
+    channel_importance: str = "l2"  # l1 | l2 (weight magnitude) | taylor | bn_scale
+    channel_pruning_steps: int = 4  # prune in this many equal steps spread over the window
+    channel_pruning_scope: str = "uniform"  # the same ratio everywhere, or ranked globally
+    # --- size measurement on the exported model ---------------------------------------
+    export: bool = True  # export (torch.export .pt2 + manifest) and measure the final model
+    latency_budget_s: float = 5.0  # time per batch size for CPU latency runs (median reported)
     # --- execution -------------------------------------------------------------------
     cpus_per_trial: int = 1  # torch threads and Ray CPUs for one trial
 
@@ -70,6 +81,11 @@ class TrialConfig:
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("pruning_scope", self.pruning_scope, PRUNING_SCOPES)
         _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("channel_importance", self.channel_importance, CHANNEL_IMPORTANCE)
+        _check_choice("channel_pruning_scope", self.channel_pruning_scope, CHANNEL_SCOPES)
+        _check_range("channel_pruning_steps", self.channel_pruning_steps, low=1)
+        _check_range("channel_pruning_ratio", self.channel_pruning_ratio, low=0.0, high=0.9)
+        _check_range("latency_budget_s", self.latency_budget_s, low=0.0, low_open=True)
         _check_range("epochs", self.epochs, low=1)
         _check_range("batch_size", self.batch_size, low=1)
         _check_range("image_size", self.image_size, low=8)

@@ -27,18 +27,24 @@ class L2SP:
 
         alpha · Σ_backbone ‖w − w⁰‖²  +  beta · Σ_head ‖w‖²
 
-    `w⁰` is a detached copy of the backbone taken when this object is built (before training).
+    `anchors` holds a detached copy w⁰ of every backbone parameter, by name, taken when this
+    object is built (before training). Structured pruning shrinks the anchors together with
+    the parameters (pruning.ChannelPruner), so the pull stays channel-for-channel.
     """
 
     def __init__(self, model: nn.Module, head_names: set[str], alpha: float, beta: float) -> None:
+        self.model, self.head_names = model, head_names
         self.alpha, self.beta = alpha, beta
-        named = dict(model.named_parameters())
-        self.backbone = [(p, p.detach().clone()) for n, p in named.items() if n not in head_names]
-        self.head = [p for n, p in named.items() if n in head_names]
+        self.anchors = {n: p.detach().clone() for n, p in model.named_parameters() if n not in head_names}
 
     def __call__(self) -> torch.Tensor:
-        to_start = sum((p - p0).pow(2).sum() for p, p0 in self.backbone)
-        head = sum(p.pow(2).sum() for p in self.head)
+        to_start = torch.zeros(())
+        head = torch.zeros(())
+        for name, p in self.model.named_parameters():
+            if name in self.head_names:
+                head = head + p.pow(2).sum()
+            else:
+                to_start = to_start + (p - self.anchors[name]).pow(2).sum()
         return self.alpha * to_start + self.beta * head
 
 

@@ -162,5 +162,38 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict]:
     cfg = meta["config"]
     model = build_model(cfg["model"], len(meta["class_names"]), weights="none", dropout=cfg.get("dropout", 0.0))
     state = torch.load(directory / CHECKPOINT_WEIGHTS, map_location="cpu", weights_only=True)
+    resize_to_state_dict(model, state)
     model.load_state_dict(state)
     return model.eval(), meta
+
+
+def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Shrink layers of a freshly built model to the tensor shapes in `state`.
+
+    A channel-pruned network is the same architecture with fewer channels; the saved tensor
+    shapes say exactly how many, so a plain state dict (no pickled modules) is enough to
+    rebuild it. Handles Conv2d (incl. depthwise), BatchNorm and Linear.
+    """
+    modules = dict(model.named_modules())
+    for key, tensor in state.items():
+        prefix, _, attr = key.rpartition(".")
+        module = modules[prefix]
+        current = getattr(module, attr)
+        if current is None or current.shape == tensor.shape:
+            continue
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(torch.empty_like(tensor), requires_grad=current.requires_grad)
+        else:
+            module._buffers[attr] = torch.empty_like(tensor)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            module.out_channels = module.weight.shape[0]
+            if depthwise:
+                module.groups = module.in_channels = module.out_channels
+            else:
+                module.in_channels = module.weight.shape[1] * module.groups
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.num_features = module.running_mean.shape[0] if module.running_mean is not None else module.weight.shape[0]
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape

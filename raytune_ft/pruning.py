@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from raytune_ft.config import CHANNEL_IMPORTANCE, CHANNEL_SCOPES
+
 
 def sparsity_at(step: int, *, final: float, start: int, end: int, initial: float = 0.0) -> float:
     """Target sparsity at optimizer step `step` for a cubic schedule over [start, end]."""
@@ -92,3 +94,92 @@ def size_metrics(model: nn.Module, prunable: dict[str, torch.Tensor]) -> dict[st
     total = sum(w.numel() for w in prunable.values())
     zeros = sum(w.numel() - int(torch.count_nonzero(w)) for w in prunable.values())
     return {"params": params, "nonzero_params": nonzero, "sparsity": zeros / total if total else 0.0}
+
+
+# --- structured channel pruning (Torch-Pruning / DepGraph, Fang et al. CVPR 2023) -------------
+
+
+
+def _importance(name: str):
+    import torch_pruning as tp
+
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if name == "bn_scale":
+        return tp.importance.BNScaleImportance()
+    raise ValueError(f"unknown channel_importance {name!r}; choose from {sorted(CHANNEL_IMPORTANCE)}")
+
+
+class ChannelPruner:
+    """Remove whole channels with Torch-Pruning's dependency graph, in `steps` equal steps.
+
+    After all steps every prunable group has lost `ratio` of its channels ("uniform") or the
+    network as a whole has, with the least important groups losing most ("global"). Coupled
+    layers (BatchNorm, depthwise convs, squeeze-excite, residual adds) shrink together, so the
+    result is a physically smaller network. The classifier head is never pruned.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, *, ratio: float, importance: str,
+                 steps: int, scope: str, head: nn.Module) -> None:
+        import torch_pruning as tp
+
+        if scope not in CHANNEL_SCOPES:
+            raise ValueError(f"unknown channel_pruning_scope {scope!r}; choose from {sorted(CHANNEL_SCOPES)}")
+        self.model = model
+        self.needs_gradients = importance == "taylor"
+        was_training = model.training
+        model.eval()  # tracing the graph must not update BatchNorm statistics
+        self.pruner = tp.pruner.MetaPruner(
+            model, example_input, importance=_importance(importance), pruning_ratio=ratio,
+            iterative_steps=steps, global_pruning=scope == "global", max_pruning_ratio=0.9,
+            ignored_layers=[head],
+        )
+        model.train(was_training)
+
+    def step(self, anchors: dict[str, torch.Tensor] | None = None) -> None:
+        """Prune one step. `anchors` (name -> tensor shaped like that parameter, e.g. L2-SP's
+        pretrained weights) lose the same channels as their parameters."""
+        names = {module: name for name, module in self.model.named_modules()}
+        for group in self.pruner.step(interactive=True):
+            cuts = [(dep.target.module, dep.handler.__name__, list(idxs)) for dep, idxs in group]
+            group.prune()
+            if anchors is not None:
+                for module, handler, idxs in cuts:
+                    _shrink_like(anchors, names.get(module), module, handler, idxs)
+        if anchors is not None:
+            params = dict(self.model.named_parameters())
+            wrong = [k for k, a in anchors.items() if a.shape != params[k].shape]
+            assert not wrong, f"anchors out of step with pruned parameters: {wrong[:3]}"
+
+
+def _shrink_like(anchors: dict[str, torch.Tensor], prefix: str | None, module: nn.Module,
+                 handler: str, idxs: list[int]) -> None:
+    """Delete `idxs` from the anchors of `module`'s parameters along the dimension the pruning
+    function cut (out-channels: dim 0; in-channels: dim 1), once their shapes differ."""
+    if prefix is None:
+        return
+    dim = 0 if "out" in handler else 1
+    for pname, param in module.named_parameters(recurse=False):
+        key = f"{prefix}.{pname}" if prefix else pname
+        anchor = anchors.get(key)
+        if anchor is None or anchor.shape == param.shape or anchor.dim() <= dim:
+            continue
+        if anchor.shape[dim] - len(idxs) != param.shape[dim]:
+            continue  # this cut was along the other dimension (e.g. depthwise in == out)
+        keep = torch.ones(anchor.shape[dim], dtype=torch.bool)
+        keep[idxs] = False
+        anchors[key] = anchor[keep] if dim == 0 else anchor[:, keep]
+
+
+def channel_prune_steps(total_steps: int, *, start_fraction: float, end_fraction: float, steps: int) -> list[int]:
+    """`steps` optimizer steps evenly spread over the pruning window (the last at its end)."""
+    last = max(total_steps - 1, 0)
+    start = min(round(start_fraction * total_steps), last)
+    end = min(max(round(end_fraction * total_steps), start), last)
+    if steps == 1:
+        return [end]
+    return sorted({round(start + i * (end - start) / (steps - 1)) for i in range(steps)})

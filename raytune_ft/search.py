@@ -18,7 +18,8 @@ from typing import Any
 
 DEFAULT_STORAGE = "ray_results"  # relative to the current directory
 DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "max_samples", "data_seed")
-TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity",
+TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity", "model_bytes",
+                 "model_bytes_compressed", "macs", "flops", "latency_ms_b1", "latency_ms_b32",
                  "train_loss", "task_loss", "kd_loss", "l2sp_loss")
 
 
@@ -118,10 +119,18 @@ def obtain_teacher(space, data, exp_dir: Path) -> tuple[dict[str, Any], Any]:
         metrics, logits = out["metrics"], out["train_logits"]
         models.save_checkpoint(teacher_dir, model, config=cfg.to_dict(), class_names=data.class_names,
                                metrics=metrics)
+    export_dir = teacher_dir / trial.EXPORT_DIR
+    if cfg.export and not (export_dir / "manifest.json").exists():
+        print("teacher: exporting and measuring", flush=True)
+        torch.set_num_threads(cfg.cpus_per_trial)
+        metrics = {**metrics, **trial.export_and_measure(model, cfg, data, metrics, export_dir)}
+        models.save_checkpoint(teacher_dir, model, config=cfg.to_dict(), class_names=data.class_names,
+                               metrics=metrics)
     torch.save(logits, logits_path)
     info = {**{k: metrics[k] for k in TRIAL_METRICS if k in metrics},
             "epochs_trained": metrics.get("epoch"), "wall_time_s": metrics.get("wall_time_s"),
-            "checkpoint": str(teacher_dir)}
+            "checkpoint": str(teacher_dir),
+            "export_path": str(export_dir) if export_dir.exists() else None}
     (exp_dir / "teacher.json").write_text(json.dumps(info, indent=2))
     print(f"teacher: val_acc={info['val_acc']:.4f}  nonzero_params={info['nonzero_params']:,}", flush=True)
     return info, logits
@@ -211,9 +220,25 @@ def trials_table(results, space) -> "pd.DataFrame":
             "epochs_trained": trained,
             "wall_time_s": m.get("time_total_s"),
             "checkpoint": result.checkpoint.path if result.checkpoint else None,
+            "export_path": _export_path(result),
+            "pruning_method": pruning_method({**space.fixed, **config}),
             "error": _one_line(result.error) if result.error is not None else None,
         })
     return pd.DataFrame(rows)
+
+
+def _export_path(result) -> str | None:
+    if result.checkpoint is None:
+        return None
+    path = Path(result.checkpoint.path) / "export"
+    return str(path) if path.exists() else None
+
+
+def pruning_method(values: dict[str, Any]) -> str:
+    """"channel+magnitude", "channel", "magnitude" or "none", from a trial's settings."""
+    parts = [name for name, flag in (("channel", "use_channel_pruning"), ("magnitude", "use_pruning"))
+             if values.get(flag)]
+    return "+".join(parts) or "none"
 
 
 def _one_line(error: BaseException) -> str:

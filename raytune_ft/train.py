@@ -118,6 +118,17 @@ def fit(
             s: pruning.sparsity_at(s, final=cfg.final_sparsity, start=steps[0], end=steps[-1]) for s in steps
         }
     masks: dict[str, torch.Tensor] = {}
+    channel_pruner, channel_at = None, set()
+    if cfg.use_channel_pruning:
+        example = data.x_train[:2].contiguous(memory_format=memory_format)
+        channel_pruner = pruning.ChannelPruner(
+            model, example, ratio=cfg.channel_pruning_ratio, importance=cfg.channel_importance,
+            steps=cfg.channel_pruning_steps, scope=cfg.channel_pruning_scope, head=model.get_classifier(),
+        )
+        channel_at = set(pruning.channel_prune_steps(
+            total_steps, start_fraction=cfg.pruning_start, end_fraction=cfg.pruning_end,
+            steps=cfg.channel_pruning_steps,
+        ))
 
     step = 0
     metrics: dict[str, Any] = {}
@@ -150,6 +161,19 @@ def fit(
                 )
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
+            if step in channel_at:
+                # after backward: Taylor importance ranks channels by weight x gradient
+                channel_pruner.step(anchors=l2sp.anchors if l2sp else None)
+                # parameters were replaced by smaller ones: rebuild what refers to them
+                optimizer = _optimizer(cfg, model)
+                decayed = [p for p in model.parameters() if p.ndim >= 2]
+                prunable = pruning.prunable_parameters(model, head_names)
+                if step in prune_at:  # both at the window's end: hit the final sparsity exactly
+                    masks = pruning.magnitude_masks(prunable, prune_at[step], cfg.pruning_scope)
+                    pruning.apply_masks(prunable, masks)
+                elif masks:
+                    masks = pruning.masks_from_zeros(prunable)
+                model.zero_grad(set_to_none=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if weight_decay:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,32 @@ import ray
 import torch
 from ray import tune
 
-from raytune_ft import models, train
+from raytune_ft import export, models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
+
+
+EXPORT_DIR = "export"  # inside a trial's final checkpoint folder
+
+
+def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, metrics: dict[str, Any],
+                       directory: Path) -> dict[str, Any]:
+    """Export the final model with its manifest and measure the reloaded artifact (export.py)."""
+    from raytune_ft import data as data_mod
+
+    manifest = {
+        "config": cfg.to_dict(),
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "class_names": list(data.class_names),
+        "normalization": {"mean": list(data_mod.IMAGENET_MEAN), "std": list(data_mod.IMAGENET_STD)},
+    }
+    export.export_model(model, directory, image_size=cfg.image_size, manifest=manifest)
+    measured = export.measure_export(directory, image_size=cfg.image_size, threads=cfg.cpus_per_trial,
+                                     latency_budget_s=cfg.latency_budget_s)
+    model.train()
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    return measured
 
 
 def _setup_torch(cfg: TrialConfig) -> None:
@@ -67,9 +91,12 @@ def tune_trial(
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
 
     def report(metrics: dict[str, Any], model: torch.nn.Module) -> None:
-        print(f"[{trial_id}] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
-              f"sparsity={metrics['sparsity']:.3f}  nonzero_params={metrics['nonzero_params']:,}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
+            if cfg.export and metrics["epoch"] == cfg.epochs:  # the final model: export and measure it
+                metrics = {**metrics, **export_and_measure(model, cfg, data, metrics, Path(tmp) / EXPORT_DIR)}
+            print(f"[{trial_id}] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
+                  f"sparsity={metrics['sparsity']:.3f}  params={metrics['params']:,}  "
+                  f"nonzero_params={metrics['nonzero_params']:,}", flush=True)
             models.save_checkpoint(
                 tmp, model, config=cfg.to_dict(), class_names=data.class_names, metrics=metrics
             )

@@ -74,3 +74,19 @@ def test_checkpoint_roundtrip_is_exact(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), loaded(x))
     assert int((loaded.conv_stem.weight[0] == 0).sum()) == loaded.conv_stem.weight[0].numel()
+
+
+def test_channel_pruned_checkpoint_rebuilds_from_tensor_shapes(tmp_path):
+    from raytune_ft import pruning
+
+    model = models.build_model("efficientnet_lite0", 5, weights="none")
+    pruner = pruning.ChannelPruner(model, torch.randn(2, 3, 32, 32), ratio=0.4, importance="l1", steps=1,
+                                   scope="global", head=model.get_classifier())
+    pruner.step()
+    model.eval()
+    models.save_checkpoint(tmp_path, model, config={"model": "efficientnet_lite0"}, class_names=tuple("abcde"),
+                           metrics={})
+    loaded, _ = models.load_checkpoint(tmp_path)
+    x = torch.randn(3, 3, 32, 32)
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+    assert torch.equal(model(x), loaded(x))

@@ -61,3 +61,46 @@ def test_prunable_parameters_skip_the_head_and_masks_roundtrip_through_zeros():
     sizes = pruning.size_metrics(model, prunable)
     assert sizes["sparsity"] == pytest.approx(sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()))
     assert dense["nonzero_params"] - sizes["nonzero_params"] == sum(int((~m).sum()) for m in masks.values())
+
+
+def test_channel_prune_steps_spread_over_the_window():
+    assert pruning.channel_prune_steps(100, start_fraction=0.0, end_fraction=0.6, steps=4) == [0, 20, 40, 60]
+    assert pruning.channel_prune_steps(100, start_fraction=0.2, end_fraction=0.5, steps=1) == [50]
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "bn_scale"])
+@pytest.mark.parametrize("scope", ["uniform", "global"])
+def test_channel_pruner_shrinks_the_network_and_its_l2sp_anchors(importance, scope):
+    from raytune_ft import losses
+
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    with torch.no_grad():
+        model.bn.weight.uniform_(0.1, 1.0)  # BN-scale importance needs scales that differ
+    x = torch.randn(4, 3, 8, 8)
+    l2sp = losses.L2SP(model, TINY_HEAD, alpha=1.0, beta=0.0)
+    pruner = pruning.ChannelPruner(model, x, ratio=0.5, importance=importance, steps=2, scope=scope, head=model.fc)
+    for _ in range(2):
+        model(x).sum().backward()  # Taylor importance needs gradients
+        pruner.step(anchors=l2sp.anchors)
+    assert model(x).shape == (4, 3)  # still a working network, head intact
+    assert model.fc.out_features == 3
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in TinyClassifier().parameters())
+    # weights did not move, so the shrunk anchors must be exactly the kept channels
+    assert float(l2sp().detach()) == 0.0
+
+
+def test_channel_pruning_on_efficientnet_keeps_anchors_aligned():
+    from raytune_ft import losses, models
+
+    model = models.build_model("efficientnet_lite0", 10, weights="none")
+    head = models.head_parameter_names(model)
+    l2sp = losses.L2SP(model, head, alpha=1.0, beta=0.0)
+    before = sum(p.numel() for p in model.parameters())
+    pruner = pruning.ChannelPruner(model, torch.randn(2, 3, 32, 32), ratio=0.5, importance="l2", steps=1,
+                                   scope="uniform", head=model.get_classifier())
+    pruner.step(anchors=l2sp.anchors)
+    after = sum(p.numel() for p in model.parameters())
+    assert 0.2 < after / before < 0.6
+    assert float(l2sp().detach()) == 0.0
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

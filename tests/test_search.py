@@ -134,3 +134,67 @@ def test_bad_input_exits_before_ray_with_one_clear_line(tmp_path, args, setup, m
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.e2e
+def test_exported_front_models_reload_without_raytune_ft_and_match_the_reported_numbers(first_run, tmp_path):
+    front = pd.read_csv(first_run / "pareto.csv")
+    cfg = TrialConfig.from_dict(json.loads((Path(front.checkpoint[0]) / models.CHECKPOINT_META).read_text())["config"])
+    splits = data.load_splits(cfg)
+    torch.save({"x": splits.x_val, "y": splits.y_val}, tmp_path / "val.pt")
+    code = """
+import json, os, sys, torch
+path, val = sys.argv[1], torch.load(sys.argv[2], weights_only=True)
+program = torch.export.load(os.path.join(path, "model.pt2"))
+with torch.no_grad():
+    pred = program.module()(val["x"]).argmax(1)
+params = dict(program.named_parameters())
+print(json.dumps({
+    "val_acc": (pred == val["y"]).float().mean().item(),
+    "params": sum(p.numel() for p in params.values()),
+    "nonzero_params": sum(int(torch.count_nonzero(p)) for p in params.values()),
+    "model_bytes": os.path.getsize(os.path.join(path, "model.pt2")),
+    "class_names": json.load(open(os.path.join(path, "manifest.json")))["class_names"],
+    "raytune_ft_imported": any(m.startswith("raytune_ft") for m in sys.modules),
+}))
+"""
+    for _, row in front.iterrows():
+        proc = subprocess.run([sys.executable, "-c", code, row.export_path, str(tmp_path / "val.pt")],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout)
+        assert not got["raytune_ft_imported"]
+        assert got["class_names"] == list(splits.class_names)
+        assert (got["params"], got["nonzero_params"], got["model_bytes"]) == (
+            row.params, row.nonzero_params, row.model_bytes)
+        # the exported graph runs NCHW kernels, training evaluated NHWC: allow one image of float noise
+        assert abs(got["val_acc"] - row.val_acc) <= 1 / len(splits.y_val) + 1e-9
+
+
+@pytest.mark.e2e
+def test_structured_space_ships_a_smaller_exported_model(first_run, tmp_path):
+    teacher = str(first_run / "teacher")
+    assert search.main(["--space", "quickstart_structured", "--storage-path", str(tmp_path), "--name", "s",
+                        "--set", "max_samples=240", "--set", "epochs=2", "--set", f"teacher.checkpoint={teacher}",
+                        "--set", "channel_pruning_ratio=0.5", "--num-samples", "2"]) == 2  # searched: refused
+    space = tmp_path / "structured.yaml"
+    text = search_space_text("quickstart_structured").replace(
+        "channel_pruning_ratio: {type: float, low: 0.3, high: 0.6}", "channel_pruning_ratio: {type: float, low: 0.45, high: 0.6}")
+    space.write_text(text)
+    assert search.main(["--space", str(space), "--storage-path", str(tmp_path), "--name", "s",
+                        "--set", "max_samples=240", "--set", "epochs=2", "--set", f"teacher.checkpoint={teacher}",
+                        "--set", "latency_budget_s=0.3", "--num-samples", "2"]) == 0
+    trials = pd.read_csv(tmp_path / "s" / "trials.csv")
+    info = json.loads((tmp_path / "s" / "teacher.json").read_text())
+    assert (trials.status == "completed").all()
+    assert trials.pruning_method.str.startswith("channel").all()
+    assert (trials.model_bytes < 0.7 * info["model_bytes"]).all()
+    assert (trials.macs < 0.7 * info["macs"]).all()
+    front = pd.read_csv(tmp_path / "s" / "pareto.csv")
+    assert list(front.model_bytes) == sorted(front.model_bytes)
+
+
+def search_space_text(name: str) -> str:
+    from raytune_ft import spaces
+
+    return spaces.builtin_space_path(name).read_text()
