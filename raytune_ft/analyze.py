@@ -305,7 +305,8 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
     elapsed = (ended - exp.start_time) / 60 if exp.start_time and math.isfinite(ended) else None
     teacher = exp.teacher or {}
     h = [f"<h2>{html.escape(exp.name)}</h2>",
-         f'<p class="note">{html.escape(exp.location)} — <b>{exp.state}</b>: {len(trials)} trials started'
+         f'<p class="note">{html.escape(exp.location)} — <b>{exp.state}</b>{_age(exp)}: '
+         f"{len(trials)} trials started"
          f"{planned} ({html.escape(', '.join(f'{n} {s}' for s, n in counts.items()) or 'none')})"
          f"{f', {exp.pending} pending' if exp.pending else ''}"
          f"{f', {elapsed:.1f} min of search' if elapsed is not None else ''}; "
@@ -493,6 +494,12 @@ def _numeric(frame: pd.DataFrame, name: str) -> np.ndarray:
     if name not in frame.columns:
         return np.full(len(frame), np.nan)
     return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def _age(exp: Experiment) -> str:
+    if exp.state == "finished" or "://" in exp.location:
+        return ""
+    return f" (last write {(time.time() - exp.last_update) / 60:.1f} min ago: still running, or interrupted)"
 
 
 def _fmt(value: Any) -> str:

@@ -439,6 +439,9 @@ svg.pareto circle.trial:hover {{ stroke: black; stroke-width: 2; }}
 </style></head>
 <body>
 {body}
+<script>/* for checks in a headless browser: how many embedded images decoded */
+addEventListener("load", () => {{ document.body.dataset.imagesDecoded =
+  [...document.images].filter(i => i.complete && i.naturalWidth > 0).length; }});</script>
 </body></html>
 """
 

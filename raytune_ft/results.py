@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ RAY_KEYS = frozenset({
     "trial_id", "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config",
     "time_since_restore", "iterations_since_restore", "experiment_tag",
 })
-RUNNING_WITHIN_S = 120.0  # an unfinished experiment whose files changed this recently is "running"
 EXPORT_DIR = "export"  # an exported model + manifest.json, inside a trial's newest checkpoint folder
 DEFAULT_OBJECTIVES = {"val_acc": "max", "nonzero_params": "min"}
 
@@ -43,7 +41,8 @@ class Experiment:
     planned: int | None  # num_samples of the search
     teacher: dict[str, Any] | None  # teacher.json
     trials: pd.DataFrame  # read_trials()
-    state: str  # "finished" | "running" | "interrupted"
+    state: str  # "finished" (every planned trial ended) | "unfinished" (running, or interrupted)
+    last_update: float  # unix time of the newest file in the folder: tells running from interrupted
     start_time: float | None  # unix time the search started (Tune's experiment state)
     pending: int  # trials Tune had created but not started
 
@@ -146,18 +145,14 @@ def load_experiment(location: str | Path, *, with_checkpoints: bool = False) -> 
     planned = space.get("search", {}).get("num_samples")
     done = trials["status"].isin([COMPLETED, FAILED, EARLY_STOPPED]).sum() if len(trials) else 0
     newest = max((p.stat().st_mtime for p in local.rglob("*") if p.is_file()), default=0.0)
-    if planned is not None and done >= planned:
-        state = "finished"
-    elif "://" not in location and time.time() - newest < RUNNING_WITHIN_S:
-        state = "running"
-    else:
-        state = "interrupted"
+    state = "finished" if planned is not None and done >= planned else "unfinished"
     seen = set(trials["trial_id"]) if len(trials) else set()
     pending = sum(1 for tid, s in tune_state.items() if tid not in seen and s.get("status") == "PENDING")
     return Experiment(
         name=local.name, location=location, local_dir=local, objectives=dict(objectives),
         params=list(space.get("params") or []), space_file=space.get("space_file"), planned=planned,
         teacher=_read_json(local / "teacher.json"), trials=trials, state=state,
+        last_update=newest,
         start_time=start_time, pending=pending,
     )
 
