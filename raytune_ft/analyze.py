@@ -33,7 +33,9 @@ FAMILY_OF = {
                      "use_label_smoothing", "label_smoothing", "dropout"), "regularization"),
     **dict.fromkeys(("use_kd", "kd_alpha", "kd_temperature"), "distillation"),
     **dict.fromkeys(("use_pruning", "final_sparsity", "pruning_start", "pruning_end",
-                     "pruning_frequency", "pruning_scope", "pruning_method"), "pruning"),
+                     "pruning_frequency", "pruning_scope", "pruning_method", "use_channel_pruning",
+                     "channel_pruning_ratio", "channel_importance", "channel_pruning_steps",
+                     "channel_pruning_scope"), "pruning"),
 }
 MIN_IMPORTANCE_TRIALS = 3  # Optuna refuses one trial; with two every split is a guess
 
@@ -323,7 +325,8 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
     h.append('<p class="note">Filled grey: completed; hollow: incomplete or early-stopped (never on the '
              "front); red: the front; blue star: the dense teacher.</p>")
     if teacher:
-        shown = {k: teacher[k] for k in (acc, *SIZE_COLUMNS, "epochs_trained", "checkpoint") if k in teacher}
+        shown = {k: teacher[k] for k in (acc, *SIZE_COLUMNS, "epochs_trained", "checkpoint", "export_path")
+                 if k in teacher}
         h += ["<h3>Dense teacher (reference)</h3>", report.html_table(pd.DataFrame([shown]))]
 
     h.append("<h3>Front models</h3>")
@@ -332,10 +335,12 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
         table = front[["trial_id", acc, size, *sizes]].copy()
         if _number(teacher.get(size)):
             table[f"{size} / teacher"] = pd.to_numeric(front[size]) / float(teacher[size])
-        table["recipe"] = [recipe_text(r, exp.params) for _, r in front.iterrows()]
-        has_export = "export_path" in front.columns and front["export_path"].notna().any()
-        table["model path"] = front["export_path"] if has_export else front["checkpoint"]
-        h.append(report.html_table(table))
+        paths = front["checkpoint"]
+        if "export_path" in front.columns:  # the exported model where there is one
+            paths = front["export_path"].where(front["export_path"].notna(), paths)
+        files = pd.DataFrame({"trial_id": front["trial_id"], "model path": paths,
+                              "recipe": [recipe_text(r, exp.params) for _, r in front.iterrows()]})
+        h += [report.html_table(table), report.html_table(files)]
     else:
         h.append('<p class="note">No completed trial yet, so no front.</p>')
 

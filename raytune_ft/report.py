@@ -410,7 +410,7 @@ def html_table(frame: pd.DataFrame, *, max_rows: int = 200) -> str:
     shown = frame.head(max_rows)
     text = pd.DataFrame({c: ["" if v in ("nan", "None") else v for v in _format_column(shown[c])]
                          for c in shown.columns})
-    table = text.to_html(index=False, escape=True, border=0, classes="data")
+    table = f'<div class="scroll">{text.to_html(index=False, escape=True, border=0, classes="data")}</div>'
     if len(frame) > max_rows:
         table += f'<p class="note">… {len(frame) - max_rows} more rows</p>'
     return table
@@ -433,6 +433,7 @@ h3 {{ font-size: 15px; }}
 table.data {{ border-collapse: collapse; font-size: 12px; margin: 8px 0; }}
 table.data th, table.data td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; }}
 table.data th {{ background: #f3f3f3; }}
+div.scroll {{ overflow-x: auto; }}
 img {{ max-width: 100%; border: 1px solid #eee; margin: 6px 0; }}
 p.note {{ color: #555; font-size: 13px; }}
 svg.pareto circle.trial:hover {{ stroke: black; stroke-width: 2; }}

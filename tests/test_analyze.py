@@ -30,11 +30,9 @@ from raytune_ft.config import TrialConfig
 from raytune_ft.trial import Progress
 
 SMALL = ["--set", "max_samples=240", "--set", "epochs=2", "--set", "image_size=32"]
-# Exported-model measurement (when this version of the config has it): kept on for the finished
-# run, with a short latency budget; off for the run that is killed anyway.
-_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
-QUICK_EXPORT = ["--set", "latency_budget_s=0.1"] if "latency_budget_s" in _FIELDS else []
-NO_EXPORT = ["--set", "export=false"] if "export" in _FIELDS else []
+# Exporting + measuring a model costs ~25 s here (tested in test_export.py); analyze only copies
+# the export folder, which test_export_best_prefers_the_exported_folder covers.
+NO_EXPORT = ["--set", "export=false"] if "export" in {f.name for f in dataclasses.fields(TrialConfig)} else []
 OBJECTIVES = {"val_acc": "max", "nonzero_params": "min"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -57,7 +55,7 @@ def finished(tmp_path_factory) -> tuple[Path, str]:
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            code = search.main(["--storage-path", str(storage), "--name", "done", *SMALL, *QUICK_EXPORT,
+            code = search.main(["--storage-path", str(storage), "--name", "done", *SMALL, *NO_EXPORT,
                                 "--set", "teacher.epochs=1", "--num-samples", "3"])
     finally:
         ray.shutdown()
@@ -316,3 +314,60 @@ def test_importing_analyze_does_no_work():
     code = ("import sys, raytune_ft.analyze, raytune_ft.results; "
             "assert not {'matplotlib', 'optuna', 'ray', 'torch'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def _synthetic_experiment(tmp_path: Path, n: int = 16) -> results.Experiment:
+    """Hand-built rows: accuracy depends on use_kd (+0.1) and lr, size only on final_sparsity."""
+    rng = np.random.default_rng(0)
+    lr, sparsity = rng.uniform(1e-3, 1e-2, n), rng.uniform(0.5, 0.9, n)
+    use_kd = np.arange(n) % 2 == 0
+    trials = pd.DataFrame({
+        "trial_id": [f"t{i}" for i in range(n)], "status": "completed", "lr": lr, "use_kd": use_kd,
+        "final_sparsity": sparsity, "val_acc": 0.7 + 0.1 * use_kd + 5 * lr,
+        "nonzero_params": ((1 - sparsity) * 1e6).round(), "start_time": np.arange(n) * 10.0,
+        "end_time": np.arange(n) * 10.0 + 9})
+    return results.Experiment(
+        name="synthetic", location=str(tmp_path), local_dir=tmp_path, objectives=dict(OBJECTIVES),
+        params=["lr", "use_kd", "final_sparsity"], space_file=None, planned=n, teacher=None, trials=trials,
+        state="finished", last_update=0.0, start_time=0.0, pending=0)
+
+
+def test_importances_follow_each_objective(tmp_path):
+    table, note = analyze.param_importances(_synthetic_experiment(tmp_path))
+    assert table["val_acc"].idxmax() == "use_kd"
+    assert table["nonzero_params"].idxmax() == "final_sparsity" and table["nonzero_params"].max() > 0.8
+    assert "16 completed trials" in note
+    table, note = analyze.param_importances(_synthetic_experiment(tmp_path, n=2))
+    assert table is None and note == "needs ≥ 3 completed trials, has 2"
+
+
+def test_family_effects_compare_at_equal_size(tmp_path):
+    effects, bins = analyze.family_effects(_synthetic_experiment(tmp_path))
+    assert bins == 4
+    kd = effects[effects.parameter == "use_kd"].iloc[0]
+    assert kd["family"] == "distillation" and kd["n"] == "8 vs 8" and 0.05 < kd["effect"] < 0.15
+    lr = effects[effects.parameter == "lr"].iloc[0]
+    assert lr["family"] == "optimization" and lr["effect"] > 0 and lr["measure"] == "Spearman ρ"
+
+
+@pytest.mark.e2e
+def test_export_best_prefers_the_exported_folder(finished, tmp_path):
+    exp = tmp_path / "copy"
+    shutil.copytree(finished[0], exp)
+    front = pd.read_csv(exp / "search_pareto.csv")
+    smallest = exp / f"trial_{front['trial_id'].iloc[0]}"
+    export = sorted(smallest.glob("checkpoint_*"))[-1] / "export"
+    export.mkdir()
+    (export / "manifest.json").write_text(json.dumps({"trial": front["trial_id"].iloc[0]}))
+    (export / "model.pt2").write_bytes(b"exported program")
+    out = tmp_path / "out"
+    assert analyze.main([str(exp), "--out", str(out), "--export-best", "5"]) == 0
+    index = pd.read_csv(out / "export-best" / "index.csv")
+    assert len(index) == len(front)  # fewer front models than asked: all of them
+    first = index.iloc[0]
+    assert first["kind"] == "export" and first["source"] == str(export)
+    assert (out / "export-best" / first["folder"] / "model.pt2").read_bytes() == b"exported program"
+    assert set(index["kind"].iloc[1:]) <= {"checkpoint"}
+    assert json.loads((out / "export-best" / "index.json").read_text())[0]["trial_id"] == first["trial_id"]
+    page = (out / "report.html").read_text()
+    assert str(export) in page  # the front table names the exported model
