@@ -133,3 +133,55 @@ def test_format_front_truncates_rows() -> None:
 def test_format_front_empty_inputs() -> None:
     assert "no rows" in format_front(front_table().iloc[0:0], ["trial_id"])
     assert "no columns" in format_front(front_table(), ["missing"])
+
+
+def test_pareto_svg_marks_every_trial_with_its_hover_text() -> None:
+    from raytune_ft.report import pareto_svg
+
+    trials = trials_table()
+    hover = [f"{t} <recipe & more>" for t in trials["trial_id"]]
+    svg = pareto_svg(trials, OBJECTIVES, hover, teacher=TEACHER)
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert svg.count("<circle") == 4  # the failed trials have no values to plot
+    assert svg.count('class="trial front"') == 2  # t0, t1 (t2 is dominated, t3 not completed)
+    assert "t3 &lt;recipe &amp; more&gt;" in svg and "<recipe" not in svg  # escaped
+    assert 'class="teacher"' in svg and "(log)" in svg  # sizes span 10k..3.4M
+    empty = pareto_svg(trials.iloc[0:0], OBJECTIVES, [])
+    assert "<circle" not in empty and empty.endswith("</svg>")
+
+
+def test_html_table_formats_and_escapes() -> None:
+    from raytune_ft.report import html_table
+
+    text = html_table(front_table().assign(trial_id=["<b>t1</b>", "t0"]))
+    assert "&lt;b&gt;t1&lt;/b&gt;" in text and "<b>" not in text
+    assert "<td>1,234,567</td>" in text and "<td>0.8123</td>" in text
+    assert "<td></td>" in text and "nan" not in text  # missing values are empty cells
+    assert "no rows" in html_table(front_table().iloc[0:0])
+
+
+def test_html_page_loads_nothing_from_the_network(tmp_path: Path) -> None:
+    from raytune_ft.report import html_page, img_tag
+
+    png = plot_pareto(trials_table(), OBJECTIVES, tmp_path / "p.png")
+    page = html_page("a <title>", img_tag(png, "front"))
+    assert "<title>a &lt;title&gt;</title>" in page
+    assert 'src="data:image/png;base64,iVBORw0KGgo' in page
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_analysis_plots_write_pngs_also_for_empty_inputs(tmp_path: Path) -> None:
+    from raytune_ft.report import plot_family_panels, plot_fronts, plot_hypervolume, plot_importances
+
+    curve = pd.DataFrame({"completed": [1, 2], "elapsed_s": [30.0, 90.0], "hypervolume": [0.2, 0.5]})
+    assert_png(plot_hypervolume(curve, tmp_path / "hv.png"))
+    assert_png(plot_hypervolume(curve.iloc[0:0], tmp_path / "hv0.png"))
+    table = pd.DataFrame({"val_acc": [0.7, 0.3], "nonzero_params": [0.1, 0.9]}, index=["lr", "use_kd"])
+    assert_png(plot_importances(table, tmp_path / "imp.png"))
+    assert_png(plot_importances(None, tmp_path / "imp0.png", note="needs ≥ 3 completed trials"))
+    trials = trials_table().assign(use_kd=[True, False, True, False, True, False],
+                                   final_sparsity=[0.5, 0.9, 0.7, 0.95, 0.6, 0.6])
+    assert_png(plot_family_panels(trials, "nonzero_params", "val_acc", ["use_kd"], tmp_path / "fam.png"))
+    assert_png(plot_family_panels(trials_table(), "nonzero_params", "val_acc", [], tmp_path / "fam0.png"))
+    assert_png(plot_fronts([("a", trials_table(), TEACHER), ("b", trials_table().iloc[0:0], None)],
+                           OBJECTIVES, tmp_path / "fronts.png"))
