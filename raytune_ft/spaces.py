@@ -36,7 +36,7 @@ PARAM_KEYS = {
 SAMPLERS = ("nsga2", "tpe", "random")
 MODES = ("max", "min")
 # The teacher is a plain dense fine-tune: these switches are forced off for it.
-TECHNIQUE_FLAGS = ("use_weight_decay", "use_l2sp", "use_label_smoothing", "use_kd", "use_pruning")
+TECHNIQUE_FLAGS = tuple(name for name in FIELD_TYPES if name.startswith("use_"))
 _METRIC_RE = re.compile(r"[a-z_][a-z0-9_]*")
 
 

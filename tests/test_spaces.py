@@ -22,7 +22,7 @@ from raytune_ft.spaces import (
     resolve_space,
 )
 
-BUILTINS = ["quickstart", "joint"]
+BUILTINS = ["quickstart", "quickstart_structured", "joint"]
 
 # A small valid space; each error case below breaks it in one place.
 VALID = """\
@@ -57,11 +57,14 @@ def quickstart() -> Space:
 def test_builtin_space_loads(name: str) -> None:
     space = load_space(resolve_space(name))
     assert space.name == name
-    assert space.params and space.objectives == {"val_acc": "max", "nonzero_params": "min"}
-    assert space.metric_and_mode() == (["val_acc", "nonzero_params"], ["max", "min"])
+    assert space.params and list(space.objectives.items())[0] == ("val_acc", "max")
+    size = list(space.objectives)[1]
+    assert size in {"nonzero_params", "model_bytes", "model_bytes_compressed"} and space.objectives[size] == "min"
+    assert space.metric_and_mode() == (["val_acc", size], ["max", "min"])
     assert isinstance(space.trial_config({}), TrialConfig)
     teacher = space.teacher_config()
     assert not any(getattr(teacher, flag) for flag in TECHNIQUE_FLAGS)
+    assert {"use_pruning", "use_channel_pruning", "use_kd", "use_l2sp"} <= set(TECHNIQUE_FLAGS)
 
 
 def test_builtin_names_and_resolve(tmp_path: Path) -> None:
