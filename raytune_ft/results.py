@@ -115,7 +115,13 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
                else {}),
             "error": error if status == FAILED else None,
         })
+    texts = ("trial_id", "status", "checkpoint", "error")
+    numbers = (*space.get("objectives", DEFAULT_OBJECTIVES), "epochs_trained", "wall_time_s", "start_time",
+               "end_time")
     trials = pd.DataFrame(rows)
+    for column in (*texts, *numbers):  # also before any trial has reported
+        if column not in trials.columns:
+            trials[column] = pd.Series([None] * len(trials), dtype=object if column in texts else float)
     if len(trials):
         trials = trials.sort_values(["start_time", "trial_id"], kind="stable", na_position="last")
     return trials.reset_index(drop=True)

@@ -371,3 +371,20 @@ def test_export_best_prefers_the_exported_folder(finished, tmp_path):
     assert json.loads((out / "export-best" / "index.json").read_text())[0]["trial_id"] == first["trial_id"]
     page = (out / "report.html").read_text()
     assert str(export) in page  # the front table names the exported model
+
+
+@pytest.mark.e2e
+def test_report_of_a_search_killed_before_any_trial_reported(finished, tmp_path):
+    exp = tmp_path / "early"
+    (exp / "trial_0001").mkdir(parents=True)
+    for name in ("space.json", "teacher.json"):
+        shutil.copy(finished[0] / name, exp / name)
+    params = next(finished[0].glob("trial_*/params.json"))
+    shutil.copy(params, exp / "trial_0001" / "params.json")  # Tune writes this when a trial starts
+    trials = results.read_trials(exp)
+    assert list(trials["status"]) == ["incomplete"] and trials["val_acc"].isna().all()
+    assert analyze.main([str(exp), "--out", str(tmp_path / "out")]) == 0
+    shutil.rmtree(exp / "trial_0001")  # killed while the teacher was training
+    assert len(results.read_trials(exp)) == 0
+    assert analyze.main([str(exp), "--out", str(tmp_path / "out")]) == 0
+    assert "0 trials started of 3 planned" in (tmp_path / "out" / "report.html").read_text()
