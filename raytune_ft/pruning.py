@@ -183,3 +183,10 @@ def channel_prune_steps(total_steps: int, *, start_fraction: float, end_fraction
     if steps == 1:
         return [end]
     return sorted({round(start + i * (end - start) / (steps - 1)) for i in range(steps)})
+
+
+def pruning_method(values: dict) -> str:
+    """"channel+magnitude", "channel", "magnitude" or "none", from a trial's settings."""
+    parts = [name for name, flag in (("channel", "use_channel_pruning"), ("magnitude", "use_pruning"))
+             if values.get(flag)]
+    return "+".join(parts) or "none"

@@ -66,16 +66,15 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
     interrupted). Columns: trial_id, status, searched params (inactive conditional ones empty),
     fixed settings, the last reported metrics, epochs_trained, wall_time_s, start_time,
     end_time (unix s), checkpoint (the newest checkpoint folder), export_path (its `export/`
-    folder when there is one), pruning_method (when search.py can name it), error.
+    folder when there is one), pruning_method (pruning.pruning_method), error.
     """
-    from raytune_ft import search
     from raytune_ft.config import TrialConfig
+    from raytune_ft.pruning import pruning_method
 
     exp_dir = Path(exp_dir)
     space = _read_json(exp_dir / "space.json") or {}
     fixed: dict[str, Any] = space.get("fixed", {})
     _, tune_state = _tune_state(exp_dir)
-    method = getattr(search, "pruning_method", None)  # the lead's "channel+magnitude" | ... | "none"
     rows = []
     for trial_dir in sorted(p for p in exp_dir.glob("trial_*") if p.is_dir()):
         results = _read_results(trial_dir / "result.json")
@@ -111,8 +110,7 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
             "start_time": start_time, "end_time": end_time,
             "checkpoint": str(checkpoints[-1]) if checkpoints else None,
             "export_path": str(export) if export is not None and export.is_dir() else None,
-            **({"pruning_method": method({**fixed, **config})} if method and "pruning_method" not in metrics
-               else {}),
+            "pruning_method": pruning_method({**fixed, **config}),
             "error": error if status == FAILED else None,
         })
     texts = ("trial_id", "status", "checkpoint", "error")

@@ -141,6 +141,9 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from offline machines
     # Every epoch checkpoints (num_to_keep=1) and forces a state snapshot; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Size objectives measured on the exported model (model_bytes, latency_ms_*) exist only in a
+    # trial's final report; the searcher reads only that one.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import optuna
     import ray
     from ray import tune
@@ -149,6 +152,7 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
 
     from raytune_ft import data as data_mod
     from raytune_ft import trial
+    from raytune_ft.config import TrialConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -185,66 +189,11 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
                 verbose=0,  # progress comes from trial.Progress and the trials' epoch lines
-                callbacks=[trial.Progress(space.search.num_samples, space.objectives)],
+                callbacks=[trial.Progress(space.search.num_samples, space.objectives, teacher=teacher,
+                                          epochs=space.fixed.get("epochs", TrialConfig().epochs))],
             ),
         )
     return tuner.fit(), teacher
-
-
-def trials_table(results, space) -> "pd.DataFrame":
-    """One row per trial: id, status, searched params, fixed settings, final metrics, epochs
-    trained, wall time, checkpoint."""
-    import pandas as pd
-
-    from raytune_ft.config import TrialConfig
-
-    param_names = [p.name for p in space.params]
-    rows = []
-    for result in results:
-        m = result.metrics or {}
-        config = result.config or {}
-        trained = int(m.get("epoch", 0) or 0)
-        trial_epochs = {**space.fixed, **config}.get("epochs", TrialConfig().epochs)
-        if result.error is not None:
-            status = "failed"
-        elif trained >= trial_epochs:
-            status = "completed"
-        else:
-            status = "early-stopped"
-        rows.append({
-            "trial_id": m.get("trial_id") or Path(result.path).name,
-            "status": status,
-            **{name: config.get(name) for name in param_names},  # inactive conditional params: empty
-            **{name: value for name, value in space.fixed.items() if name not in param_names},
-            **{name: m.get(name) for name in TRIAL_METRICS},
-            "epochs_trained": trained,
-            "wall_time_s": m.get("time_total_s"),
-            "checkpoint": result.checkpoint.path if result.checkpoint else None,
-            "export_path": _export_path(result),
-            "pruning_method": pruning_method({**space.fixed, **config}),
-            "error": _one_line(result.error) if result.error is not None else None,
-        })
-    return pd.DataFrame(rows)
-
-
-def _export_path(result) -> str | None:
-    if result.checkpoint is None:
-        return None
-    path = Path(result.checkpoint.path) / "export"
-    return str(path) if path.exists() else None
-
-
-def pruning_method(values: dict[str, Any]) -> str:
-    """"channel+magnitude", "channel", "magnitude" or "none", from a trial's settings."""
-    parts = [name for name, flag in (("channel", "use_channel_pruning"), ("magnitude", "use_pruning"))
-             if values.get(flag)]
-    return "+".join(parts) or "none"
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    # Tune wraps the trial's exception; its last line is the original message
-    return text[-1] if text else type(error).__name__
 
 
 def write_results(trials, space, exp_dir: Path, teacher: dict[str, Any]):
@@ -269,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"experiment: {exp_dir}\nspace: {space.path} ({space.search.num_samples} trials, "
           f"sampler {space.search.sampler}, seed {space.search.seed})", flush=True)
     try:
-        results, teacher = run_search(space, exp_dir, args)
+        _, teacher = run_search(space, exp_dir, args)
     except UserError as err:
         print(f"raytune_ft.search: error: {err}", file=sys.stderr)
         return 2
-    trials = trials_table(results, space)
+    from raytune_ft import results as results_mod
+
+    trials = results_mod.read_trials(exp_dir)  # Tune's files are complete once fit() returned
     front = write_results(trials, space, exp_dir, teacher)
 
     from raytune_ft import report
@@ -287,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["trial_id", *space.objectives, "params", "sparsity", *[p.name for p in space.params]]
     print(report.format_front(front, list(dict.fromkeys(cols))))
     print(f"\nwrote {exp_dir / 'trials.csv'}\n      {exp_dir / 'pareto.csv'}\n      "
-          f"{exp_dir / 'pareto.png'}\n      {exp_dir / 'teacher.json'}")
+          f"{exp_dir / 'pareto.png'}\n      {exp_dir / 'teacher.json'}\n"
+          f"full report: python -m raytune_ft.analyze {exp_dir}")
     return 0
 
 
