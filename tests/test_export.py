@@ -69,3 +69,12 @@ def test_channel_pruned_model_exports_smaller(tmp_path, importance):
     a = export.measure_export(tmp_path / "dense", image_size=32, threads=1, latency_budget_s=0.3)
     b = export.measure_export(tmp_path / "pruned", image_size=32, threads=1, latency_budget_s=0.3)
     assert b["model_bytes"] < 0.6 * a["model_bytes"] and b["macs"] < 0.6 * a["macs"]
+
+
+def test_onnx_is_written_and_valid_when_onnx_is_installed(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="the optional onnx package is not installed")
+    export.export_model(TinyClassifier().eval(), tmp_path, image_size=8, manifest={})
+    assert json.loads((tmp_path / export.MANIFEST).read_text())["files"] == [export.MODEL_FILE, export.ONNX_FILE]
+    model = onnx.load(str(tmp_path / export.ONNX_FILE))
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].name == "images"
