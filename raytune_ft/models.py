@@ -103,7 +103,7 @@ def _load_by_position(model: nn.Module, source: dict[str, torch.Tensor]) -> None
     if len(source) != len(target):
         raise ModelError(f"weights have {len(source)} tensors, the model has {len(target)}")
     mapped = {}
-    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items(), strict=True):
         if src.shape != dst.shape:
             raise ModelError(
                 f"weights tensor {src_key!r} {tuple(src.shape)} does not match model tensor "

@@ -137,7 +137,7 @@ def obtain_teacher(space, data, exp_dir: Path) -> tuple[dict[str, Any], Any]:
 
 
 def run_search(space, exp_dir: Path, args: argparse.Namespace):
-    """Start Ray, obtain the teacher, run the trials; returns Tune's ResultGrid."""
+    """Start Ray, obtain the teacher, run the trials; returns (Tune's ResultGrid, teacher info)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from offline machines
     # Every epoch checkpoints (num_to_keep=1) and forces a state snapshot; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

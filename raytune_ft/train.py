@@ -64,7 +64,7 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int, ba
     model.train()
     for i in range(min(batches, max(1, len(x) // batch_size))):
         model(x[i * batch_size : (i + 1) * batch_size])
-    for m, momentum in zip(norms, momenta):
+    for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
 
 

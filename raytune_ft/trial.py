@@ -22,7 +22,6 @@ from raytune_ft import export, models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
-
 EXPORT_DIR = "export"  # inside a trial's final checkpoint folder
 
 

@@ -25,11 +25,11 @@ def test_packaged_efficientnet_lite0_weights_map_by_position_and_predict_imagene
     source = models._packaged_state_dict("efficientnet_lite0")
     target = timm.create_model("efficientnet_lite0").state_dict()
     assert len(source) == len(target) == 296
-    assert all(a.shape == b.shape for a, b in zip(source.values(), target.values()))
+    assert all(a.shape == b.shape for a, b in zip(source.values(), target.values(), strict=True))
 
     model = models.build_model("efficientnet_lite0", 1000).eval()
     # reset_classifier re-initialises the head: load the ImageNet head back for this check
-    model.load_state_dict(dict(zip(target.keys(), source.values())))
+    model.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)))
     with torch.no_grad():
         cat = model(_imagenet_input(photos.chelsea())).topk(3).indices[0].tolist()
         coffee = model(_imagenet_input(photos.coffee())).argmax().item()

@@ -9,7 +9,7 @@ def test_schedule_endpoints_and_monotonic():
     values = [pruning.sparsity_at(t, final=0.9, start=10, end=110) for t in range(0, 130)]
     assert values[0] == 0.0 and values[10] == 0.0
     assert values[110] == pytest.approx(0.9) and values[-1] == pytest.approx(0.9)
-    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
     # cubic: fast early, slow late (Zhu & Gupta 2017)
     assert values[60] == pytest.approx(0.9 * (1 - 0.5**3))
 
@@ -31,7 +31,7 @@ def test_masks_give_exact_sparsity(scope, sparsity):
     if scope == "global":
         assert zeros == round(sparsity * total)
     else:
-        for name, m in masks.items():
+        for _name, m in masks.items():
             assert int((~m).sum()) == round(sparsity * m.numel())
 
 

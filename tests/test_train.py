@@ -70,5 +70,5 @@ def test_fit_is_deterministic(tiny_splits):
     a, ra = _fit(cfg, tiny_splits)
     b, rb = _fit(cfg, tiny_splits)
     assert ra[-1]["val_loss"] == rb[-1]["val_loss"]
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not math.isnan(ra[-1]["train_loss"])
