@@ -30,11 +30,15 @@ def prune_steps(total_steps: int, *, start_fraction: float, end_fraction: float,
 
     The end step is always included so the final sparsity is reached exactly.
     """
+    start, end = _window(total_steps, start_fraction, end_fraction)
+    return sorted(set(range(start, end, frequency)) | {end})
+
+
+def _window(total_steps: int, start_fraction: float, end_fraction: float) -> tuple[int, int]:
+    """First and last optimizer step of the pruning window, clipped to the run."""
     last = max(total_steps - 1, 0)
     start = min(round(start_fraction * total_steps), last)
-    end = min(max(round(end_fraction * total_steps), start), last)
-    steps = list(range(start, end, frequency))
-    return sorted(set(steps) | {end})
+    return start, min(max(round(end_fraction * total_steps), start), last)
 
 
 def prunable_parameters(model: nn.Module, head_names: set[str]) -> dict[str, nn.Parameter]:
@@ -177,9 +181,7 @@ def _shrink_like(anchors: dict[str, torch.Tensor], prefix: str | None, module: n
 
 def channel_prune_steps(total_steps: int, *, start_fraction: float, end_fraction: float, steps: int) -> list[int]:
     """`steps` optimizer steps evenly spread over the pruning window (the last at its end)."""
-    last = max(total_steps - 1, 0)
-    start = min(round(start_fraction * total_steps), last)
-    end = min(max(round(end_fraction * total_steps), start), last)
+    start, end = _window(total_steps, start_fraction, end_fraction)
     if steps == 1:
         return [end]
     return sorted({round(start + i * (end - start) / (steps - 1)) for i in range(steps)})

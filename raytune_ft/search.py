@@ -105,27 +105,26 @@ def obtain_teacher(space, data, exp_dir: Path) -> tuple[dict[str, Any], Any]:
             raise UserError(f"teacher checkpoint {str(source)!r} has classes {meta['class_names']}, "
                             f"the dataset has {list(data.class_names)}")
         torch.set_num_threads(cfg.cpus_per_trial)
+        config = meta["config"]
         metrics = {**meta["metrics"], **train.evaluate(model, data.x_val, data.y_val)}
         logits = torch.load(logits_path, weights_only=True) if logits_path.exists() and source == teacher_dir \
             else train.predict_logits(model, data.x_train)
-        if source != teacher_dir:
-            models.save_checkpoint(teacher_dir, model, config=meta["config"], class_names=data.class_names,
-                                   metrics=metrics)
+        changed = source != teacher_dir
     else:
         print(f"teacher: fine-tuning {cfg.model} densely for {cfg.epochs} epochs", flush=True)
         out = trial.fit_teacher_remote(cfg, data)
         model = models.build_model(cfg.model, data.num_classes, weights="none", dropout=cfg.dropout)
         model.load_state_dict(out["state_dict"])
-        metrics, logits = out["metrics"], out["train_logits"]
-        models.save_checkpoint(teacher_dir, model, config=cfg.to_dict(), class_names=data.class_names,
-                               metrics=metrics)
+        config, metrics, logits = cfg.to_dict(), out["metrics"], out["train_logits"]
+        changed = True
     export_dir = teacher_dir / trial.EXPORT_DIR
     if cfg.export and not (export_dir / "manifest.json").exists():
         print("teacher: exporting and measuring", flush=True)
         torch.set_num_threads(cfg.cpus_per_trial)
         metrics = {**metrics, **trial.export_and_measure(model, cfg, data, metrics, export_dir)}
-        models.save_checkpoint(teacher_dir, model, config=cfg.to_dict(), class_names=data.class_names,
-                               metrics=metrics)
+        changed = True
+    if changed:  # one write, with the measured sizes in its metrics
+        models.save_checkpoint(teacher_dir, model, config=config, class_names=data.class_names, metrics=metrics)
     torch.save(logits, logits_path)
     info = {**{k: metrics[k] for k in TRIAL_METRICS if k in metrics},
             "epochs_trained": metrics.get("epoch"), "wall_time_s": metrics.get("wall_time_s"),

@@ -130,6 +130,10 @@ def fit(
             steps=cfg.channel_pruning_steps,
         ))
 
+    # evaluation and BatchNorm recalibration read the same tensors every epoch: lay them out once
+    x_val = data.x_val.contiguous(memory_format=memory_format)
+    x_recalibrate = data.x_train[: batch_size * cfg.bn_recalibration_batches].contiguous(memory_format=memory_format)
+
     step = 0
     metrics: dict[str, Any] = {}
     for epoch in range(cfg.epochs):
@@ -186,11 +190,10 @@ def fit(
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             step += 1
 
-        recalibrate_batchnorm(model, data.x_train.contiguous(memory_format=memory_format), batch_size,
-                              cfg.bn_recalibration_batches)
+        recalibrate_batchnorm(model, x_recalibrate, batch_size, cfg.bn_recalibration_batches)
         metrics = {
             "epoch": epoch + 1,
-            **evaluate(model, data.x_val.contiguous(memory_format=memory_format), data.y_val),
+            **evaluate(model, x_val, data.y_val),
             **{f"train_{k}" if k == "loss" else k: v / steps_per_epoch for k, v in sums.items()},
             **pruning.size_metrics(model, prunable),
             "lr": lr,
