@@ -19,20 +19,25 @@ LR_SCHEDULES = ("cosine", "constant")
 PRUNING_SCOPES = ("global", "layer")
 CHANNEL_IMPORTANCE = ("l1", "l2", "taylor", "bn_scale")
 CHANNEL_SCOPES = ("uniform", "global")
-DATASETS = ("digits", "imagefolder")
+DATASETS = ("digits", "imagefolder", "cifar10", "cifar100", "parquet")
+ON_BAD_IMAGE = ("error", "skip")
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     # --- model and data -------------------------------------------------------------
-    model: str = "efficientnet_lite0"  # a timm model name
+    model: str = "efficientnet_lite0"  # a timm model name, or "torchvision/NAME" (models.py)
     weights: str = "pretrained"  # "pretrained", "none", or a path to a .pth/.safetensors file
     dataset: str = "digits"  # one of DATASETS
-    data_root: str | None = None  # folder for path-based datasets (imagefolder)
+    data_root: str | None = None  # folder for imagefolder / cifar10 / cifar100 / parquet (data.py)
     image_size: int = 32  # square input side in pixels
     val_fraction: float = 0.2  # stratified hold-out used for val_acc
     max_samples: int | None = None  # use a stratified subset of this many images (quick tests)
     data_seed: int = 0  # fixes the train/val split; the same for every trial of an experiment
+    download: bool = False  # cifar10/cifar100 only: fetch the dataset into data_root if it is missing
+    on_bad_image: str = "error"  # one of ON_BAD_IMAGE: stop naming bad files, or skip and list them
+    augment: bool = False  # random resized crop + horizontal flip of training batches
+    crop_min_scale: float = 0.08  # smallest area fraction kept by the random resized crop
     # --- optimisation ---------------------------------------------------------------
     epochs: int = 3
     batch_size: int = 64
@@ -81,6 +86,8 @@ class TrialConfig:
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("pruning_scope", self.pruning_scope, PRUNING_SCOPES)
         _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("on_bad_image", self.on_bad_image, ON_BAD_IMAGE)
+        _check_range("crop_min_scale", self.crop_min_scale, low=0.0, high=1.0, low_open=True)
         _check_choice("channel_importance", self.channel_importance, CHANNEL_IMPORTANCE)
         _check_choice("channel_pruning_scope", self.channel_pruning_scope, CHANNEL_SCOPES)
         _check_range("channel_pruning_steps", self.channel_pruning_steps, low=1)

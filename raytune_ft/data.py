@@ -1,24 +1,33 @@
-"""Datasets a trial trains on, as in-memory tensors with a fixed, stratified train/val split.
+"""Datasets a trial trains on: in-memory tensors (`load_splits`) or streaming Ray Data (`ray_datasets`).
 
-`digits` is scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside scikit-learn, no
-download), upsampled to `image_size` and repeated to 3 channels. `imagefolder` reads a folder
-with one sub-folder per class. Inputs are deterministic (no augmentation), so the teacher's
-logits can be computed once per experiment and indexed by sample.
+In memory, normalized with the model's own mean/std: `digits` (scikit-learn, embedded), `imagefolder`
+(one sub-folder per class, optionally under `train/` + `val/`), `cifar10` / `cifar100` (a local
+torchvision root). Streaming: `parquet` shards written by `python -m raytune_ft.to_parquet`.
+Stored inputs are deterministic; `augment_batch` adds random resized crops and flips per batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import pickle
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raytune_ft import models
 from raytune_ft.config import TrialConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = models.IMAGENET_MEAN
+IMAGENET_STD = models.IMAGENET_STD
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+VAL_DIR_NAMES = ("val", "valid", "validation")
+PARQUET_META = "dataset.json"  # class names and split sizes, next to the train/ and val/ shard folders
+MAX_LISTED = 10  # bad files named in one error message
 
 
 class DataError(ValueError):
@@ -27,39 +36,268 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Splits:
-    x_train: torch.Tensor  # (n, 3, H, W) float32, normalized
+    x_train: torch.Tensor  # (n, 3, H, W) float32, normalized with (mean, std)
     y_train: torch.Tensor  # (n,) int64
     x_val: torch.Tensor
     y_val: torch.Tensor
     class_names: tuple[str, ...]
+    skipped: tuple[str, ...] = ()  # files/folders left out under on_bad_image: skip, each "path: why"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
 
+@dataclass
+class _Pool:
+    """Images before the train/val split: (n, 3, h, w) uint8 or float in [0, 1]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    val_images: np.ndarray | None = None  # given by the dataset (imagefolder train/ + val/)
+    val_labels: np.ndarray | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
 def load_splits(cfg: TrialConfig) -> Splits:
-    """The train/val tensors for `cfg` (dataset, image_size, val_fraction, max_samples, data_seed)."""
+    """The train/val tensors for `cfg` (dataset, data_root, image_size, val_fraction, max_samples,
+    data_seed, on_bad_image), normalized with the mean/std of `cfg.model`'s pretrained weights."""
+    inp = models.input_config(cfg.model)
     if cfg.dataset == "digits":
-        images, labels, names = _digits()
+        pool = _Pool(*_digits())
     elif cfg.dataset == "imagefolder":
-        images, labels, names = _imagefolder(cfg.data_root, cfg.image_size)
+        pool = _load_imagefolder(cfg, inp)
+    elif cfg.dataset in CIFAR:
+        pool = _load_cifar(cfg)
+    elif cfg.dataset == "parquet":
+        raise DataError("dataset parquet streams through Ray Data and is not loaded into memory: use "
+                        "data.ray_datasets(cfg)")
     else:  # config.py validates the name; this guards a new entry without a loader
         raise AssertionError(cfg.dataset)
     rng = np.random.default_rng(cfg.data_seed)
-    keep = _stratified_take(labels, cfg.max_samples, rng) if cfg.max_samples else np.arange(len(labels))
-    images, labels = images[keep], labels[keep]
-    val = _stratified_take(labels, max(1, round(cfg.val_fraction * len(labels))), rng)
-    train = np.setdiff1d(np.arange(len(labels)), val)
-    x = _to_model_input(images, cfg.image_size)
-    y = torch.as_tensor(labels, dtype=torch.int64)
-    return Splits(x[train], y[train], x[val], y[val], names)
+    images, labels = pool.images, pool.labels
+    if pool.val_images is None:
+        keep = _stratified_take(labels, cfg.max_samples, rng) if cfg.max_samples else np.arange(len(labels))
+        images, labels = images[keep], labels[keep]
+        val = _stratified_take(labels, max(1, round(cfg.val_fraction * len(labels))), rng)
+        train = np.setdiff1d(np.arange(len(labels)), val)
+        x_train, y_train, x_val, y_val = images[train], labels[train], images[val], labels[val]
+    else:  # the folder's own split; max_samples keeps the train:val proportion
+        x_train, y_train, x_val, y_val = images, labels, pool.val_images, pool.val_labels
+        if cfg.max_samples and cfg.max_samples < len(y_train) + len(y_val):
+            share = cfg.max_samples / (len(y_train) + len(y_val))
+            t = _stratified_take(y_train, max(1, round(share * len(y_train))), rng)
+            v = _stratified_take(y_val, max(1, round(share * len(y_val))), rng)
+            x_train, y_train, x_val, y_val = x_train[t], y_train[t], x_val[v], y_val[v]
+    _check_memory(len(y_train) + len(y_val), cfg)
+    return Splits(
+        _to_model_input(x_train, cfg.image_size, inp), torch.as_tensor(y_train, dtype=torch.int64),
+        _to_model_input(x_val, cfg.image_size, inp), torch.as_tensor(y_val, dtype=torch.int64),
+        pool.class_names, tuple(pool.skipped), tuple(inp.mean), tuple(inp.std),
+    )
 
 
 def check_dataset(cfg: TrialConfig) -> None:
-    """Cheap checks that can fail before any Ray work starts."""
+    """Checks that can fail before any Ray work starts: the folder layout, class lists, empty class
+    folders, files that are not images (headers only), CIFAR files, Parquet schema and labels.
+    With on_bad_image: error, the first problem raises DataError naming every bad file."""
     if cfg.dataset == "imagefolder":
-        _class_dirs(cfg.data_root)
+        _scan_imagefolder(cfg.data_root, cfg.on_bad_image, verify=True)
+    elif cfg.dataset in CIFAR:
+        _cifar_files(cfg)
+    elif cfg.dataset == "parquet":
+        parquet_info(cfg)
+
+
+# --- augmentation -------------------------------------------------------------------------------
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, *, min_scale: float = 0.08,
+                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+    """Random resized crop (Szegedy et al. 2015, as in timm/torchvision) and horizontal flip of a
+    batch (n, C, H, W), each sample its own crop, resampled bilinearly back to (H, W).
+
+    The crop covers an area fraction s ~ U(min_scale, 1) of the image with aspect ratio r,
+    log r ~ U(log ratio[0], log ratio[1]); its sides are clipped to the image (torchvision
+    instead retries). Works on normalized tensors: cropping, resampling and flipping commute with
+    the per-channel affine normalization. Reproducible given `generator` (on the CPU).
+    """
+    n = x.shape[0]
+    u = torch.rand(n, 5, generator=generator)
+    area = min_scale + (1 - min_scale) * u[:, 0]
+    log_r = np.log(ratio[0]) + (np.log(ratio[1]) - np.log(ratio[0])) * u[:, 1]
+    w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)  # crop width / image width
+    h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+    cx = (1 - w) * (2 * u[:, 2] - 1)  # crop centre in [-1, 1] coordinates, crop inside the image
+    cy = (1 - h) * (2 * u[:, 3] - 1)
+    sign = torch.where(u[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones(n)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# --- decoding one image (shared by the in-memory loader, the converter and the Ray Data path) -----
+
+
+def decode_image(source: bytes | str | Path, size: int, inp: models.InputConfig, *,
+                 rng: np.random.Generator | None = None, min_scale: float = 0.08) -> np.ndarray:
+    """One encoded image -> (size, size, 3) uint8 RGB (EXIF orientation applied).
+
+    rng None: the model's evaluation transform (centre crop of crop_pct of the shorter side,
+    resized to `size` with the model's interpolation). rng given: random resized crop + flip.
+    """
+    import io
+
+    from PIL import Image, ImageOps
+
+    im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    # JPEG: decode at a reduced scale when the image is much larger than needed
+    im.draft("RGB", (round(size / (np.sqrt(min_scale) if rng is not None else inp.crop_pct)),) * 2)
+    im = ImageOps.exif_transpose(im).convert("RGB")
+    width, height = im.size
+    if rng is None:
+        side = min(width, height) * inp.crop_pct
+        box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+        flip = False
+    else:
+        area = width * height * rng.uniform(min_scale, 1.0)
+        r = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        w, h = min(width, np.sqrt(area * r)), min(height, np.sqrt(area / r))
+        left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        box, flip = (left, top, left + w, top + h), rng.random() < 0.5
+    resample = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}.get(
+        inp.interpolation, Image.BILINEAR)
+    out = np.asarray(im.resize((size, size), resample, box=box))
+    return out[:, ::-1] if flip else out
+
+
+# --- imagefolder --------------------------------------------------------------------------------
+
+
+@dataclass
+class FolderLayout:
+    """The files of an image folder: (path, label) per split, after bad files were dealt with."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    train: list[tuple[Path, int]]
+    val: list[tuple[Path, int]] | None  # None: split by val_fraction
+    skipped: list[str]
+
+
+def _scan_imagefolder(root: str | None, on_bad_image: str, *, verify: bool) -> FolderLayout:
+    """Read the layout of `root`: one sub-folder per class, or `train/` + `val/` each holding them.
+
+    verify: open every file's header (cheap) to find files that are not images. Empty class
+    folders and unreadable files raise DataError (all named) unless on_bad_image == "skip".
+    """
+    if not root:
+        raise DataError("dataset imagefolder needs data_root (a folder with one sub-folder per class)")
+    path = Path(root)
+    if not path.is_dir():
+        raise DataError(f"data_root {root!r} does not exist or is not a folder")
+    problems: list[str] = []
+    train_root = path / "train"
+    if train_root.is_dir() and _subdirs(train_root):
+        val_root = next((path / n for n in VAL_DIR_NAMES if (path / n).is_dir()), None)
+    else:
+        train_root, val_root = path, None
+    train_classes = _class_folders(train_root)
+    names = tuple(train_classes)
+    if val_root is not None:
+        val_classes = _class_folders(val_root)
+        if set(val_classes) != set(train_classes):
+            only_train = sorted(set(train_classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(train_classes))
+            raise DataError(f"the class folders of {str(train_root)!r} and {str(val_root)!r} differ: only in "
+                            f"train: {only_train}, only in val: {only_val}")
+    split_files = {"train": _class_files(train_classes, problems, verify)}
+    if val_root is not None:
+        split_files["val"] = _class_files(val_classes, problems, verify)
+    if problems and on_bad_image != "skip":
+        listed = "; ".join(problems[:MAX_LISTED]) + (f"; and {len(problems) - MAX_LISTED} more"
+                                                      if len(problems) > MAX_LISTED else "")
+        raise DataError(f"{len(problems)} bad file(s)/folder(s) in data_root {root!r}: {listed}. Fix or remove "
+                        "them, or set on_bad_image: skip to leave them out")
+    # a class without any training image is dropped (on_bad_image: skip; else it raised above)
+    kept = [c for c in names if split_files["train"][c]]
+    if len(kept) < 2:
+        raise DataError(f"data_root {root!r} must hold at least 2 class folders with images, found {len(kept)}")
+    problems += [f"{f}: class {c!r} has no training images" for c in names if c not in kept
+                 for f in split_files.get("val", {}).get(c, [])]
+    label = {c: i for i, c in enumerate(kept)}
+    lists = {s: [(f, label[c]) for c in kept for f in files[c]] for s, files in split_files.items()}
+    return FolderLayout(path, tuple(kept), lists["train"], lists.get("val"), problems)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _class_folders(folder: Path) -> dict[str, Path]:
+    """Class name (Unicode NFC, so macOS and Linux spellings agree) -> folder, sorted by name."""
+    classes = {unicodedata.normalize("NFC", p.name): p for p in _subdirs(folder)}
+    if len(classes) < 2:
+        raise DataError(f"{str(folder)!r} must hold one sub-folder per class, found {len(classes)}")
+    return dict(sorted(classes.items()))
+
+
+def _class_files(classes: dict[str, Path], problems: list[str], verify: bool) -> dict[str, list[Path]]:
+    from PIL import Image
+
+    out = {}
+    for name, folder in classes.items():
+        files = sorted(p for p in folder.iterdir()
+                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            problems.append(f"class folder {str(folder)!r} is empty (no image files)")
+        good = []
+        for file in files:
+            if verify:
+                try:
+                    with Image.open(file):
+                        pass
+                except Exception as err:
+                    problems.append(f"{file}: not an image ({type(err).__name__})")
+                    continue
+            good.append(file)
+        out[name] = good
+    return out
+
+
+def _load_imagefolder(cfg: TrialConfig, inp: models.InputConfig) -> _Pool:
+    layout = _scan_imagefolder(cfg.data_root, cfg.on_bad_image, verify=False)
+    skipped = list(layout.skipped)
+
+    def read(files: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
+        images, labels, bad = [], [], []
+        for file, label in files:
+            try:
+                images.append(decode_image(file, cfg.image_size, inp).transpose(2, 0, 1))
+            except Exception as err:
+                bad.append(f"{file}: cannot be decoded ({type(err).__name__}: {err})")
+                continue
+            labels.append(label)
+        if bad and cfg.on_bad_image != "skip":
+            raise DataError(f"{len(bad)} unreadable image(s) in data_root {cfg.data_root!r}: "
+                            + "; ".join(bad[:MAX_LISTED]) + ". Fix or remove them, or set on_bad_image: skip")
+        skipped.extend(bad)
+        if not labels:
+            raise DataError(f"no readable images in data_root {cfg.data_root!r}")
+        return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+    images, labels = read(layout.train)
+    if layout.val is None:
+        return _Pool(images, labels, layout.class_names, skipped=skipped)
+    val_images, val_labels = read(layout.val)
+    return _Pool(images, labels, layout.class_names, val_images, val_labels, skipped)
+
+
+# --- digits and CIFAR ----------------------------------------------------------------------------
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -70,36 +308,70 @@ def _digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     return images[:, None].repeat(3, axis=1), d.target.astype(np.int64), tuple(str(c) for c in range(10))
 
 
-def _class_dirs(root: str | None) -> list[Path]:
-    if not root:
-        raise DataError("dataset imagefolder needs data_root (a folder with one sub-folder per class)")
-    path = Path(root)
-    if not path.is_dir():
-        raise DataError(f"data_root {root!r} does not exist or is not a folder")
-    classes = sorted(p for p in path.iterdir() if p.is_dir())
-    if len(classes) < 2:
-        raise DataError(f"data_root {root!r} must hold one sub-folder per class, found {len(classes)}")
-    return classes
+# dataset -> (folder inside data_root, training batch files, meta file, class-name key, label key, size)
+CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "batches.meta",
+                "label_names", "labels", "163 MB"),
+    "cifar100": ("cifar-100-python", ["train"], "meta", "fine_label_names", "fine_labels", "161 MB"),
+}
 
 
-def _imagefolder(root: str | None, size: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    from PIL import Image
+def _cifar_files(cfg: TrialConfig) -> list[Path]:
+    """The CIFAR files under data_root (downloaded first when cfg.download), or a DataError saying how to get them."""
+    folder, batches, meta, *_, size = CIFAR[cfg.dataset]
+    if not cfg.data_root:
+        raise DataError(f"dataset {cfg.dataset} needs data_root: the torchvision root folder that holds {folder}/")
+    files = [Path(cfg.data_root) / folder / f for f in [*batches, meta]]
+    missing = [f for f in files if not f.is_file()]
+    if missing and cfg.download:
+        import torchvision.datasets as tvd
 
-    classes = _class_dirs(root)
+        print(f"downloading {cfg.dataset} ({size}) into {cfg.data_root}", flush=True)
+        cls = tvd.CIFAR10 if cfg.dataset == "cifar10" else tvd.CIFAR100
+        try:
+            cls(cfg.data_root, train=True, download=True)
+        except Exception as err:
+            raise DataError(f"downloading {cfg.dataset} into {cfg.data_root!r} failed: {err}") from err
+        missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise DataError(
+            f"{cfg.dataset} not found: {str(missing[0])!r} is missing (data_root must be a torchvision root "
+            f"holding {folder}/). Get it once with --set download=true (or download: true under fixed: in the "
+            f"space file; {size} from https://www.cs.toronto.edu/~kriz/), or extract the python version "
+            f"archive into {cfg.data_root!r}")
+    return files
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")  # the CIFAR python format (as torchvision reads it)
+    except Exception as err:
+        raise DataError(f"cannot read CIFAR file {str(path)!r}: {type(err).__name__}: {err}") from err
+
+
+def _load_cifar(cfg: TrialConfig) -> _Pool:
+    """The CIFAR training set; validation is a stratified val_fraction of it (the test batch stays unseen)."""
+    *batches, meta = _cifar_files(cfg)
+    _, _, _, name_key, label_key, _ = CIFAR[cfg.dataset]
+    names = tuple(_unpickle(meta)[name_key])
     images, labels = [], []
-    for label, folder in enumerate(classes):
-        files = sorted(p for p in folder.iterdir() if p.is_file())
-        if not files:
-            raise DataError(f"class folder {str(folder)!r} is empty")
-        for file in files:
-            try:
-                with Image.open(file) as im:
-                    rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
-            except Exception as err:
-                raise DataError(f"cannot read image {str(file)!r}: {err}") from err
-            images.append(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0)
-            labels.append(label)
-    return np.stack(images), np.asarray(labels, dtype=np.int64), tuple(p.name for p in classes)
+    for path in batches:
+        batch = _unpickle(path)
+        try:
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        except (KeyError, ValueError) as err:
+            raise DataError(f"CIFAR file {str(path)!r} is not in the CIFAR python format ({err})") from err
+    y = np.concatenate(labels)
+    bad = np.flatnonzero((y < 0) | (y >= len(names)))
+    if len(bad):
+        raise DataError(f"CIFAR labels out of range [0, {len(names)}) in {str(batches[0].parent)!r} at "
+                        f"rows {bad[:MAX_LISTED].tolist()}")
+    return _Pool(np.concatenate(images), y, names)
+
+
+# --- shared helpers ------------------------------------------------------------------------------
 
 
 def _stratified_take(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -113,10 +385,156 @@ def _stratified_take(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
     return np.sort(np.concatenate(picked))
 
 
-def _to_model_input(images: np.ndarray, size: int) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+def _check_memory(n: int, cfg: TrialConfig) -> None:
+    """Refuse an in-memory dataset that would not fit, before allocating it."""
+    need = n * 3 * cfg.image_size**2 * 4
+    have = _available_memory()
+    if have is not None and need > 0.6 * have:
+        raise DataError(f"{n} images at image_size {cfg.image_size} need {need / 2**30:.1f} GiB as float32 tensors, "
+                        f"{have / 2**30:.1f} GiB are free: lower image_size or max_samples, or convert the "
+                        "images to Parquet (python -m raytune_ft.to_parquet) and use dataset: parquet (streamed)")
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (no check)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _to_model_input(images: np.ndarray, size: int, inp: models.InputConfig) -> torch.Tensor:
+    """(n, 3, h, w) uint8 or [0, 1] float -> (n, 3, size, size) float32 normalized with the model's mean/std."""
+    mean = torch.tensor(inp.mean).view(1, 3, 1, 1)
+    std = torch.tensor(inp.std).view(1, 3, 1, 1)
+    out = torch.empty(len(images), 3, size, size)
+    for i in range(0, len(images), 4096):  # in chunks: one float copy of the whole set at most
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + 4096]))
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=size < x.shape[-1])
+        out[i : i + 4096] = (x - mean) / std
+    return out
+
+
+# --- parquet through Ray Data -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParquetInfo:
+    class_names: tuple[str, ...]
+    files: dict[str, list[str]]  # split ("train", "val") -> shard paths
+    num_rows: dict[str, int]
+    bad_rows: tuple[str, ...]  # "shard: index i label l" for labels out of range (skipped under skip)
+
+
+def parquet_info(cfg: TrialConfig) -> ParquetInfo:
+    """Check a Parquet dataset folder (data_root) without reading images: `dataset.json` with
+    class_names, shards in `train/` and `val/` with columns image (binary) and label (integer),
+    every label in range. Reads only the label column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not cfg.data_root:
+        raise DataError("dataset parquet needs data_root: a folder written by python -m raytune_ft.to_parquet")
+    root = Path(cfg.data_root)
+    meta_path = root / PARQUET_META
+    if not meta_path.is_file():
+        raise DataError(f"{str(meta_path)!r} does not exist: data_root must be a folder written by "
+                        "python -m raytune_ft.to_parquet IMAGEFOLDER OUT_DIR (train/, val/ and dataset.json)")
+    try:
+        names = tuple(json.loads(meta_path.read_text())["class_names"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{str(meta_path)!r} must be JSON with a class_names list ({err})") from err
+    files, rows, bad = {}, {}, []
+    for split in ("train", "val"):
+        shards = sorted(str(p) for p in (root / split).glob("*.parquet"))
+        if not shards:
+            raise DataError(f"no .parquet shards in {str(root / split)!r}")
+        files[split], rows[split] = shards, 0
+        for shard in shards:
+            try:
+                pf = pq.ParquetFile(shard)
+            except Exception as err:
+                raise DataError(f"cannot read Parquet shard {shard!r}: {err}") from err
+            schema = pf.schema_arrow
+            for column, ok in (("image", pa.types.is_binary), ("label", pa.types.is_integer),
+                               ("index", pa.types.is_integer)):
+                if column not in schema.names or not ok(schema.field(column).type):
+                    raise DataError(f"Parquet shard {shard!r} needs a column {column!r} "
+                                    f"({'bytes' if column == 'image' else 'integer'}); it has {schema}")
+            rows[split] += pf.metadata.num_rows
+            for batch in pf.iter_batches(columns=["label", "index"], batch_size=65536):
+                label, index = batch.column("label").to_numpy(), batch.column("index").to_numpy()
+                for i in np.flatnonzero((label < 0) | (label >= len(names))):
+                    bad.append(f"{shard}: index {index[i]} label {label[i]}")
+    if bad and cfg.on_bad_image != "skip":
+        raise DataError(f"{len(bad)} label(s) out of range [0, {len(names)}) in {str(root)!r}: "
+                        + "; ".join(bad[:MAX_LISTED]) + ". Fix the shards, or set on_bad_image: skip")
+    return ParquetInfo(names, files, rows, tuple(bad))
+
+
+def ray_datasets(cfg: TrialConfig) -> dict[str, Any]:
+    """{"train": ray.data.Dataset, "val": ray.data.Dataset} streaming cfg.data_root's Parquet shards.
+
+    Rows after the map: `image` float32 (3, image_size, image_size) normalized with cfg.model's
+    mean/std, `label` int64, `index` int64 (the stable sample index written by to_parquet).
+    Decoding (and, for train with cfg.augment, random resized crop + flip) runs in
+    `map_batches` on CPU workers; rows with out-of-range labels or undecodable bytes raise a
+    DataError naming the shard index, or are dropped under on_bad_image: skip. The train
+    shards are read in a seeded order that changes every epoch. max_samples takes a random
+    fraction of rows. Ray is started locally if it is not running.
+
+    Use: `ds["train"].iter_torch_batches(batch_size=64, local_shuffle_buffer_size=...)` in one
+    process, or `TorchTrainer(datasets=ds)` + `ray.train.get_dataset_shard("train")
+    .iter_torch_batches(...)` on each worker; each batch is {"image", "label", "index"} tensors.
+    """
+    import ray.data
+    from ray.data import FileShuffleConfig
+
+    info = parquet_info(cfg)
+    inp = models.input_config(cfg.model)
+    out = {}
+    for split in ("train", "val"):
+        shuffle = FileShuffleConfig(seed=cfg.data_seed, reseed_after_execution=True) if split == "train" else None
+        ds = ray.data.read_parquet(info.files[split], columns=["image", "label", "index"], shuffle=shuffle)
+        if cfg.max_samples and cfg.max_samples < sum(info.num_rows.values()):
+            ds = ds.random_sample(cfg.max_samples / sum(info.num_rows.values()), seed=cfg.data_seed)
+        ds = ds.map_batches(
+            _decode_batch, batch_format="numpy", batch_size=64,
+            fn_kwargs={"size": cfg.image_size, "inp": inp, "augment": cfg.augment and split == "train",
+                       "min_scale": cfg.crop_min_scale, "num_classes": len(info.class_names),
+                       "on_bad_image": cfg.on_bad_image},
+        )
+        out[split] = ds
+    return out
+
+
+def _decode_batch(batch: dict[str, np.ndarray], *, size: int, inp: models.InputConfig, augment: bool,
+                  min_scale: float, num_classes: int, on_bad_image: str) -> dict[str, np.ndarray]:
+    """map_batches: encoded images -> normalized float32 (n, 3, size, size), with label and index."""
+    rng = np.random.default_rng() if augment else None  # fresh entropy: new crops every epoch
+    mean = np.asarray(inp.mean, dtype=np.float32).reshape(1, 3, 1, 1) * 255
+    scale = 1 / (np.asarray(inp.std, dtype=np.float32).reshape(1, 3, 1, 1) * 255)
+    images, keep = [], []
+    for i, (data, label, index) in enumerate(zip(batch["image"], batch["label"], batch["index"], strict=True)):
+        problem = None
+        if not 0 <= label < num_classes:
+            problem = f"label {label} out of range [0, {num_classes})"
+        else:
+            try:
+                images.append(decode_image(bytes(data), size, inp, rng=rng, min_scale=min_scale))
+            except Exception as err:
+                problem = f"image bytes cannot be decoded ({type(err).__name__}: {err})"
+        if problem is None:
+            keep.append(i)
+        elif on_bad_image != "skip":
+            raise DataError(f"Parquet row with index {index}: {problem}")
+    x = np.stack(images).transpose(0, 3, 1, 2) if images else np.zeros((0, 3, size, size), np.uint8)
+    return {"image": ((x - mean) * scale).astype(np.float32),
+            "label": np.asarray(batch["label"])[keep].astype(np.int64),
+            "index": np.asarray(batch["index"])[keep].astype(np.int64)}
