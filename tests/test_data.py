@@ -65,3 +65,214 @@ def test_imagefolder_corrupt_file_and_empty_class_are_named(tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(data.DataError, match="class folder .*c' is empty"):
         data.load_splits(TrialConfig(dataset="imagefolder", data_root=str(tmp_path)))
+
+
+# --- imagefolder splits, class names, bad data ---------------------------------------------------
+
+
+def test_imagefolder_train_val_folders_with_unicode_class_names(tmp_path):
+    classes = ["chat noir", "Ähre", "東京"]
+    _write_folder(tmp_path / "train", classes, n=5)
+    _write_folder(tmp_path / "val", classes, n=2)
+    cfg = TrialConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=16, weights="none")
+    data.check_dataset(cfg)
+    s = data.load_splits(cfg)
+    assert s.class_names == tuple(sorted(classes))
+    assert len(s.x_train) == 15 and len(s.x_val) == 6  # the folder's own split, not val_fraction
+    assert torch.bincount(s.y_val).tolist() == [2, 2, 2] and s.skipped == ()
+
+
+def test_imagefolder_class_lists_must_match_between_splits(tmp_path):
+    _write_folder(tmp_path / "train", ["cat", "dog", "owl"], n=1)
+    _write_folder(tmp_path / "val", ["cat", "dog", "fox"], n=1)
+    cfg = TrialConfig(dataset="imagefolder", data_root=str(tmp_path))
+    with pytest.raises(data.DataError, match=r"only in train: \['owl'\], only in val: \['fox'\]"):
+        data.check_dataset(cfg)
+
+
+def _bad_folder(root):
+    _write_folder(root, ["a", "b", "c"], n=4)
+    (root / "a" / "not_an_image.png").write_bytes(b"plain text")
+    good = (root / "b" / "0.png").read_bytes()
+    (root / "b" / "truncated.png").write_bytes(good[: len(good) // 2])  # header fine, pixels missing
+    (root / "empty").mkdir()
+    return root
+
+
+def test_bad_images_stop_before_training_naming_every_file(tmp_path):
+    root = _bad_folder(tmp_path)
+    cfg = TrialConfig(dataset="imagefolder", data_root=str(root), image_size=16)
+    with pytest.raises(data.DataError, match="2 bad file") as err:  # header check, before Ray
+        data.check_dataset(cfg)
+    assert "not_an_image.png" in str(err.value) and "empty" in str(err.value) and "on_bad_image: skip" in str(err.value)
+    (root / "a" / "not_an_image.png").unlink()
+    (root / "empty").rmdir()
+    data.check_dataset(cfg)  # the truncated file has a valid header: caught when decoding
+    with pytest.raises(data.DataError, match="truncated.png"):
+        data.load_splits(cfg)
+
+
+def test_on_bad_image_skip_goes_on_and_lists_what_it_skipped(tmp_path):
+    root = _bad_folder(tmp_path)
+    cfg = TrialConfig(dataset="imagefolder", data_root=str(root), image_size=16, on_bad_image="skip")
+    data.check_dataset(cfg)
+    s = data.load_splits(cfg)
+    assert s.class_names == ("a", "b", "c")  # the empty class is left out
+    assert len(s.x_train) + len(s.x_val) == 12
+    assert len(s.skipped) == 3
+    for name in ("not_an_image.png", "truncated.png", str(root / "empty")):
+        assert sum(name in entry for entry in s.skipped) == 1, (name, s.skipped)
+
+
+# --- CIFAR from a local torchvision root ---------------------------------------------------------
+
+
+def _write_cifar(root, name):
+    """The CIFAR python format: pickled dicts with uint8 rows of 3*32*32 and a list of labels."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    folder, batches, meta, name_key, label_key, _ = data.CIFAR[name]
+    (root / folder).mkdir(parents=True)
+    classes = 10 if name == "cifar10" else 100
+    rows = []
+    for b in batches:
+        labels = [i % classes for i in range(200 if name == "cifar100" else 40)]
+        batch = {"data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8), label_key: labels}
+        (root / folder / b).write_bytes(pickle.dumps(batch))
+        rows.append(batch["data"])
+    (root / folder / meta).write_bytes(pickle.dumps({name_key: [f"class {i}" for i in range(classes)]}))
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("name, classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_reads_a_local_torchvision_root(tmp_path, name, classes):
+    cfg = TrialConfig(dataset=name, data_root=str(tmp_path), image_size=32, val_fraction=0.5)
+    with pytest.raises(data.DataError, match="download=true"):
+        data.check_dataset(cfg)
+    written = _write_cifar(tmp_path, name)
+    data.check_dataset(cfg)
+    s = data.load_splits(cfg)
+    assert s.num_classes == classes and s.class_names[1] == "class 1"
+    assert len(s.x_train) + len(s.x_val) == 200
+    assert set(s.y_val.tolist()) == set(range(classes))
+    # pixels survive in CHW order: every un-normalized training image is one of the rows written
+    pixels = (s.x_train * torch.tensor(s.std).view(1, 3, 1, 1) + torch.tensor(s.mean).view(1, 3, 1, 1)) * 255
+    rows = {r.tobytes() for r in written}
+    assert all(np.rint(p.numpy()).astype(np.uint8).tobytes() in rows for p in pixels)
+
+
+# --- normalization from the model, augmentation --------------------------------------------------
+
+
+def test_normalization_comes_from_the_models_pretrained_config():
+    lite = data.load_splits(TrialConfig(max_samples=50, image_size=8))
+    vit = data.load_splits(TrialConfig(max_samples=50, image_size=8, model="vit_tiny_patch16_224"))
+    assert lite.mean == (0.485, 0.456, 0.406) and vit.mean == (0.5, 0.5, 0.5) and vit.std == (0.5, 0.5, 0.5)
+    assert vit.x_train.min() == -1.0  # a black pixel: (0 - 0.5) / 0.5
+    assert torch.isclose(lite.x_train.min(), torch.tensor(-0.485 / 0.229))
+
+
+def test_augment_batch_crops_and_flips_reproducibly():
+    x = torch.randn(16, 3, 12, 12)
+    a = data.augment_batch(x, torch.Generator().manual_seed(0))
+    b = data.augment_batch(x, torch.Generator().manual_seed(0))
+    c = data.augment_batch(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    # whole-image crops: every sample is itself or its mirror image, and both occur
+    whole = data.augment_batch(x, torch.Generator().manual_seed(0), min_scale=1.0, ratio=(1.0, 1.0))
+    same = [torch.allclose(w, s, atol=1e-5) for w, s in zip(whole, x, strict=True)]
+    mirrored = [torch.allclose(w, s.flip(-1), atol=1e-5) for w, s in zip(whole, x, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True)) and any(same) and any(mirrored)
+    assert not torch.allclose(data.augment_batch(x, torch.Generator(), flip=False), x)  # crops zoom in
+
+
+# --- Parquet shards: the converter and the Ray Data path -----------------------------------------
+
+
+def _colour_folder(root, n=6, size=20):
+    """Three classes told apart by which colour channel is bright, in non-square images."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["red", "grün", "blue sky"]):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            im = rng.integers(0, 40, (size, size + 6, 3), dtype=np.uint8)
+            im[..., label] = 230
+            Image.fromarray(im).save(root / name / f"{i}.{'jpg' if i % 2 else 'png'}")
+
+
+def test_to_parquet_writes_shards_with_labels_index_and_class_names(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raytune_ft import to_parquet
+
+    _colour_folder(tmp_path / "images")
+    out = tmp_path / "shards"
+    assert to_parquet.main([str(tmp_path / "images"), str(out), "--rows-per-shard", "4", "--val-fraction", "0.34"]) == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["class_names"] == ["blue sky", "grün", "red"] and meta["num_rows"] == {"train": 12, "val": 6}
+    assert len(list((out / "train").glob("*.parquet"))) == 3
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(out.glob("*/*.parquet"))])
+    assert sorted(table.column("index").to_pylist()) == list(range(18))  # stable and unique
+    for path, label in zip(table.column("path").to_pylist(), table.column("label").to_pylist(), strict=True):
+        assert path.split("/")[0] == meta["class_names"][label]
+    # validated arguments; nothing is written over an existing folder
+    assert to_parquet.main([str(tmp_path / "images"), str(out)]) == 2
+    assert to_parquet.main([str(tmp_path / "images"), str(tmp_path / "new"), "--rows-per-shard", "0"]) == 2
+    assert to_parquet.main([str(tmp_path / "nope"), str(tmp_path / "new")]) == 2
+
+
+def test_to_parquet_names_a_truncated_image_or_skips_it(tmp_path):
+    from raytune_ft import to_parquet
+
+    _colour_folder(tmp_path / "images", n=3)
+    good = (tmp_path / "images" / "red" / "0.png").read_bytes()
+    (tmp_path / "images" / "red" / "cut.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(data.DataError, match="cut.png"):
+        to_parquet.convert(str(tmp_path / "images"), str(tmp_path / "a"))
+    meta = to_parquet.convert(str(tmp_path / "images"), str(tmp_path / "b"), on_bad_image="skip")
+    assert sum(meta["num_rows"].values()) == 9 and "cut.png" in meta["skipped"][0]
+
+
+def test_parquet_streams_through_ray_data_as_torch_batches(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from raytune_ft import to_parquet
+
+    _colour_folder(tmp_path / "images")
+    root = tmp_path / "shards"
+    to_parquet.convert(str(tmp_path / "images"), str(root), rows_per_shard=5)
+    cfg = TrialConfig(dataset="parquet", data_root=str(root), image_size=16, augment=True)
+    info = data.parquet_info(cfg)
+    assert info.class_names == ("blue sky", "grün", "red") and info.num_rows == {"train": 15, "val": 3}
+    # a shard with a label out of range: named before training, or dropped under skip
+    bad = pa.table({"image": [(tmp_path / "images" / "red" / "0.png").read_bytes()], "label": [7], "index": [99]})
+    pq.write_table(bad, root / "train" / "zz-bad.parquet")
+    with pytest.raises(data.DataError, match=r"zz-bad.parquet: index 99 label 7"):
+        data.check_dataset(cfg)
+    cfg = TrialConfig(dataset="parquet", data_root=str(root), image_size=16, augment=True, on_bad_image="skip")
+    assert data.parquet_info(cfg).bad_rows == (f"{root / 'train' / 'zz-bad.parquet'}: index 99 label 7",)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        datasets = data.ray_datasets(cfg)
+        seen = {}
+        for split, ds in datasets.items():
+            for batch in ds.iter_torch_batches(batch_size=8):
+                assert batch["image"].dtype == torch.float32 and batch["image"].shape[1:] == (3, 16, 16)
+                assert batch["label"].dtype == torch.int64
+                for x, label, index in zip(batch["image"], batch["label"], batch["index"], strict=True):
+                    seen[int(index)] = (split, int(label), x)
+    finally:
+        ray.shutdown()
+    assert len(seen) == 18 and 99 not in seen  # every image once, the bad row dropped
+    assert {s for s, *_ in seen.values()} == {"train", "val"}
+    channel = {0: 2, 1: 1, 2: 0}  # class index -> its bright channel (blue sky, grün, red)
+    for _, label, x in seen.values():  # normalized, and the right label for the pixels
+        assert x.mean(dim=(1, 2)).argmax().item() == channel[label]
+        assert x.max() > 1.5 and x.min() < -1.0

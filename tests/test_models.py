@@ -90,3 +90,60 @@ def test_channel_pruned_checkpoint_rebuilds_from_tensor_shapes(tmp_path):
     x = torch.randn(3, 3, 32, 32)
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
     assert torch.equal(model(x), loaded(x))
+
+
+# --- torchvision models, local caches, weights files ---------------------------------------------
+
+
+def test_torchvision_model_by_name_gets_a_new_head_and_checkpoints(tmp_path):
+    model = models.build_model("torchvision/resnet18", 7, weights="none", dropout=0.2)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    assert models.head_parameter_names(model) == {"fc.1.weight", "fc.1.bias"}  # Dropout, then Linear
+    assert isinstance(models.classifier(model)[0], torch.nn.Dropout)
+    models.save_checkpoint(tmp_path, model.eval(), config={"model": "torchvision/resnet18", "dropout": 0.2},
+                           class_names=tuple("abcdefg"), metrics={})
+    loaded, _ = models.load_checkpoint(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_torchvision_pretrained_weights_come_from_the_local_torch_hub_cache(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    with pytest.raises(models.ModelError, match=r"resnet18-f37072fd\.pth.*weights: PATH"):
+        models.build_model("torchvision/resnet18", 3)
+    source = torchvision.models.resnet18()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(source.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    model = models.build_model("torchvision/resnet18", 3)
+    assert torch.equal(model.conv1.weight, source.conv1.weight) and model.fc.out_features == 3
+
+
+def test_safetensors_weights_file_for_a_torchvision_model(tmp_path):
+    from safetensors.torch import save_file
+
+    source = models.build_model("torchvision/mobilenet_v3_small", 1000, weights="none")
+    path = tmp_path / "mnv3.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = models.build_model("torchvision/mobilenet_v3_small", 4, weights=str(path))
+    assert torch.equal(model.features[0][0].weight, source.features[0][0].weight)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("torchvision/resnet_18", "torchvision/resnet18"),
+    ("mobilenet_v3_smal", "torchvision/mobilenet_v3_small"),  # a torchvision name without the prefix
+    ("resnet_18", "resnet18"),
+])
+def test_unknown_names_get_close_matches_from_timm_and_torchvision(name, expected):
+    with pytest.raises(models.ModelError, match="close matches") as err:
+        models.check_model_name(name)
+    assert expected in str(err.value).split("close matches: ")[1]
+
+
+def test_input_config_is_the_pretrained_weights_own():
+    assert models.input_config("vit_tiny_patch16_224").mean == (0.5, 0.5, 0.5)
+    lite = models.input_config("efficientnet_lite0")
+    assert lite.mean == (0.485, 0.456, 0.406) and lite.interpolation == "bicubic" and lite.crop_pct == 0.875
+    assert models.input_config("torchvision/resnet18").crop_pct == 224 / 256
