@@ -328,6 +328,7 @@ def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             else:
                 module.in_channels = module.weight.shape[1] * module.groups
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.num_features = module.running_mean.shape[0] if module.running_mean is not None else module.weight.shape[0]
+            stats = module.running_mean if module.running_mean is not None else module.weight
+            module.num_features = stats.shape[0]
         elif isinstance(module, nn.Linear):
             module.out_features, module.in_features = module.weight.shape

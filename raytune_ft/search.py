@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STORAGE = "ray_results"  # relative to the current directory
-DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "max_samples", "data_seed")
+DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "max_samples", "data_seed", "download",
+               "on_bad_image")
 TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity", "model_bytes",
                  "model_bytes_compressed", "macs", "flops", "latency_ms_b1", "latency_ms_b32",
                  "train_loss", "task_loss", "kd_loss", "l2sp_loss")

@@ -28,13 +28,12 @@ EXPORT_DIR = "export"  # inside a trial's final checkpoint folder
 def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, metrics: dict[str, Any],
                        directory: Path) -> dict[str, Any]:
     """Export the final model with its manifest and measure the reloaded artifact (export.py)."""
-    from raytune_ft import data as data_mod
-
+    inp = models.input_config(cfg.model)  # the mean/std the inputs were normalized with (data.py)
     manifest = {
         "config": cfg.to_dict(),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "class_names": list(data.class_names),
-        "normalization": {"mean": list(data_mod.IMAGENET_MEAN), "std": list(data_mod.IMAGENET_STD)},
+        "normalization": {"mean": list(inp.mean), "std": list(inp.std)},
     }
     export.export_model(model, directory, image_size=cfg.image_size, manifest=manifest)
     measured = export.measure_export(directory, image_size=cfg.image_size, threads=cfg.cpus_per_trial,
