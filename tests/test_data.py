@@ -258,7 +258,7 @@ def test_parquet_streams_through_ray_data_as_torch_batches(tmp_path):
     cfg = TrialConfig(dataset="parquet", data_root=str(root), image_size=16, augment=True, on_bad_image="skip")
     assert data.parquet_info(cfg).bad_rows == (f"{root / 'train' / 'zz-bad.parquet'}: index 99 label 7",)
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         datasets = data.ray_datasets(cfg)
         seen = {}
