@@ -290,6 +290,15 @@ def _load_imagefolder(cfg: TrialConfig, inp: models.InputConfig) -> _Pool:
             raise DataError(f"no readable images in data_root {cfg.data_root!r}")
         return np.stack(images), np.asarray(labels, dtype=np.int64)
 
+    if cfg.max_samples:  # decode only the files that load_splits would keep (same stratified take)
+        total = len(layout.train) + len(layout.val or [])
+        for name in ("train", "val"):
+            files = getattr(layout, name)
+            if files and cfg.max_samples < total:
+                n = cfg.max_samples if layout.val is None else max(1, round(cfg.max_samples * len(files) / total))
+                keep = _stratified_take(np.asarray([label for _, label in files]), n,
+                                        np.random.default_rng(cfg.data_seed))
+                setattr(layout, name, [files[i] for i in keep])
     images, labels = read(layout.train)
     if layout.val is None:
         return _Pool(images, labels, layout.class_names, skipped=skipped)

@@ -276,3 +276,13 @@ def test_parquet_streams_through_ray_data_as_torch_batches(tmp_path):
     for _, label, x in seen.values():  # normalized, and the right label for the pixels
         assert x.mean(dim=(1, 2)).argmax().item() == channel[label]
         assert x.max() > 1.5 and x.min() < -1.0
+
+
+def test_imagefolder_max_samples_decodes_only_the_subset(tmp_path, monkeypatch):
+    _write_folder(tmp_path, ["a", "b"], n=30)
+    decoded = []
+    real = data.decode_image
+    monkeypatch.setattr(data, "decode_image", lambda f, *a, **k: decoded.append(f) or real(f, *a, **k))
+    s = data.load_splits(TrialConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=8, max_samples=20))
+    assert len(s.x_train) + len(s.x_val) == 20 and len(decoded) == 20  # not all 60
+    assert torch.bincount(torch.cat([s.y_train, s.y_val])).tolist() == [10, 10]
