@@ -147,3 +147,21 @@ def test_input_config_is_the_pretrained_weights_own():
     lite = models.input_config("efficientnet_lite0")
     assert lite.mean == (0.485, 0.456, 0.406) and lite.interpolation == "bicubic" and lite.crop_pct == 0.875
     assert models.input_config("torchvision/resnet18").crop_pct == 224 / 256
+
+
+def test_timm_pretrained_weights_come_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(models.ModelError, match=r"no local pretrained weights for 'resnet18'.*timm/resnet18.a1_in1k"):
+        models.build_model("resnet18", 3)
+    source = models.build_model("resnet18", 1000, weights="none")
+    repo = tmp_path / "models--timm--resnet18.a1_in1k"  # the layout huggingface_hub writes
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()},
+              str(repo / "snapshots" / "abc123" / "model.safetensors"))
+    model = models.build_model("resnet18", 3)
+    assert torch.equal(model.conv1.weight, source.conv1.weight) and model.fc.out_features == 3
