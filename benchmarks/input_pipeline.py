@@ -111,7 +111,8 @@ def parquet_rates(shards: Path, size: int, batch: int, repeats: int, train_steps
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     seen, t0 = 0, None
     while seen < train_steps * batch:
-        for b in ds.iter_torch_batches(batch_size=batch, drop_last=True):
+        batches = iter(ds.iter_torch_batches(batch_size=batch, drop_last=True))
+        for b in batches:
             if t0 is None:  # from the first batch on: the stream's start-up is in `whole` above
                 t0, seen = time.perf_counter(), 0
             x = b["image"].contiguous(memory_format=torch.channels_last)
@@ -122,6 +123,7 @@ def parquet_rates(shards: Path, size: int, batch: int, repeats: int, train_steps
             seen += len(x)
             if seen >= train_steps * batch:
                 break
+        del batches
     fed = seen / (time.perf_counter() - t0)
     return {"whole": statistics.median(whole), "steady": statistics.median(steady), "fed": fed}
 
@@ -158,19 +160,24 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"size": size, "train": train, "imagefolder": folder_rate, "augment": aug, **pq}
                 rows.append(row)
                 print(row, flush=True)
+            # written before ray.shutdown(): a Ray Data prefetch thread left by the stopped stream can end
+            # the process when Ray shuts down
+            table = render(rows, args, load_before, os.getloadavg())
+            print(table, flush=True)
+            if args.write:
+                write_section(table)
         finally:
             ray.shutdown()
-    load_after = os.getloadavg()
-    table = render(rows, args, load_before, load_after)
-    print(table)
-    if args.write:
-        path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        section = f"{BEGIN}\n{table}\n{END}"
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S) \
-            if BEGIN in text else text.rstrip() + "\n\n" + section + "\n"
-        path.write_text(text)
     return 0
+
+
+def write_section(table: str) -> None:
+    path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"{BEGIN}\n{table}\n{END}"
+    text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S) \
+        if BEGIN in text else text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
 
 
 def render(rows: list[dict], args: argparse.Namespace, load_before: tuple, load_after: tuple) -> str:
