@@ -89,6 +89,21 @@ def check_model_name(name: str) -> None:
                      "classifier)")
 
 
+def check_weights(name: str, weights: str) -> None:
+    """Raise ModelError unless build_model(name, ..., weights=weights) finds its weights locally
+    (checks that files exist; does not load them)."""
+    if weights == "none":
+        return
+    if weights != "pretrained":
+        if not Path(weights).is_file():
+            raise ModelError(f"weights file {weights!r} does not exist (weights: pretrained | none | PATH to "
+                             ".pth/.safetensors)")
+    elif name.startswith(TORCHVISION_PREFIX):
+        _torchvision_cached_file(name)
+    elif name not in PACKAGED_WEIGHTS:
+        _timm_cached_file(name)
+
+
 def build_model(name: str, num_classes: int, *, weights: str = "pretrained", dropout: float = 0.0) -> nn.Module:
     """A timm or torchvision classifier with a new `num_classes` head (see the naming rule above).
 
@@ -159,20 +174,27 @@ def _build_torchvision(name: str, num_classes: int, *, weights: str, dropout: fl
     bare = name.removeprefix(TORCHVISION_PREFIX)
     model = tvm.get_model(bare, weights=None)
     if weights == "pretrained":
-        try:
-            enum = tvm.get_model_weights(bare).DEFAULT
-        except Exception as err:
-            raise ModelError(f"torchvision has no pretrained weights for {bare!r}; use weights: none or PATH") from err
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
-        if not path.is_file():
-            raise ModelError(f"no local pretrained weights for {name!r}: expected {str(path)!r} (the file of "
-                             f"{enum.url}); copy it there, pass weights: PATH (.pth/.safetensors), "
-                             "or use weights: none")
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(torch.load(_torchvision_cached_file(name), map_location="cpu", weights_only=True))
     elif weights != "none":
         _load_weights_file(model, name, weights)
     _replace_torchvision_head(model, name, num_classes, dropout)
     return model
+
+
+def _torchvision_cached_file(name: str) -> Path:
+    """The torch hub cache file of torchvision's DEFAULT weights for `name`."""
+    import torchvision.models as tvm
+
+    bare = name.removeprefix(TORCHVISION_PREFIX)
+    try:
+        enum = tvm.get_model_weights(bare).DEFAULT
+    except Exception as err:
+        raise ModelError(f"torchvision has no pretrained weights for {bare!r}; use weights: none or PATH") from err
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+    if not path.is_file():
+        raise ModelError(f"no local pretrained weights for {name!r}: expected {str(path)!r} (the file of "
+                         f"{enum.url}); copy it there, pass weights: PATH (.pth/.safetensors), or use weights: none")
+    return path
 
 
 def _replace_torchvision_head(model: nn.Module, name: str, num_classes: int, dropout: float) -> None:

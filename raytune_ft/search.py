@@ -69,9 +69,7 @@ def prepare(args: argparse.Namespace):
                             f"({', '.join(DATA_FIELDS)}) must be fixed, not searched")
         teacher_cfg = space.teacher_config()
         models.check_model_name(teacher_cfg.model)
-        if teacher_cfg.weights not in ("pretrained", "none") and not Path(teacher_cfg.weights).is_file():
-            raise UserError(f"weights file {teacher_cfg.weights!r} does not exist "
-                            "(weights: pretrained | none | PATH to .pth/.safetensors)")
+        models.check_weights(teacher_cfg.model, teacher_cfg.weights)
         data.check_dataset(teacher_cfg)
         if space.teacher_checkpoint and not Path(space.teacher_checkpoint).exists():
             raise UserError(f"teacher.checkpoint {space.teacher_checkpoint!r} does not exist")

@@ -286,3 +286,12 @@ def test_imagefolder_max_samples_decodes_only_the_subset(tmp_path, monkeypatch):
     s = data.load_splits(TrialConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=8, max_samples=20))
     assert len(s.x_train) + len(s.x_val) == 20 and len(decoded) == 20  # not all 60
     assert torch.bincount(torch.cat([s.y_train, s.y_val])).tolist() == [10, 10]
+
+
+def test_search_refuses_a_missing_cifar_root_before_ray_starts(tmp_path):
+    from raytune_ft import search
+
+    args = search.parse_args(["--set", "dataset=cifar10", "--set", f"data_root={tmp_path}",
+                              "--storage-path", str(tmp_path)])
+    with pytest.raises(search.UserError, match=r"cifar10 not found: .*data_batch_1.*--set download=true"):
+        search.prepare(args)

@@ -165,3 +165,12 @@ def test_timm_pretrained_weights_come_from_the_local_hugging_face_cache(tmp_path
               str(repo / "snapshots" / "abc123" / "model.safetensors"))
     model = models.build_model("resnet18", 3)
     assert torch.equal(model.conv1.weight, source.conv1.weight) and model.fc.out_features == 3
+
+
+def test_search_refuses_missing_pretrained_weights_before_ray_starts(tmp_path, monkeypatch):
+    from raytune_ft import search
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    args = search.parse_args(["--set", "model=torchvision/resnet18", "--storage-path", str(tmp_path)])
+    with pytest.raises(search.UserError, match=r"no local pretrained weights for 'torchvision/resnet18'"):
+        search.prepare(args)
