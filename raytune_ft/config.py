@@ -151,8 +151,8 @@ class TrialConfig:
         more workers the actor only drives a TorchTrainer, whose workers reserve their own
         placement group (Ray Train V2), so the actor asks for a sliver of a CPU."""
         if self.workers_per_trial > 1:
-            return {"cpu": 0.01}
-        return {"cpu": self.worker_cpus, **({"gpu": self.gpus_per_worker} if self.use_gpu else {})}
+            return {"CPU": 0.01}
+        return {"CPU": self.worker_cpus, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
 
 def _field_types() -> dict[str, tuple[type, ...]]:

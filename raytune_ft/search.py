@@ -166,7 +166,7 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
 
     trainable = tune.with_resources(
         tune.with_parameters(trial.tune_trial, fixed=space.fixed, data=data, teacher_logits=logits),
-        {"cpu": space.teacher_config().cpus_per_trial},
+        trial.resources_for(space.fixed),
     )
     if args.resume and tune.Tuner.can_restore(str(exp_dir)):
         print(f"resuming {exp_dir}", flush=True)
