@@ -147,11 +147,13 @@ class TrialConfig:
         return self.cpus_per_trial if self.cpus_per_worker is None else self.cpus_per_worker
 
     def ray_resources(self) -> dict[str, float]:
-        """What Tune reserves for one trial. A one-worker trial trains inside the Tune actor; with
-        more workers the actor only drives a TorchTrainer, whose workers reserve their own
-        placement group (Ray Train V2), so the actor asks for a sliver of a CPU."""
+        """What Tune reserves for one trial. A one-worker trial trains inside the Tune actor. With
+        more workers the actor only drives a TorchTrainer whose workers reserve their own
+        placement group (Ray Train V2, outside Tune's), so the actor asks for no CPU (any CPU it
+        held would be missing for the workers: 2 x 1 CPU never fit next to it on 2 cores) but 1 MiB
+        of memory, as Tune needs a non-empty request; search.max_concurrent bounds such trials."""
         if self.workers_per_trial > 1:
-            return {"CPU": 0.01}
+            return {"memory": 2**20}
         return {"CPU": self.worker_cpus, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
 

@@ -174,7 +174,7 @@ params:
   use_kd: {type: categorical, choices: [true]}
 objectives: {val_acc: max, nonzero_params: min}
 """)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert search.main(["--space", str(space), "--storage-path", str(tmp_path), "--name", "e"]) == 0
     finally:
@@ -185,7 +185,8 @@ objectives: {val_acc: max, nonzero_params: min}
     assert row.status == "completed" and row.epochs_trained == 2 and row.workers_per_trial == 2
     assert "checkpoint_path" not in trials.columns  # the same columns as an in-process trial
     assert row.sparsity == pytest.approx(0.5, abs=0.01) and row.kd_loss > 0
-    assert Path(row.checkpoint).parent == tmp_path / "e" / f"trial_{row.trial_id}"
+    assert Path(row.checkpoint).parent == tmp_path / "e" / f"trial_{row.trial_id}"  # rank 0's, in the trial folder
+    assert Path(row.checkpoint).name.startswith("checkpoint_") and Path(row.checkpoint).is_dir()
 
     from raytune_ft import data
 
