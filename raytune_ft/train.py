@@ -271,6 +271,8 @@ def fit(
     if teacher_logits is not None:
         teacher_logits = teacher_logits.to(device)
     dtype, scaler = precision(cfg, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     source = batches or TensorBatches(data.x_train, data.y_train, batch_size=cfg.batch_size, seed=cfg.seed,
                                       dist=dist)
     steps_per_epoch = source.steps_per_epoch
