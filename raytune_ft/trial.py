@@ -98,6 +98,21 @@ def resources_for(fixed: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
     return request
 
 
+def missing_resources(cfg: TrialConfig, available: dict[str, float]) -> str | None:
+    """Why one trial of `cfg` can never start on a cluster with `available` resources (Ray's
+    cluster_resources()), or None. Ray Train would otherwise wait for its workers forever."""
+    need = {"CPU": cfg.workers_per_trial * cfg.worker_cpus,
+            "GPU": cfg.workers_per_trial * cfg.gpus_per_worker if cfg.use_gpu else 0.0}
+    for kind, amount in need.items():
+        if amount > available.get(kind, 0.0) + 1e-9:
+            fields = "workers_per_trial x cpus_per_worker (or cpus_per_trial)" if kind == "CPU" \
+                else "workers_per_trial x gpus_per_worker"
+            return (f"one trial needs {amount:g} {kind} ({fields}: {cfg.workers_per_trial} x "
+                    f"{cfg.worker_cpus if kind == 'CPU' else cfg.gpus_per_worker:g}) but the Ray cluster has "
+                    f"{available.get(kind, 0.0):g}")
+    return None
+
+
 def tune_trial(
     sampled: dict[str, Any],
     *,

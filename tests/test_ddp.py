@@ -142,7 +142,7 @@ def test_two_ranks_with_batchnorm_stay_close_to_one_process(two_ranks):
     assert abs(ddp_reports[-1]["val_acc"] - reports[-1]["val_acc"]) <= 0.1
 
 
-def test_batch_size_must_split_evenly_over_workers():
+def test_execution_settings_are_validated():
     with pytest.raises(ValueError, match="multiple of workers_per_trial"):
         TrialConfig(batch_size=15, workers_per_trial=2)
     with pytest.raises(ValueError, match="gpus_per_worker"):
@@ -153,6 +153,17 @@ def test_batch_size_must_split_evenly_over_workers():
         TrialConfig(sync_batchnorm=True)
     assert TrialConfig(use_gpu=True, gpus_per_worker=0.25).ray_resources() == {"CPU": 1, "GPU": 0.25}
     assert TrialConfig(workers_per_trial=2, cpus_per_worker=2).worker_cpus == 2
+    assert TrialConfig(workers_per_trial=2).ray_resources() == {"memory": 2**20}  # workers reserve their own
+
+
+def test_a_trial_that_can_never_be_placed_is_refused_with_the_fields_named():
+    from raytune_ft import trial
+
+    message = trial.missing_resources(TrialConfig(workers_per_trial=4, cpus_per_worker=1), {"CPU": 2.0})
+    assert "needs 4 CPU" in message and "workers_per_trial" in message and "has 2" in message
+    gpu = TrialConfig(workers_per_trial=2, use_gpu=True, gpus_per_worker=0.5, batch_size=64)
+    assert trial.missing_resources(gpu, {"CPU": 2.0}).startswith("one trial needs 1 GPU")
+    assert trial.missing_resources(gpu, {"CPU": 2.0, "GPU": 1.0}) is None
 
 
 @pytest.mark.e2e
