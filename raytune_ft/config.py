@@ -79,7 +79,13 @@ class TrialConfig:
     export: bool = True  # export (torch.export .pt2 + manifest) and measure the final model
     latency_budget_s: float = 5.0  # time per batch size for CPU latency runs (median reported)
     # --- execution -------------------------------------------------------------------
-    cpus_per_trial: int = 1  # torch threads and Ray CPUs for one trial
+    cpus_per_trial: int = 1  # torch threads and Ray CPUs of a one-worker trial (and of the teacher)
+    workers_per_trial: int = 1  # 1: in-process (lean); > 1: a Ray Train TorchTrainer with DDP
+    cpus_per_worker: int | None = None  # Ray CPUs and torch threads of each worker; null = cpus_per_trial
+    gpus_per_worker: float = 0.0  # with use_gpu: GPUs per worker (or per one-worker trial); 0.25 packs four
+    use_gpu: bool = False  # train on CUDA (NCCL between workers); gloo and the CPU otherwise
+    amp: bool = False  # mixed precision: bf16 autocast if supported, else fp16 + GradScaler (CUDA); bf16 on CPU
+    sync_batchnorm: bool = False  # workers_per_trial > 1 on GPU: BatchNorm statistics over the global batch
 
     def __post_init__(self) -> None:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -97,6 +103,22 @@ class TrialConfig:
         _check_range("batch_size", self.batch_size, low=1)
         _check_range("image_size", self.image_size, low=8)
         _check_range("cpus_per_trial", self.cpus_per_trial, low=1)
+        _check_range("workers_per_trial", self.workers_per_trial, low=1)
+        if self.cpus_per_worker is not None:
+            _check_range("cpus_per_worker", self.cpus_per_worker, low=1)
+        _check_range("gpus_per_worker", self.gpus_per_worker, low=0.0)
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise ValueError(f"gpus_per_worker above 1 must be a whole number, got {self.gpus_per_worker!r}")
+        if self.use_gpu and self.gpus_per_worker == 0:
+            raise ValueError("use_gpu is true but gpus_per_worker is 0; set gpus_per_worker (e.g. 1, or 0.25 "
+                             "to pack four trials on one GPU)")
+        if not self.use_gpu and self.gpus_per_worker > 0:
+            raise ValueError(f"gpus_per_worker is {self.gpus_per_worker} but use_gpu is false; set use_gpu: true")
+        if self.sync_batchnorm and not self.use_gpu:
+            raise ValueError("sync_batchnorm needs use_gpu: true (torch's SyncBatchNorm runs on GPUs only)")
+        if self.batch_size % self.workers_per_trial:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of workers_per_trial "
+                             f"({self.workers_per_trial}): each worker takes an equal share of every batch")
         _check_range("pruning_frequency", self.pruning_frequency, low=1)
         _check_range("bn_recalibration_batches", self.bn_recalibration_batches, low=0)
         _check_range("lr", self.lr, low=0.0, low_open=True)
@@ -125,6 +147,21 @@ class TrialConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def worker_cpus(self) -> int:
+        """CPUs (and torch threads) of one training process: a Train worker or a one-worker trial."""
+        return self.cpus_per_trial if self.cpus_per_worker is None else self.cpus_per_worker
+
+    def ray_resources(self) -> dict[str, float]:
+        """What Tune reserves for one trial. A one-worker trial trains inside the Tune actor. With
+        more workers the actor only drives a TorchTrainer whose workers reserve their own
+        placement group (Ray Train V2, outside Tune's), so the actor asks for no CPU (any CPU it
+        held would be missing for the workers: 2 x 1 CPU never fit next to it on 2 cores) but 1 MiB
+        of memory, as Tune needs a non-empty request; search.max_concurrent bounds such trials."""
+        if self.workers_per_trial > 1:
+            return {"memory": 2**20}
+        return {"CPU": self.worker_cpus, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
 
 def _field_types() -> dict[str, tuple[type, ...]]:

@@ -96,7 +96,7 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
             status = INCOMPLETE
         metrics = {k: v for k, v in last.items()
                    if k not in RAY_KEYS and k not in config and k not in fixed and _is_scalar(v)}
-        checkpoints = sorted(trial_dir.glob("checkpoint_*"))
+        checkpoints = sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir())  # not Train's .json
         export = checkpoints[-1] / EXPORT_DIR if checkpoints else None
         end_time = last.get("timestamp")
         start_time = state.get("start_time") or (

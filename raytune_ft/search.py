@@ -153,19 +153,25 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
     from raytune_ft.config import TrialConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not ray.is_initialized():
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
+    if args.address in (None, "local") and not {"workers_per_trial", "cpus_per_worker", "cpus_per_trial",
+                                                 "gpus_per_worker"} & {p.name for p in space.params}:
+        # a local cluster does not grow: refuse a trial that could never be placed
+        missing = trial.missing_resources(TrialConfig.from_dict(space.fixed), ray.cluster_resources())
+        if missing:
+            raise UserError(f"{space.path}: {missing}; lower them or add resources")
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "space.json").write_text(json.dumps(
         {"space_file": space.path, "fixed": space.fixed, "teacher_overrides": space.teacher_overrides,
          "teacher_checkpoint": space.teacher_checkpoint, "search": space.search.__dict__,
          "objectives": space.objectives, "params": [p.name for p in space.params]}, indent=2, default=str))
-    if not ray.is_initialized():
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
     data = data_mod.load_splits(space.teacher_config())
     teacher, logits = obtain_teacher(space, data, exp_dir)
 
     trainable = tune.with_resources(
         tune.with_parameters(trial.tune_trial, fixed=space.fixed, data=data, teacher_logits=logits),
-        {"cpu": space.teacher_config().cpus_per_trial},
+        trial.resources_for(space.fixed),
     )
     if args.resume and tune.Tuner.can_restore(str(exp_dir)):
         print(f"resuming {exp_dir}", flush=True)

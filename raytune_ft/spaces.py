@@ -35,8 +35,9 @@ PARAM_KEYS = {
 }
 SAMPLERS = ("nsga2", "tpe", "random")
 MODES = ("max", "min")
-# The teacher is a plain dense fine-tune: these switches are forced off for it.
-TECHNIQUE_FLAGS = tuple(name for name in FIELD_TYPES if name.startswith("use_"))
+# The teacher is a plain dense fine-tune: these switches are forced off for it (use_gpu is
+# where it runs, not a technique: the teacher keeps it).
+TECHNIQUE_FLAGS = tuple(name for name in FIELD_TYPES if name.startswith("use_") and name != "use_gpu")
 _METRIC_RE = re.compile(r"[a-z_][a-z0-9_]*")
 
 

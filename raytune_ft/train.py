@@ -1,16 +1,20 @@
 """fit(): fine-tune one model with a trial's recipe. Plain PyTorch, no Ray.
 
-The loop draws batches from in-memory tensors, applies the learning-rate schedule, the
-pruning schedule and decoupled weight decay, backpropagates the `loss` term of
-`losses.objective`, and after every epoch calls `report(metrics, model)`.
+The loop draws batches from a batch source (in-memory tensors, or an iterator of batches such
+as Ray Data's), applies the learning-rate schedule, the pruning schedule and decoupled weight
+decay, backpropagates the `loss` term of `losses.objective`, and after every epoch calls
+`report(metrics, model)`. The same loop runs in one process or as one rank of a data-parallel
+group (`Dist`): only who launches it and what `report` does differ.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -20,6 +24,123 @@ from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
 Report = Callable[[dict[str, Any], nn.Module], None]
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (images, generator) -> images
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # images, labels, sample indices
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a data-parallel group; the default is a single CPU process.
+
+    Under Ray Train: `Dist(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())`
+    with the process group already initialised (gloo on CPU, NCCL on GPU).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of `values` over all ranks (all_reduce); unchanged for one process."""
+        if self.world_size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+
+class BatchSource(Protocol):
+    """Where fit() takes training batches from. Every rank must yield `steps_per_epoch` batches
+    per epoch (DDP all-reduces once per step); a batch is this rank's share of a global batch."""
+
+    steps_per_epoch: int
+
+    def epoch(self, epoch: int) -> Iterator[Batch]: ...
+
+    def example(self) -> torch.Tensor:
+        """Two input images (for tracing the network's graph before channel pruning)."""
+        ...
+
+    def calibration(self, batches: int) -> tuple[Iterator[torch.Tensor], bool]:
+        """Up to `batches` input batches for BatchNorm recalibration, and whether they are the
+        same on every rank (then no averaging across ranks is needed)."""
+        ...
+
+
+class TensorBatches:
+    """Batches from in-memory tensors. Each epoch one permutation is drawn from a generator seeded
+    with `seed` — the same on every rank — and cut into global batches of `batch_size`; rank r
+    takes the r-th contiguous share of each. So the global batch, and the gradient DDP averages,
+    is the same for any number of workers. The ragged last batch is dropped (BatchNorm needs
+    more than one sample). `augment(images, generator)` runs on each rank's share, with a
+    generator seeded per rank."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int, dist: Dist | None = None,
+                 augment: Augment | None = None) -> None:
+        self.x, self.y, self.dist, self.augment = x, y, dist or Dist(), augment
+        world = self.dist.world_size
+        if batch_size % world:
+            raise ValueError(f"batch_size ({batch_size}) must be a multiple of the number of workers ({world})")
+        self.batch_size = min(batch_size, len(x) - len(x) % world)
+        if self.batch_size < world:
+            raise ValueError(f"{len(x)} training samples cannot be shared by {world} workers")
+        self.steps_per_epoch = len(x) // self.batch_size
+        self._order = torch.Generator().manual_seed(seed)
+        self._augment = torch.Generator().manual_seed(seed * 7919 + self.dist.rank)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        order = torch.randperm(len(self.x), generator=self._order)
+        share = self.batch_size // self.dist.world_size
+        start = self.dist.rank * share
+        for i in range(self.steps_per_epoch):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size][start : start + share]
+            x = self.x[idx]
+            if self.augment is not None:
+                x = self.augment(x, self._augment)
+            yield x, self.y[idx], idx
+
+    def example(self) -> torch.Tensor:
+        return self.x[:2]
+
+    def calibration(self, batches: int) -> tuple[Iterator[torch.Tensor], bool]:
+        # whole global batches on every rank: the statistics equal one worker's exactly
+        n = min(batches, max(1, len(self.x) // self.batch_size))
+        return (self.x[i * self.batch_size : (i + 1) * self.batch_size] for i in range(n)), True
+
+
+class IterableBatches:
+    """Batches from an iterable of dicts with `image`, `label` and (for precomputed teacher
+    logits) `index` columns, already this rank's share — e.g. in a Ray Train worker
+    `lambda epoch: ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=share)`,
+    in-process `lambda epoch: ds.iter_torch_batches(batch_size=batch_size)`. Exactly
+    `steps_per_epoch` batches are taken per epoch (a shorter epoch is an error: under DDP every
+    rank must step equally often)."""
+
+    def __init__(self, epoch_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]], *,
+                 steps_per_epoch: int) -> None:
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.epoch_batches, self.steps_per_epoch = epoch_batches, steps_per_epoch
+        self._first: torch.Tensor | None = None
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        taken = 0
+        for batch in self.epoch_batches(epoch):
+            if taken == self.steps_per_epoch:
+                break
+            index = batch.get("index")
+            yield batch["image"], batch["label"], None if index is None else index.long()
+            taken += 1
+        if taken < self.steps_per_epoch:
+            raise ValueError(f"epoch {epoch + 1}: the batch source gave {taken} batches, "
+                             f"expected steps_per_epoch={self.steps_per_epoch}")
+
+    def example(self) -> torch.Tensor:
+        return next(iter(self.epoch_batches(0)))["image"][:2]
+
+    def calibration(self, batches: int) -> tuple[Iterator[torch.Tensor], bool]:
+        source = self.epoch_batches(0)
+        return (b["image"] for _, b in zip(range(batches), source, strict=False)), False
 
 
 def lr_at(step: int, *, base_lr: float, total_steps: int, schedule: str, warmup_steps: int = 0) -> float:
@@ -34,44 +155,83 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, schedule: str, warmup_
     raise ValueError(f"unknown lr_schedule {schedule!r}; choose from ['constant', 'cosine']")
 
 
+def precision(cfg: TrialConfig, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """Autocast dtype and gradient scaler for `cfg.amp` on `device`.
+
+    CUDA: bf16 where the GPU supports it (no scaler needed: bf16 has fp32's range), otherwise
+    fp16 with a GradScaler. CPU: bf16 autocast (no fp16 path on CPU; fast with AMX, slower than
+    fp32 without it, so `amp` is off by default). amp off: (None, None), plain fp32.
+    """
+    if not cfg.amp:
+        return None, None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16, torch.amp.GradScaler("cuda")
+    return torch.bfloat16, None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
-    """val_acc and val_loss (mean cross-entropy) of `model` on (x, y)."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256, *,
+             dist: Dist | None = None, dtype: torch.dtype | None = None) -> dict[str, float]:
+    """val_acc and val_loss (mean cross-entropy) of `model` on (x, y). With several ranks each
+    evaluates every world_size-th sample and the sums are all-reduced: the whole set, once."""
+    dist = dist or Dist()
+    device = next(model.parameters()).device
     model.eval()
-    correct, loss_sum = 0, 0.0
+    x, y = x[dist.rank :: dist.world_size], y[dist.rank :: dist.world_size]
+    correct, loss_sum = 0.0, 0.0
     for i in range(0, len(x), batch_size):
-        logits = model(x[i : i + batch_size])
-        target = y[i : i + batch_size]
+        with _autocast(device, dtype):
+            logits = model(x[i : i + batch_size].to(device, non_blocking=True)).float()
+        target = y[i : i + batch_size].to(device, non_blocking=True)
         loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == target).sum())
-    return {"val_acc": correct / len(x), "val_loss": loss_sum / len(x)}
+        correct += float((logits.argmax(dim=1) == target).sum())
+    correct, loss_sum, n = dist.sum([correct, loss_sum, float(len(x))])
+    return {"val_acc": correct / n, "val_loss": loss_sum / n}
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int, batches: int) -> None:
-    """Re-estimate BatchNorm running statistics as a plain average over `batches` training batches.
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *, dist: Dist | None = None,
+                          same_on_every_rank: bool = True, memory_format: torch.memory_format = torch.contiguous_format,
+                          dtype: torch.dtype | None = None) -> None:
+    """Re-estimate BatchNorm running statistics as a plain average over `batches`.
 
     The running averages lag behind weights that change quickly (fine-tuning at a high learning
     rate, pruning masks); evaluating with fresh statistics measures the model actually trained.
+    When the ranks saw different batches the statistics are averaged across ranks, so every
+    rank (and the checkpoint rank 0 writes) holds the same model.
     """
+    dist = dist or Dist()
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or batches == 0:
+    batches = list(batches)
+    if not norms or not batches:
         return
+    device = next(model.parameters()).device
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     model.train()
-    for i in range(min(batches, max(1, len(x) // batch_size))):
-        model(x[i * batch_size : (i + 1) * batch_size])
+    for x in batches:
+        with _autocast(device, dtype):
+            model(x.to(device, non_blocking=True).contiguous(memory_format=memory_format))
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
+    if dist.world_size > 1 and not same_on_every_rank:
+        for m in norms:
+            for buffer in (m.running_mean, m.running_var):
+                torch.distributed.all_reduce(buffer)
+                buffer /= dist.world_size
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    device = next(model.parameters()).device
+    return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
 def fit(
@@ -82,21 +242,40 @@ def fit(
     head_names: set[str],
     report: Report,
     teacher_logits: torch.Tensor | None = None,
+    teacher: nn.Module | None = None,
+    batches: BatchSource | None = None,
+    dist: Dist | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `model` in place for cfg.epochs; returns the last epoch's metrics.
 
-    teacher_logits: (n_train, num_classes) logits of the teacher on data.x_train, required
-    when cfg.use_kd. Raises FloatingPointError when the loss stops being finite.
+    teacher_logits: (n_train, num_classes) logits of the teacher on the training samples,
+    indexed by sample index; or `teacher`, a model run on the same (augmented) batch. One of
+    them is required when cfg.use_kd. batches: the training batches (default: data.x_train /
+    data.y_train in memory, TensorBatches); data.x_val / data.y_val are the validation set.
+    dist: this process's rank, the world size and the device (default: one CPU process); with
+    world_size > 1 the model is wrapped in DistributedDataParallel, every rank must call fit()
+    with the same arguments, and `report` is called on every rank with the same metrics.
+    Raises FloatingPointError when the loss stops being finite.
     """
-    if cfg.use_kd and teacher_logits is None:
-        raise ValueError("use_kd is true but no teacher logits were given")
+    if cfg.use_kd and teacher_logits is None and teacher is None:
+        raise ValueError("use_kd is true but no teacher logits (or teacher model) were given")
+    dist = dist or Dist()
+    device = dist.device
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
     torch.manual_seed(cfg.seed)
-    batches = torch.Generator().manual_seed(cfg.seed)
-    n = len(data.x_train)
-    batch_size = min(cfg.batch_size, n)
-    steps_per_epoch = n // batch_size  # drop the ragged last batch: BatchNorm needs > 1 sample
+    if cfg.sync_batchnorm and dist.world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device=device, memory_format=memory_format)
+    if teacher is not None:
+        teacher.to(device=device, memory_format=memory_format).eval()
+    if teacher_logits is not None:
+        teacher_logits = teacher_logits.to(device)
+    dtype, scaler = precision(cfg, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    source = batches or TensorBatches(data.x_train, data.y_train, batch_size=cfg.batch_size, seed=cfg.seed,
+                                      dist=dist)
+    steps_per_epoch = source.steps_per_epoch
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_fraction * total_steps)
 
@@ -120,7 +299,7 @@ def fit(
     masks: dict[str, torch.Tensor] = {}
     channel_pruner, channel_at = None, set()
     if cfg.use_channel_pruning:
-        example = data.x_train[:2].contiguous(memory_format=memory_format)
+        example = source.example().to(device).contiguous(memory_format=memory_format)
         channel_pruner = pruning.ChannelPruner(
             model, example, ratio=cfg.channel_pruning_ratio, importance=cfg.channel_importance,
             steps=cfg.channel_pruning_steps, scope=cfg.channel_pruning_scope, head=model.get_classifier(),
@@ -130,29 +309,37 @@ def fit(
             steps=cfg.channel_pruning_steps,
         ))
 
-    # evaluation and BatchNorm recalibration read the same tensors every epoch: lay them out once
+    # Under DDP the wrapper only runs forward/backward (and all-reduces gradients); masks,
+    # pruning, L2-SP and evaluation use the module itself. Gradients are identical on every
+    # rank after the all-reduce, so weights, magnitude masks and pruned channels are too.
+    trained = _ddp(model, dist)
+    # evaluation reads the same tensors every epoch: lay them out once
     x_val = data.x_val.contiguous(memory_format=memory_format)
-    x_recalibrate = data.x_train[: batch_size * cfg.bn_recalibration_batches].contiguous(memory_format=memory_format)
 
     step = 0
     metrics: dict[str, Any] = {}
     for epoch in range(cfg.epochs):
         started = time.perf_counter()
         model.train()
-        order = torch.randperm(n, generator=batches)
         sums: dict[str, float] = {}
-        for i in range(steps_per_epoch):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            lr = lr_at(step, base_lr=cfg.lr, total_steps=total_steps, schedule=cfg.lr_schedule, warmup_steps=warmup_steps)
+        for x, y, idx in source.epoch(epoch):
+            lr = lr_at(step, base_lr=cfg.lr, total_steps=total_steps, schedule=cfg.lr_schedule,
+                       warmup_steps=warmup_steps)
             if step in prune_at:
                 masks = pruning.magnitude_masks(prunable, prune_at[step], cfg.pruning_scope)
                 pruning.apply_masks(prunable, masks)
-            logits = model(data.x_train[idx].contiguous(memory_format=memory_format))
+            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            y = y.to(device, non_blocking=True)
+            with _autocast(device, dtype):
+                logits = trained(x)
+                soft_targets = None
+                if cfg.use_kd:
+                    soft_targets = _teacher_outputs(teacher_logits, teacher, x, idx)
             terms = losses.objective(
-                logits,
-                data.y_train[idx],
+                logits.float(),
+                y,
                 label_smoothing=cfg.label_smoothing if cfg.use_label_smoothing else 0.0,
-                teacher_logits=teacher_logits[idx] if cfg.use_kd else None,
+                teacher_logits=soft_targets,
                 kd_alpha=cfg.kd_alpha,
                 kd_temperature=cfg.kd_temperature,
                 l2sp=l2sp,
@@ -164,9 +351,11 @@ def fit(
                     "terms: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
                 )
             optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if step in channel_at:
-                # after backward: Taylor importance ranks channels by weight x gradient
+            (scaler.scale(terms["loss"]) if scaler else terms["loss"]).backward()
+            channel_step = step in channel_at
+            if channel_step:
+                # after backward: Taylor importance ranks channels by weight x gradient (scaled
+                # uniformly under fp16, which keeps the ranking)
                 channel_pruner.step(anchors=l2sp.anchors if l2sp else None)
                 # parameters were replaced by smaller ones: rebuild what refers to them
                 optimizer = _optimizer(cfg, model)
@@ -178,29 +367,59 @@ def fit(
                 elif masks:
                     masks = pruning.masks_from_zeros(prunable)
                 model.zero_grad(set_to_none=True)
+                trained = _ddp(model, dist)  # DDP's buckets hold the old parameters
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if weight_decay:
                 with torch.no_grad():
                     torch._foreach_mul_(decayed, 1.0 - lr * weight_decay)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            elif not channel_step:  # the scaler refuses an optimizer without gradients
+                scaler.step(optimizer)
+                scaler.update()
             if masks:
                 pruning.apply_masks(prunable, masks)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             step += 1
 
-        recalibrate_batchnorm(model, x_recalibrate, batch_size, cfg.bn_recalibration_batches)
+        calibration, same = source.calibration(cfg.bn_recalibration_batches)
+        if cfg.bn_recalibration_batches:
+            recalibrate_batchnorm(model, calibration, dist=dist, same_on_every_rank=same,
+                                  memory_format=memory_format, dtype=dtype)
+        means = dict(zip(sums, dist.sum([v / steps_per_epoch / dist.world_size for v in sums.values()]),
+                         strict=True))
         metrics = {
             "epoch": epoch + 1,
-            **evaluate(model, x_val, data.y_val),
-            **{f"train_{k}" if k == "loss" else k: v / steps_per_epoch for k, v in sums.items()},
+            **evaluate(model, x_val, data.y_val, dist=dist, dtype=dtype),
+            **{f"train_{k}" if k == "loss" else k: v for k, v in means.items()},
             **pruning.size_metrics(model, prunable),
             "lr": lr,
             "epoch_time_s": time.perf_counter() - started,
         }
         report(metrics, model)
     return metrics
+
+
+def _teacher_outputs(logits: torch.Tensor | None, teacher: nn.Module | None, x: torch.Tensor,
+                     idx: torch.Tensor | None) -> torch.Tensor:
+    """The teacher's logits for this batch: precomputed ones by sample index, else a forward pass."""
+    if logits is not None:
+        if idx is None:
+            raise ValueError("precomputed teacher logits need the batch's sample indices (an `index` column)")
+        return logits[idx.to(logits.device)]
+    with torch.no_grad():
+        return teacher(x).float()
+
+
+def _ddp(model: nn.Module, dist: Dist) -> nn.Module:
+    if dist.world_size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def _optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:

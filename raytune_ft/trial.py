@@ -1,8 +1,10 @@
-"""The Ray glue: the dense teacher as one Ray task, and one Tune trial running fit() in-process.
+"""The Ray glue: the dense teacher as one Ray task, and one Tune trial running fit().
 
-Single-worker trials run inside the Tune function trainable (actors are reused between
+Single-worker trials run fit() inside the Tune function trainable (actors are reused between
 trials), which costs ~0.7 s per trial against ~20 s for a nested Ray Train run (DESIGN.md).
-Everything here that is not Ray is a call into train.py / models.py.
+With `workers_per_trial > 1` the trainable starts a Ray Train `TorchTrainer` (the V2 driver
+pattern) whose workers run the same fit() as DDP ranks and report through
+`TuneReportCallback`. Everything here that is not Ray is a call into train.py / models.py.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
         "normalization": {"mean": list(inp.mean), "std": list(inp.std)},
     }
     export.export_model(model, directory, image_size=cfg.image_size, manifest=manifest)
-    measured = export.measure_export(directory, image_size=cfg.image_size, threads=cfg.cpus_per_trial,
+    measured = export.measure_export(directory, image_size=cfg.image_size, threads=cfg.worker_cpus,
                                      latency_budget_s=cfg.latency_budget_s)
     model.train()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -44,14 +47,14 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
     return measured
 
 
-def _setup_torch(cfg: TrialConfig) -> None:
-    torch.set_num_threads(cfg.cpus_per_trial)
+def _setup_torch(cfg: TrialConfig, threads: int) -> None:
+    torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # tiny weights late in a cosine schedule slow CPU math otherwise
 
 
 def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
     """Fine-tune the dense teacher; returns its state dict, final metrics and train-set logits."""
-    _setup_torch(cfg)
+    _setup_torch(cfg, cfg.worker_cpus)
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
     started = time.perf_counter()
 
@@ -59,19 +62,54 @@ def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
         print(f"[teacher] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
               f"train_loss={metrics['train_loss']:.4f}  ({metrics['epoch_time_s']:.1f}s)", flush=True)
 
-    metrics = train.fit(cfg, model, data, head_names=models.head_parameter_names(model), report=report)
+    metrics = train.fit(cfg, model, data, head_names=models.head_parameter_names(model), report=report,
+                        dist=train.Dist(device=_device(cfg)))
     metrics["wall_time_s"] = time.perf_counter() - started
+    logits = train.predict_logits(model, data.x_train)
+    model.cpu()
     return {
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "metrics": metrics,
-        "train_logits": train.predict_logits(model, data.x_train),
+        "train_logits": logits,
     }
 
 
 def fit_teacher_remote(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
-    """Run fit_teacher as a Ray task with a trial's resources (on a cluster: on a worker node)."""
-    task = ray.remote(num_cpus=cfg.cpus_per_trial)(fit_teacher)
+    """Run fit_teacher as a Ray task with one worker's resources (on a cluster: on a worker node);
+    the teacher always trains in one process."""
+    task = ray.remote(num_cpus=cfg.worker_cpus, num_gpus=cfg.gpus_per_worker if cfg.use_gpu else 0)(fit_teacher)
     return ray.get(task.remote(cfg, data))
+
+
+def resources_for(fixed: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
+    """Tune's resource request for a trial with settings {**fixed, **sampled} (TrialConfig.ray_resources).
+    A sampled combination that is invalid gets the fixed settings' request; the trial itself
+    then fails with the validation error and the search goes on."""
+    from ray.tune import PlacementGroupFactory
+
+    def request(sampled: dict[str, Any]) -> PlacementGroupFactory:
+        try:
+            cfg = TrialConfig.from_dict({**fixed, **sampled})
+        except ValueError:
+            cfg = TrialConfig.from_dict(fixed)
+        return PlacementGroupFactory([cfg.ray_resources()])
+
+    return request
+
+
+def missing_resources(cfg: TrialConfig, available: dict[str, float]) -> str | None:
+    """Why one trial of `cfg` can never start on a cluster with `available` resources (Ray's
+    cluster_resources()), or None. Ray Train would otherwise wait for its workers forever."""
+    need = {"CPU": cfg.workers_per_trial * cfg.worker_cpus,
+            "GPU": cfg.workers_per_trial * cfg.gpus_per_worker if cfg.use_gpu else 0.0}
+    for kind, amount in need.items():
+        if amount > available.get(kind, 0.0) + 1e-9:
+            fields = "workers_per_trial x cpus_per_worker (or cpus_per_trial)" if kind == "CPU" \
+                else "workers_per_trial x gpus_per_worker"
+            return (f"one trial needs {amount:g} {kind} ({fields}: {cfg.workers_per_trial} x "
+                    f"{cfg.worker_cpus if kind == 'CPU' else cfg.gpus_per_worker:g}) but the Ray cluster has "
+                    f"{available.get(kind, 0.0):g}")
+    return None
 
 
 def tune_trial(
@@ -83,21 +121,17 @@ def tune_trial(
 ) -> None:
     """Ray Tune function trainable: one recipe, fine-tuned and checkpointed every epoch."""
     cfg = TrialConfig.from_dict({**fixed, **sampled})
-    _setup_torch(cfg)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
+    if cfg.workers_per_trial > 1:
+        _ray_train_trial(cfg, data, teacher_logits if cfg.use_kd else None)
+        return
+    _setup_torch(cfg, cfg.worker_cpus)
     trial_id = tune.get_context().get_trial_id()
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
 
     def report(metrics: dict[str, Any], model: torch.nn.Module) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            if cfg.export and metrics["epoch"] == cfg.epochs:  # the final model: export and measure it
-                metrics = {**metrics, **export_and_measure(model, cfg, data, metrics, Path(tmp) / EXPORT_DIR)}
-            print(f"[{trial_id}] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
-                  f"sparsity={metrics['sparsity']:.3f}  params={metrics['params']:,}  "
-                  f"nonzero_params={metrics['nonzero_params']:,}", flush=True)
-            models.save_checkpoint(
-                tmp, model, config=cfg.to_dict(), class_names=data.class_names, metrics=metrics
-            )
+            metrics = _save_epoch(cfg, data, metrics, model, Path(tmp), trial_id)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train.fit(
@@ -107,7 +141,100 @@ def tune_trial(
         head_names=models.head_parameter_names(model),
         report=report,
         teacher_logits=teacher_logits if cfg.use_kd else None,
+        dist=train.Dist(device=_device(cfg)),
     )
+
+
+def _device(cfg: TrialConfig) -> torch.device:
+    if not cfg.use_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("use_gpu is true but this process sees no CUDA device "
+                           "(check the Ray node's GPUs and gpus_per_worker)")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _save_epoch(cfg: TrialConfig, data: Splits, metrics: dict[str, Any], model: torch.nn.Module, directory: Path,
+                trial_id: str) -> dict[str, Any]:
+    """Write this epoch's checkpoint into `directory` (exporting and measuring the final model);
+    returns the metrics to report."""
+    if cfg.export and metrics["epoch"] == cfg.epochs:  # the final model: export and measure it
+        metrics = {**metrics, **export_and_measure(model, cfg, data, metrics, directory / EXPORT_DIR)}
+    print(f"[{trial_id}] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
+          f"sparsity={metrics['sparsity']:.3f}  params={metrics['params']:,}  "
+          f"nonzero_params={metrics['nonzero_params']:,}", flush=True)
+    models.save_checkpoint(directory, model, config=cfg.to_dict(), class_names=data.class_names, metrics=metrics)
+    return metrics
+
+
+def _ray_train_trial(cfg: TrialConfig, data: Splits, teacher_logits: torch.Tensor | None) -> None:
+    """Run the trial as a Ray Train TorchTrainer with cfg.workers_per_trial DDP workers.
+
+    The Train run is named after the Tune trial's folder and stored inside the experiment, so
+    its checkpoints land in the trial folder (`checkpoint_<time>/`, read by results.py) and a
+    restored trial finds its Train run again under the same name.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train._internal.session import get_session
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    storage = get_session().storage
+    resources = {"CPU": cfg.worker_cpus, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "data": data, "teacher_logits": teacher_logits,
+                           "trial_id": tune.get_context().get_trial_id()},
+        scaling_config=ScalingConfig(num_workers=cfg.workers_per_trial, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=storage.trial_dir_name,
+            storage_path=storage.experiment_fs_path,
+            storage_filesystem=storage.storage_filesystem,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=0),  # Tune's FailureConfig retries the trial
+            callbacks=[_report_to_tune_callback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: rank `r` of the trial's DDP group, running the same fit()."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrialConfig.from_dict(config["cfg"])
+    data: Splits = config["data"]
+    context = ray.train.get_context()
+    dist = train.Dist(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
+    _setup_torch(cfg, cfg.worker_cpus)
+    model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
+
+    def report(metrics: dict[str, Any], model: torch.nn.Module) -> None:
+        # every rank reports (Train counts calls); only rank 0 writes and passes a checkpoint
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if dist.rank == 0:
+                metrics = _save_epoch(cfg, data, metrics, model, Path(tmp), config["trial_id"])
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    train.fit(cfg, model, data, head_names=models.head_parameter_names(model), report=report,
+              teacher_logits=config["teacher_logits"], dist=dist)
+
+
+def _report_to_tune_callback():
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ReportToTune(TuneReportCallback):
+        """TuneReportCallback without its `checkpoint_path` entry: the trial's metrics stay the
+        same as an in-process trial's (the checkpoint itself is in the trial folder)."""
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            self._training_actor_item_queue.put(dict(metrics[0]))
+
+    return ReportToTune()
 
 
 def trial_dirname(trial: Any) -> str:

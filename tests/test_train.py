@@ -72,3 +72,56 @@ def test_fit_is_deterministic(tiny_splits):
     assert ra[-1]["val_loss"] == rb[-1]["val_loss"]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not math.isnan(ra[-1]["train_loss"])
+
+
+def test_bf16_autocast_on_cpu_trains(tiny_splits):
+    """amp on CPU is bf16 autocast (fp16 + GradScaler is the CUDA path without bf16)."""
+    cfg = TrialConfig(epochs=3, batch_size=16, lr=0.02, amp=True)
+    assert train.precision(cfg, torch.device("cpu")) == (torch.bfloat16, None)
+    assert train.precision(TrialConfig(), torch.device("cpu")) == (None, None)
+    _, reports = _fit(cfg, tiny_splits)
+    assert reports[-1]["val_acc"] >= 0.9 and math.isfinite(reports[-1]["train_loss"])
+
+
+def test_an_iterator_of_batches_trains_like_the_in_memory_tensors(tiny_splits):
+    """The hook for streamed data (Ray Data's iter_torch_batches): dicts with image/label/index
+    columns, exactly steps_per_epoch per epoch; KD looks the teacher's logits up by `index`."""
+    # BN recalibration off: a stream recalibrates on its first batches, the tensors on the first samples
+    cfg = TrialConfig(epochs=2, batch_size=16, lr=0.02, channels_last=False, use_kd=True, bn_recalibration_batches=0)
+    teacher = torch.nn.functional.one_hot(tiny_splits.y_train, 3).float() * 5
+    reference = train.TensorBatches(tiny_splits.x_train, tiny_splits.y_train, batch_size=16, seed=0)
+    recorded = {e: [{"image": x, "label": y, "index": i} for x, y, i in reference.epoch(e)] for e in range(2)}
+    source = train.IterableBatches(lambda epoch: iter(recorded[epoch]), steps_per_epoch=reference.steps_per_epoch)
+    torch.manual_seed(0)
+    streamed = TinyClassifier()
+    reports = []
+    train.fit(cfg, streamed, tiny_splits, head_names=TINY_HEAD, teacher_logits=teacher, batches=source,
+              report=lambda metrics, m: reports.append(dict(metrics)))
+    model, expected = _fit(cfg, tiny_splits, teacher_logits=teacher)
+    assert reports[-1]["kd_loss"] == expected[-1]["kd_loss"]  # the same batches and teacher targets
+    assert all(torch.equal(a, b) for a, b in zip(streamed.state_dict().values(), model.state_dict().values(),
+                                                 strict=True))
+    short = train.IterableBatches(lambda epoch: iter(recorded[0][:2]), steps_per_epoch=reference.steps_per_epoch)
+    with pytest.raises(ValueError, match="gave 2 batches, expected steps_per_epoch=6"):
+        train.fit(cfg, TinyClassifier(), tiny_splits, head_names=TINY_HEAD, teacher_logits=teacher, batches=short,
+                  report=lambda metrics, m: None)
+
+
+def test_online_teacher_and_augmentation_hooks(tiny_splits):
+    """KD from a teacher model run on the same augmented batch; `augment(images, generator)`
+    gets each batch and a seeded generator (the data helper's augmentations plug in here)."""
+    calls = []
+
+    def flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        calls.append(len(x))
+        return torch.where(torch.rand(len(x), 1, 1, 1, generator=g) < 0.5, x.flip(-1), x)
+
+    source = train.TensorBatches(tiny_splits.x_train, tiny_splits.y_train, batch_size=16, seed=0, augment=flip)
+    torch.manual_seed(1)
+    teacher = TinyClassifier()
+    cfg = TrialConfig(epochs=2, batch_size=16, lr=0.02, channels_last=False, use_kd=True, kd_alpha=0.5)
+    reports = []
+    train.fit(cfg, TinyClassifier(), tiny_splits, head_names=TINY_HEAD, teacher=teacher, batches=source,
+              report=lambda metrics, m: reports.append(dict(metrics)))
+    assert calls == [16] * 12 and reports[-1]["kd_loss"] > 0
+    assert not teacher.training  # the teacher is only evaluated
