@@ -45,6 +45,33 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
     return measured
 
 
+EPOCH_SIZE_METRICS = ("model_bytes", "model_bytes_compressed", "macs", "flops")
+
+
+def epoch_size_metrics(model: torch.nn.Module, names: tuple[str, ...], image_size: int) -> dict[str, Any]:
+    """Cheap stand-ins, every epoch, for the exported-model sizes an early-stopping scheduler ranks
+    on: model_bytes(_compressed) of the state dict serialized in memory (gzip level 6, as
+    export.measure_export), macs/flops of the live model. Only `names` are computed."""
+    import gzip
+    import io
+
+    out: dict[str, Any] = {}
+    if {"model_bytes", "model_bytes_compressed"} & set(names):
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        raw = buffer.getvalue()
+        out["model_bytes"] = len(raw)
+        if "model_bytes_compressed" in names:
+            out["model_bytes_compressed"] = len(gzip.compress(raw, compresslevel=6))
+    if {"macs", "flops"} & set(names):
+        model.eval()  # one image: BatchNorm must not use (or update) batch statistics
+        with torch.no_grad():
+            flops = export.count_flops(model, image_size)
+        model.train()
+        out.update(macs=flops // 2, flops=flops)
+    return {k: v for k, v in out.items() if k in names}
+
+
 def _setup_torch(cfg: TrialConfig) -> None:
     torch.set_num_threads(cfg.cpus_per_trial)
     torch.set_flush_denormal(True)  # tiny weights late in a cosine schedule slow CPU math otherwise
@@ -81,8 +108,13 @@ def tune_trial(
     fixed: dict[str, Any],
     data: Splits,
     teacher_logits: torch.Tensor | None,
+    epoch_metrics: tuple[str, ...] = (),
 ) -> None:
-    """Ray Tune function trainable: one recipe, fine-tuned and checkpointed every epoch."""
+    """Ray Tune function trainable: one recipe, fine-tuned and checkpointed every epoch.
+
+    epoch_metrics: exported-model sizes (EPOCH_SIZE_METRICS) to measure cheaply at every epoch, for
+    an early-stopping scheduler; the final epoch's export measurement replaces them when export is on.
+    """
     cfg = TrialConfig.from_dict({**fixed, **sampled})
     _setup_torch(cfg)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
@@ -91,6 +123,8 @@ def tune_trial(
 
     def report(metrics: dict[str, Any], model: torch.nn.Module) -> None:
         with tempfile.TemporaryDirectory() as tmp:
+            if epoch_metrics:
+                metrics = {**metrics, **epoch_size_metrics(model, epoch_metrics, cfg.image_size)}
             if cfg.export and metrics["epoch"] == cfg.epochs:  # the final model: export and measure it
                 metrics = {**metrics, **export_and_measure(model, cfg, data, metrics, Path(tmp) / EXPORT_DIR)}
             print(f"[{trial_id}] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
