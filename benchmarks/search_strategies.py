@@ -36,27 +36,49 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raytune_ft import mo_asha, pareto, spaces
+from raytune_ft import mo_asha, pareto, pruning, spaces
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 STRATEGIES = ("random", "nsga2", "tpe", "random+mo_asha", "nsga2+mo_asha")
+# digits: 1,797 images, 20 % held out -> 1,438 training images, batches of 64 (ragged one dropped)
+STEPS_PER_EPOCH = 1438 // 64
 
 
 # --- data and surrogate ---------------------------------------------------------------------------
 
-def load_curves(path: Path, epochs: int) -> pd.DataFrame:
-    """One row per fully recorded configuration: config_id, params (dict), acc/nz/time arrays."""
+def load_curves(paths: list[Path], epochs: int) -> pd.DataFrame:
+    """One row per fully recorded configuration: config_id ("file:id"), params (dict), acc/nz/time arrays."""
+    return pd.concat([_load_curves(p, epochs) for p in paths], ignore_index=True)
+
+
+def _load_curves(path: Path, epochs: int) -> pd.DataFrame:
     raw = pd.read_csv(path)
     rows = []
     for cid, g in raw.groupby("config_id"):
         g = g[g["status"] == "ok"].sort_values("epoch")
         if len(g) != epochs or (raw[raw.config_id == cid]["status"] == "failed").any():
             continue
-        rows.append({"config_id": int(cid), "params": json.loads(g["config_json"].iloc[0]),
+        params = json.loads(g["config_json"].iloc[0])
+        gap = np.abs(scheduled_sparsity(params, epochs) - g["sparsity"].to_numpy(float)).max()
+        assert gap < 1e-3, f"config {cid}: recorded sparsity differs from the schedule by {gap}"
+        rows.append({"config_id": f"{path.stem}:{cid}", "params": params,
                      "acc": g["val_acc"].to_numpy(float), "nz": g["nonzero_params"].to_numpy(float),
                      "time": g["epoch_time_s"].to_numpy(float)})
     return pd.DataFrame(rows)
+
+
+def scheduled_sparsity(params: dict[str, Any], epochs: int) -> np.ndarray:
+    """The magnitude-pruning schedule's sparsity at the end of each epoch (train.fit's own schedule)."""
+    total = epochs * STEPS_PER_EPOCH
+    steps = pruning.prune_steps(total, start_fraction=params.get("pruning_start", 0.0),
+                                end_fraction=params["pruning_end"], frequency=params["pruning_frequency"])
+    out = []
+    for e in range(1, epochs + 1):
+        done = [s for s in steps if s <= e * STEPS_PER_EPOCH - 1]
+        out.append(pruning.sparsity_at(done[-1], final=params["final_sparsity"], start=steps[0], end=steps[-1])
+                   if done else 0.0)
+    return np.array(out)
 
 
 def encode(space: spaces.Space, params: dict[str, Any]) -> np.ndarray:
@@ -76,18 +98,30 @@ def encode(space: spaces.Space, params: dict[str, Any]) -> np.ndarray:
 
 
 class Surrogate:
-    """Random forest: encoded config -> every epoch's (val_acc, nonzero_params / scale, epoch time)."""
+    """Every epoch's (val_acc, nonzero_params, epoch time) of a configuration.
+
+    nonzero_params follows the pruning schedule exactly (the recorded sparsity equals
+    `scheduled_sparsity`, checked on load): a linear fit nz = a - b * sparsity over the recorded
+    epochs. val_acc and the epoch time: a random forest (`kind="forest"`) or the nearest recorded
+    configuration (`kind="knn"`) over the encoded hyperparameters plus the scheduled sparsities.
+    """
 
     def __init__(self, space: spaces.Space, nz_scale: float, kind: str = "forest", seed: int = 0) -> None:
         self.space, self.nz_scale, self.kind, self.seed = space, nz_scale, kind, seed
+
+    def features(self, params: dict[str, Any]) -> np.ndarray:
+        return np.concatenate([encode(self.space, params), scheduled_sparsity(params, self.epochs)])
 
     def fit(self, curves: pd.DataFrame) -> Surrogate:
         from sklearn.ensemble import RandomForestRegressor
         from sklearn.neighbors import KNeighborsRegressor
 
-        x = np.stack([encode(self.space, p) for p in curves["params"]])
-        y = np.hstack([np.stack(curves["acc"]), np.stack(curves["nz"]) / self.nz_scale, np.stack(curves["time"])])
         self.epochs = len(curves["acc"].iloc[0])
+        x = np.stack([self.features(p) for p in curves["params"]])
+        y = np.hstack([np.stack(curves["acc"]), np.stack(curves["time"])])
+        sparsity = x[:, -self.epochs:].ravel()
+        slope, intercept = np.polyfit(sparsity, np.stack(curves["nz"]).ravel(), 1)
+        self.nz_line = (float(slope), float(intercept))
         if self.kind == "forest":
             self.model = RandomForestRegressor(n_estimators=300, min_samples_leaf=2, random_state=self.seed)
         else:
@@ -96,12 +130,14 @@ class Surrogate:
         return self
 
     def predict(self, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        y = self.model.predict(encode(self.space, params)[None])[0]
-        e = self.epochs
-        return y[:e], y[e:2 * e] * self.nz_scale, y[2 * e:]
+        x = self.features(params)
+        y = self.model.predict(x[None])[0]
+        nz = self.nz_line[0] * x[-self.epochs:] + self.nz_line[1]
+        return y[: self.epochs], nz, y[self.epochs:]
 
 
-def surrogate_quality(space: spaces.Space, curves: pd.DataFrame, nz_scale: float, folds: int = 5) -> pd.DataFrame:
+def surrogate_quality(space: spaces.Space, curves: pd.DataFrame, nz_scale: float, folds: int = 5,
+                      kind: str = "forest") -> pd.DataFrame:
     """Held-out prediction quality per epoch (k-fold over configurations): R^2, MAE, Spearman."""
     from scipy.stats import spearmanr
     from sklearn.metrics import mean_absolute_error, r2_score
@@ -110,7 +146,7 @@ def surrogate_quality(space: spaces.Space, curves: pd.DataFrame, nz_scale: float
     epochs = len(curves["acc"].iloc[0])
     pred_acc, pred_nz = np.zeros((len(curves), epochs)), np.zeros((len(curves), epochs))
     for train_idx, test_idx in KFold(folds, shuffle=True, random_state=0).split(curves):
-        s = Surrogate(space, nz_scale).fit(curves.iloc[train_idx])
+        s = Surrogate(space, nz_scale, kind=kind).fit(curves.iloc[train_idx])
         for i in test_idx:
             pred_acc[i], pred_nz[i], _ = s.predict(curves["params"].iloc[i])
     true_acc, true_nz = np.stack(curves["acc"]), np.stack(curves["nz"])
@@ -246,11 +282,13 @@ def epochs_to_reach(run: pd.DataFrame, target: float) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--curves", default=str(HERE / "curves.csv"))
+    p.add_argument("--curves", nargs="+", default=[str(HERE / "curves.csv"), str(HERE / "curves_b.csv")],
+                   help="curve files of record_curves.py (two recorders ran side by side, different seeds)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--budget", type=int, default=200, help="training epochs per search")
     p.add_argument("--workers", type=int, default=4, help="trials at once in the simulated cluster")
     p.add_argument("--reduction-factor", type=float, default=3)
+    p.add_argument("--surrogate", choices=("forest", "knn"), default="forest")
     p.add_argument("--out", default=str(HERE / "search_strategies_runs.csv"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "search_strategies.png"))
     args = p.parse_args()
@@ -261,20 +299,22 @@ def main() -> None:
     started = time.perf_counter()
     space = spaces.load_space(spaces.resolve_space("quickstart"))
     epochs = space.max_epochs()
-    curves = load_curves(Path(args.curves), epochs)
-    teacher = json.loads(Path(args.curves).with_name(Path(args.curves).stem + "_teacher.json").read_text())
+    paths = [Path(c) for c in args.curves if Path(c).exists()]
+    curves = load_curves(paths, epochs)
+    teacher = json.loads(paths[0].with_name(paths[0].stem + "_teacher.json").read_text())
     nz_scale = float(teacher["nonzero_params"])
     print(f"{len(curves)} recorded configurations x {epochs} epochs; dense teacher val_acc="
           f"{teacher['val_acc']:.4f}, nonzero_params={nz_scale:,.0f}")
 
-    quality = surrogate_quality(space, curves, nz_scale)
-    print("\nSurrogate (random forest), 5-fold held-out configurations:")
-    print(markdown(quality))
+    for kind in ("forest", "knn"):
+        quality = surrogate_quality(space, curves, nz_scale, kind=kind)
+        print(f"\nSurrogate {kind}{' (used)' if kind == args.surrogate else ''}, 5-fold held-out configurations:")
+        print(markdown(quality))
     real_hv = hypervolume(list(zip(np.stack(curves["acc"])[:, -1], np.stack(curves["nz"])[:, -1], strict=True)),
                           nz_scale)
     print(f"\nHV of all {len(curves)} recorded configurations (real, fully trained): {real_hv:.4f}")
 
-    surrogate = Surrogate(space, nz_scale).fit(curves)
+    surrogate = Surrogate(space, nz_scale, kind=args.surrogate).fit(curves)
     cache: dict[str, Any] = {}
 
     def curve_of(params: dict[str, Any]):
@@ -363,11 +403,14 @@ def plot(table: pd.DataFrame, grids: dict, args: argparse.Namespace) -> None:
                             color=line.get_color(), alpha=0.15)
     axes[0].set_xlabel("training epochs spent")
     axes[1].set_xlabel(f"simulated wall time (min, {args.workers} workers)")
+    # zoom on the part where strategies differ: from the lowest median at 30 % of the budget
+    third = int(0.3 * (len(grids["random"]["grid_e"]) - 1))
+    lo = min(np.percentile(grids[s]["epochs"], 25, axis=0)[third] for s in STRATEGIES)
+    hi = max(np.percentile(grids[s]["epochs"], 75, axis=0).max() for s in STRATEGIES)
     for ax in axes:
         ax.set_ylabel("hypervolume (median, IQR band)")
         ax.grid(alpha=0.3)
-        lo = min(np.median(grids[s]["epochs"], axis=0)[len(grids[s]["grid_e"]) // 5] for s in STRATEGIES)
-        ax.set_ylim(bottom=max(0.0, lo - 0.02))
+        ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.05 * (hi - lo))
     axes[0].legend(loc="lower right")
     fig.suptitle(f"Replay on the quickstart (surrogate of real curves), {args.seeds} seeds, "
                  f"budget {args.budget} epochs")

@@ -55,14 +55,15 @@ def test_objective_not_measured_every_epoch_is_rejected(tmp_path, mo_space):
 def test_early_stopped_trials_are_pruned_and_off_the_front(tmp_path):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never join another cluster
     try:
         # reduction_factor 4 with one trial at a time: after the first, a trial passes rung 1
         # only if no recorded trial ranks ahead of it, so some are surely stopped
         argv = ["--space", "quickstart_mo_asha", "--storage-path", str(tmp_path), "--name", "mo",
                 "--num-samples", "6", "--set", "max_samples=200", "--set", "epochs=3", "--set", "weights=none",
                 "--set", "export=false", "--set", "teacher.epochs=1", "--set", "scheduler.reduction_factor=4",
-                "--set", "search.population_size=3", "--set", "bn_recalibration_batches=1"]
+                "--set", "search.population_size=3", "--set", "bn_recalibration_batches=1",
+                "--set", "cpus_per_trial=1"]
         assert search.main(argv) == 0
     finally:
         ray.shutdown()
