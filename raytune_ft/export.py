@@ -53,7 +53,8 @@ def load_exported(directory: str | Path) -> nn.Module:
 
 
 @torch.inference_mode()
-def measure_export(directory: str | Path, *, image_size: int, threads: int, latency_budget_s: float = 5.0) -> dict[str, float]:
+def measure_export(directory: str | Path, *, image_size: int, threads: int,
+                   latency_budget_s: float = 5.0) -> dict[str, float]:
     """Size, compute and CPU latency of the exported model, measured after reloading it from disk."""
     directory = Path(directory)
     path = directory / MODEL_FILE

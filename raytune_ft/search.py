@@ -2,7 +2,8 @@
 
 Flow: validate everything the user gave (space file, --set, model, data) before Ray starts;
 fine-tune (or load) the dense teacher once; run the trials with Ray Tune + OptunaSearch;
-write trials.csv, pareto.csv, pareto.png and teacher.json into <storage-path>/<name>/.
+write trials.csv, pareto.csv, pareto.png, teacher.json and optuna_trials.csv (the sampler's
+study: early-stopped trials PRUNED) into <storage-path>/<name>/.
 """
 
 from __future__ import annotations
@@ -146,10 +147,9 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
     import ray
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from raytune_ft import data as data_mod
-    from raytune_ft import trial
+    from raytune_ft import mo_asha, trial
     from raytune_ft.config import TrialConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -169,8 +169,11 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
     data = data_mod.load_splits(space.teacher_config())
     teacher, logits = obtain_teacher(space, data, exp_dir)
 
+    # MO-ASHA ranks every objective at every epoch: measure the exported sizes cheaply each epoch
+    epoch_metrics = tuple(m for m in space.objectives if m in trial.EPOCH_SIZE_METRICS) if space.scheduler else ()
     trainable = tune.with_resources(
-        tune.with_parameters(trial.tune_trial, fixed=space.fixed, data=data, teacher_logits=logits),
+        tune.with_parameters(trial.tune_trial, fixed=space.fixed, data=data, teacher_logits=logits,
+                             epoch_metrics=epoch_metrics),
         trial.resources_for(space.fixed),
     )
     if args.resume and tune.Tuner.can_restore(str(exp_dir)):
@@ -178,14 +181,24 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_errored=True)  # callbacks are restored too
     else:
         metrics, modes = space.metric_and_mode()
-        searcher = OptunaSearch(space=space.define_by_run(), metric=metrics, mode=modes,
-                                sampler=space.make_sampler())
+        epochs = space.fixed.get("epochs", TrialConfig().epochs)
+        # early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv
+        searcher = mo_asha.HonestOptunaSearch(space=space.define_by_run(), metric=metrics, mode=modes,
+                                              sampler=space.make_sampler(), epochs=epochs,
+                                              table_path=str(exp_dir / "optuna_trials.csv"))
+        scheduler = None
+        if space.scheduler:
+            settings = space.scheduler
+            scheduler = mo_asha.MOASHAScheduler(
+                metrics, modes, max_t=settings.max_t or space.max_epochs(), grace_period=settings.grace_period,
+                reduction_factor=settings.reduction_factor, time_attr="epoch",
+                state_path=str(exp_dir / "mo_asha_state.pkl"))
         # batch=True: a new group of trials is asked for only when the previous one finished,
         # so the sampler sees the same history on every run with the same seed.
         searcher = ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent, batch=True)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=space.search.num_samples,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.search.num_samples,
                                         reuse_actors=True, trial_dirname_creator=trial.trial_dirname),
             run_config=tune.RunConfig(
                 name=exp_dir.name,

@@ -26,7 +26,7 @@ from raytune_ft.config import FIELD_TYPES, TrialConfig, coerce, unknown_key_mess
 if TYPE_CHECKING:
     import optuna
 
-TOP_KEYS = ("name", "description", "fixed", "teacher", "search", "params", "objectives")
+TOP_KEYS = ("name", "description", "fixed", "teacher", "search", "scheduler", "params", "objectives")
 TEACHER_KEYS = ("checkpoint", "overrides")
 PARAM_KEYS = {
     "float": ("type", "low", "high", "log", "step", "when"),
@@ -71,6 +71,23 @@ class SearchSettings:
     max_failures: int = 0  # retries of a failed trial
 
 
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """Early stopping: the `scheduler:` block of a space file (absent: every trial trains to the end)."""
+
+    type: str = "mo_asha"  # one of SCHEDULERS
+    grace_period: int = 1  # epochs before the first rung
+    reduction_factor: float = 3  # eta: the top 1/eta of a rung continue; rungs at grace_period * eta^k
+    max_t: int | None = None  # last rung; None: the trials' epochs
+
+
+SCHEDULERS = ("mo_asha",)
+# Metrics train.fit reports every epoch, and the exported-model sizes a trial can also measure
+# every epoch when MO-ASHA needs them (trial.epoch_size_metrics); latency only at the end.
+PER_EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "task_loss", "params", "nonzero_params", "sparsity",
+                     "model_bytes", "model_bytes_compressed", "macs", "flops")
+
+
 # Smallest accepted value of each integer search setting (numpy seeds must be >= 0).
 _SEARCH_MINIMUM = {
     "num_samples": 1,
@@ -94,6 +111,11 @@ class Space:
     search: SearchSettings
     params: tuple[ParamSpec, ...]  # in file order; a conditional param follows its parent
     objectives: dict[str, str]  # metric -> "max" | "min", in file order
+    scheduler: SchedulerSettings | None = None  # early stopping; None: none
+
+    def max_epochs(self) -> int:
+        """The most epochs a trial can have (epochs fixed, or the top of its searched range)."""
+        return _max_epochs(self.fixed, self.params)
 
     def with_overrides(self, assignments: list[str]) -> Space:
         """Apply `--set KEY=VALUE` strings: a TrialConfig field (into fixed), `teacher.KEY`,
@@ -105,6 +127,7 @@ class Space:
         teacher_overrides = dict(self.teacher_overrides)
         checkpoint = self.teacher_checkpoint
         search = self.search
+        scheduler = self.scheduler
         searched = {p.name for p in self.params}
         for arg in assignments:
             where = f"--set {arg!r}"
@@ -123,6 +146,9 @@ class Space:
                     )
                 else:
                     _fail(where, key, unknown_key_message(sub, ["checkpoint", *FIELD_TYPES]))
+            elif dot and section == "scheduler":
+                raw = dataclasses.asdict(scheduler) if scheduler else {}
+                scheduler = _parse_scheduler(where, {**raw, sub: value})
             elif dot and section == "search":
                 if sub not in _SEARCH_MINIMUM and sub != "sampler":
                     _fail(where, key, unknown_key_message(sub, _search_fields()))
@@ -139,16 +165,19 @@ class Space:
             else:
                 valid = [*FIELD_TYPES, "teacher.checkpoint", "teacher.<field>"]
                 valid += [f"search.{k}" for k in _search_fields()]
+                valid += [f"scheduler.{f.name}" for f in dataclasses.fields(SchedulerSettings)]
                 _fail(where, "", unknown_key_message(key, valid))
         # Fields can depend on each other (pruning_start <= pruning_end): check them together.
         where = f"{self.path} with {' '.join(f'--set {a}' for a in assignments)}"
         _check_against_config(where, fixed, teacher_overrides, self.params)
+        _check_scheduler(where, scheduler, fixed, self.params, self.objectives)
         return dataclasses.replace(
             self,
             fixed=fixed,
             teacher_checkpoint=checkpoint,
             teacher_overrides=teacher_overrides,
             search=search,
+            scheduler=scheduler,
         )
 
     def trial_config(self, sampled: dict[str, Any]) -> TrialConfig:
@@ -339,6 +368,10 @@ def _parse_space(where: str, data: Any) -> Space:
 
     objectives = _parse_objectives(where, data.get("objectives"))
     _check_against_config(where, fixed, teacher_overrides, params)
+    scheduler = None
+    if data.get("scheduler") is not None:
+        scheduler = _parse_scheduler(where, _mapping(where, "scheduler", data["scheduler"]))
+    _check_scheduler(where, scheduler, fixed, params, objectives)
     return Space(
         path=where,
         name=name,
@@ -349,7 +382,58 @@ def _parse_space(where: str, data: Any) -> Space:
         search=search,
         params=params,
         objectives=objectives,
+        scheduler=scheduler,
     )
+
+
+def _parse_scheduler(where: str, raw: dict[str, Any]) -> SchedulerSettings:
+    valid = [f.name for f in dataclasses.fields(SchedulerSettings)]
+    _check_keys(where, "scheduler", raw, valid)
+    kind = raw.get("type")
+    if kind not in SCHEDULERS:
+        _fail(where, "scheduler.type", f"must be one of {', '.join(SCHEDULERS)}, got {kind!r}")
+    grace = raw.get("grace_period", SchedulerSettings.grace_period)
+    if not _is_int(grace) or grace < 1:
+        _fail(where, "scheduler.grace_period", f"must be an int >= 1 (epochs), got {grace!r}")
+    eta = raw.get("reduction_factor", SchedulerSettings.reduction_factor)
+    if not _is_number(eta) or not eta > 1:
+        _fail(where, "scheduler.reduction_factor", f"must be a number > 1, got {eta!r}")
+    max_t = raw.get("max_t")
+    if max_t is not None and (not _is_int(max_t) or max_t < 1):
+        _fail(where, "scheduler.max_t", f"must be an int >= 1 (epochs) or null (= epochs), got {max_t!r}")
+    return SchedulerSettings(type=kind, grace_period=grace, reduction_factor=eta, max_t=max_t)
+
+
+def _max_epochs(fixed: dict[str, Any], params: tuple[ParamSpec, ...]) -> int:
+    for p in params:
+        if p.name == "epochs":
+            return int(max(p.choices) if p.type == "categorical" else p.high)
+    return int(fixed.get("epochs", TrialConfig().epochs))
+
+
+def _check_scheduler(where: str, scheduler: SchedulerSettings | None, fixed: dict[str, Any],
+                     params: tuple[ParamSpec, ...], objectives: dict[str, str]) -> None:
+    """MO-ASHA ranks every objective at every rung: each must be measurable every epoch, and the
+    rungs must fit inside training."""
+    if scheduler is None:
+        return
+    for metric in objectives:
+        if metric not in PER_EPOCH_METRICS:
+            _fail(where, f"objectives.{metric}",
+                  f"scheduler {scheduler.type} compares every objective at every rung, but {metric} is measured "
+                  f"only on the final exported model; choose objectives from {', '.join(PER_EPOCH_METRICS)} "
+                  "or remove the scheduler")
+    epochs = _max_epochs(fixed, params)
+    max_t = scheduler.max_t if scheduler.max_t is not None else epochs
+    if max_t < epochs:
+        _fail(where, "scheduler.max_t",
+              f"{max_t} is below the trials' epochs ({epochs}): every trial would be cut at max_t and none "
+              "would count as fully trained; use max_t >= epochs or leave it out (default: epochs)")
+    if scheduler.grace_period >= max_t:
+        _fail(where, "scheduler.grace_period",
+              f"{scheduler.grace_period} leaves no rung before max_t ({max_t}"
+              f"{'' if scheduler.max_t is not None else ', = epochs'}), so nothing could be stopped early; "
+              f"use a grace_period < {max_t}")
 
 
 def _parse_fields(

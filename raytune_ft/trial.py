@@ -47,6 +47,33 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
     return measured
 
 
+EPOCH_SIZE_METRICS = ("model_bytes", "model_bytes_compressed", "macs", "flops")
+
+
+def epoch_size_metrics(model: torch.nn.Module, names: tuple[str, ...], image_size: int) -> dict[str, Any]:
+    """Cheap stand-ins, every epoch, for the exported-model sizes an early-stopping scheduler ranks
+    on: model_bytes(_compressed) of the state dict serialized in memory (gzip level 6, as
+    export.measure_export), macs/flops of the live model. Only `names` are computed."""
+    import gzip
+    import io
+
+    out: dict[str, Any] = {}
+    if {"model_bytes", "model_bytes_compressed"} & set(names):
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        raw = buffer.getvalue()
+        out["model_bytes"] = len(raw)
+        if "model_bytes_compressed" in names:
+            out["model_bytes_compressed"] = len(gzip.compress(raw, compresslevel=6))
+    if {"macs", "flops"} & set(names):
+        model.eval()  # one image: BatchNorm must not use (or update) batch statistics
+        with torch.no_grad():
+            flops = export.count_flops(model, image_size)
+        model.train()
+        out.update(macs=flops // 2, flops=flops)
+    return {k: v for k, v in out.items() if k in names}
+
+
 def _setup_torch(cfg: TrialConfig, threads: int) -> None:
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # tiny weights late in a cosine schedule slow CPU math otherwise
@@ -118,12 +145,17 @@ def tune_trial(
     fixed: dict[str, Any],
     data: Splits,
     teacher_logits: torch.Tensor | None,
+    epoch_metrics: tuple[str, ...] = (),
 ) -> None:
-    """Ray Tune function trainable: one recipe, fine-tuned and checkpointed every epoch."""
+    """Ray Tune function trainable: one recipe, fine-tuned and checkpointed every epoch.
+
+    epoch_metrics: exported-model sizes (EPOCH_SIZE_METRICS) to measure cheaply at every epoch, for
+    an early-stopping scheduler; the final epoch's export measurement replaces them when export is on.
+    """
     cfg = TrialConfig.from_dict({**fixed, **sampled})
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
     if cfg.workers_per_trial > 1:
-        _ray_train_trial(cfg, data, teacher_logits if cfg.use_kd else None)
+        _ray_train_trial(cfg, data, teacher_logits if cfg.use_kd else None, epoch_metrics)
         return
     _setup_torch(cfg, cfg.worker_cpus)
     trial_id = tune.get_context().get_trial_id()
@@ -131,7 +163,7 @@ def tune_trial(
 
     def report(metrics: dict[str, Any], model: torch.nn.Module) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            metrics = _save_epoch(cfg, data, metrics, model, Path(tmp), trial_id)
+            metrics = _save_epoch(cfg, data, metrics, model, Path(tmp), trial_id, epoch_metrics)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train.fit(
@@ -155,9 +187,11 @@ def _device(cfg: TrialConfig) -> torch.device:
 
 
 def _save_epoch(cfg: TrialConfig, data: Splits, metrics: dict[str, Any], model: torch.nn.Module, directory: Path,
-                trial_id: str) -> dict[str, Any]:
-    """Write this epoch's checkpoint into `directory` (exporting and measuring the final model);
-    returns the metrics to report."""
+                trial_id: str, epoch_metrics: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Write this epoch's checkpoint into `directory` (exporting and measuring the final model,
+    measuring `epoch_metrics` cheaply every epoch); returns the metrics to report."""
+    if epoch_metrics:
+        metrics = {**metrics, **epoch_size_metrics(model, epoch_metrics, cfg.image_size)}
     if cfg.export and metrics["epoch"] == cfg.epochs:  # the final model: export and measure it
         metrics = {**metrics, **export_and_measure(model, cfg, data, metrics, directory / EXPORT_DIR)}
     print(f"[{trial_id}] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
@@ -167,7 +201,8 @@ def _save_epoch(cfg: TrialConfig, data: Splits, metrics: dict[str, Any], model: 
     return metrics
 
 
-def _ray_train_trial(cfg: TrialConfig, data: Splits, teacher_logits: torch.Tensor | None) -> None:
+def _ray_train_trial(cfg: TrialConfig, data: Splits, teacher_logits: torch.Tensor | None,
+                    epoch_metrics: tuple[str, ...] = ()) -> None:
     """Run the trial as a Ray Train TorchTrainer with cfg.workers_per_trial DDP workers.
 
     The Train run is named after the Tune trial's folder and stored inside the experiment, so
@@ -183,7 +218,7 @@ def _ray_train_trial(cfg: TrialConfig, data: Splits, teacher_logits: torch.Tenso
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": cfg.to_dict(), "data": data, "teacher_logits": teacher_logits,
-                           "trial_id": tune.get_context().get_trial_id()},
+                           "trial_id": tune.get_context().get_trial_id(), "epoch_metrics": epoch_metrics},
         scaling_config=ScalingConfig(num_workers=cfg.workers_per_trial, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -216,7 +251,8 @@ def _train_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if dist.rank == 0:
-                metrics = _save_epoch(cfg, data, metrics, model, Path(tmp), config["trial_id"])
+                metrics = _save_epoch(cfg, data, metrics, model, Path(tmp), config["trial_id"],
+                                      config["epoch_metrics"])
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 

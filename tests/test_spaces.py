@@ -22,7 +22,7 @@ from raytune_ft.spaces import (
     resolve_space,
 )
 
-BUILTINS = ["quickstart", "quickstart_structured", "joint"]
+BUILTINS = ["quickstart", "quickstart_structured", "quickstart_mo_asha", "joint"]
 
 # A small valid space; each error case below breaks it in one place.
 VALID = """\

@@ -1,0 +1,90 @@
+"""MO-ASHA in a real search: space validation, and early-stopped trials kept honest end to end."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from raytune_ft import search, spaces
+from raytune_ft.spaces import SpaceError
+
+
+@pytest.fixture(scope="module")
+def mo_space() -> spaces.Space:
+    return spaces.load_space(spaces.builtin_space_path("quickstart_mo_asha"))
+
+
+def test_quickstart_mo_asha_is_the_quickstart_with_a_scheduler(mo_space):
+    plain = spaces.load_space(spaces.builtin_space_path("quickstart"))
+    assert mo_space.scheduler == spaces.SchedulerSettings(type="mo_asha", grace_period=1, reduction_factor=3)
+    assert (mo_space.fixed, mo_space.params, mo_space.objectives) == (plain.fixed, plain.params, plain.objectives)
+    assert plain.scheduler is None and mo_space.max_epochs() == plain.fixed["epochs"]
+
+
+@pytest.mark.parametrize("override,fragments", [
+    ("scheduler.max_t=3", ["scheduler.max_t", "3 is below the trials' epochs (5)"]),
+    ("scheduler.grace_period=5", ["scheduler.grace_period", "no rung before max_t (5"]),
+    ("scheduler.grace_period=0", ["scheduler.grace_period", "int >= 1", "0"]),
+    ("scheduler.reduction_factor=1", ["scheduler.reduction_factor", "> 1", "1"]),
+    ("scheduler.type=asha", ["scheduler.type", "mo_asha", "'asha'"]),
+    ("scheduler.eta=2", ["scheduler.eta", "reduction_factor"]),
+])
+def test_scheduler_errors_name_key_and_value(mo_space, override, fragments):
+    with pytest.raises(SpaceError) as err:
+        mo_space.with_overrides([override])
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_objective_not_measured_every_epoch_is_rejected(tmp_path, mo_space):
+    text = open(mo_space.path).read().replace("nonzero_params: min", "latency_ms_b1: min")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError) as err:
+        spaces.load_space(path)
+    message = str(err.value)
+    for fragment in (str(path), "objectives.latency_ms_b1", "nonzero_params", "model_bytes", "remove the scheduler"):
+        assert fragment in message
+    # the same objectives without the scheduler are fine
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(text.replace("scheduler:\n  type: mo_asha\n  grace_period: 1\n  reduction_factor: 3\n", ""))
+    assert spaces.load_space(ok).scheduler is None
+
+
+@pytest.mark.e2e
+def test_early_stopped_trials_are_pruned_and_off_the_front(tmp_path):
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never join another cluster
+    try:
+        # reduction_factor 4 with one trial at a time: after the first, a trial passes rung 1
+        # only if no recorded trial ranks ahead of it, so some are surely stopped
+        argv = ["--space", "quickstart_mo_asha", "--storage-path", str(tmp_path), "--name", "mo",
+                "--num-samples", "6", "--set", "max_samples=200", "--set", "epochs=3", "--set", "weights=none",
+                "--set", "export=false", "--set", "teacher.epochs=1", "--set", "scheduler.reduction_factor=4",
+                "--set", "search.population_size=3", "--set", "bn_recalibration_batches=1",
+                "--set", "cpus_per_trial=1"]
+        assert search.main(argv) == 0
+    finally:
+        ray.shutdown()
+    exp = tmp_path / "mo"
+    trials = pd.read_csv(exp / "trials.csv")
+    front = pd.read_csv(exp / "pareto.csv")
+    study = pd.read_csv(exp / "optuna_trials.csv")
+    assert len(trials) == 6 == len(study)
+    stopped = trials[trials["status"] == "early-stopped"]
+    done = trials[trials["status"] == "completed"]
+    assert len(stopped) >= 1 and len(done) >= 1 and len(stopped) + len(done) == 6
+    assert (stopped["epochs_trained"] < 3).all() and (done["epochs_trained"] == 3).all()
+    assert set(front["trial_id"]) <= set(done["trial_id"]) and len(front) >= 1
+    # the study: one row per trial, PRUNED exactly for the early-stopped ones, without values
+    states = study["state"].value_counts().to_dict()
+    assert states == {"PRUNED": len(stopped), "COMPLETE": len(done)} or \
+        states == {"COMPLETE": len(done), "PRUNED": len(stopped)}
+    pruned = study[study["state"] == "PRUNED"]
+    assert pruned["values_0"].isna().all() and (pruned["user_attrs_early_stopped_at_epoch"] < 3).all()
+    complete = study[study["state"] == "COMPLETE"]
+    assert sorted(complete["values_0"]) == pytest.approx(sorted(done["val_acc"]))
+    assert sorted(complete["values_1"]) == pytest.approx(sorted(done["nonzero_params"]))
+    # the rung history was kept for --resume
+    assert (exp / "mo_asha_state.pkl").stat().st_size > 0
