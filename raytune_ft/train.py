@@ -2,11 +2,13 @@
 
 The loop draws batches from in-memory tensors, applies the learning-rate schedule, the
 pruning schedule and decoupled weight decay, backpropagates the `loss` term of
-`losses.objective`, and after every epoch calls `report(metrics, model)`.
+`losses.objective`, and after every epoch calls `report(metrics, model, state)`; `state()` is
+what `fit(resume=...)` needs to continue from that epoch exactly (`training_state`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from raytune_ft import losses, pruning
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
-Report = Callable[[dict[str, Any], nn.Module], None]
+Report = Callable[[dict[str, Any], nn.Module, Callable[[], dict[str, Any]]], None]
 
 
 def lr_at(step: int, *, base_lr: float, total_steps: int, schedule: str, warmup_steps: int = 0) -> float:
@@ -82,11 +84,15 @@ def fit(
     head_names: set[str],
     report: Report,
     teacher_logits: torch.Tensor | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `model` in place for cfg.epochs; returns the last epoch's metrics.
 
     teacher_logits: (n_train, num_classes) logits of the teacher on data.x_train, required
-    when cfg.use_kd. Raises FloatingPointError when the loss stops being finite.
+    when cfg.use_kd. resume: a `state()` that `report` got from an earlier run of the same
+    config, with `model` holding that epoch's weights (see models.resize_to_state_dict):
+    training goes on after that epoch as if it had never stopped. Raises FloatingPointError
+    when the loss stops being finite.
     """
     if cfg.use_kd and teacher_logits is None:
         raise ValueError("use_kd is true but no teacher logits were given")
@@ -134,9 +140,20 @@ def fit(
     x_val = data.x_val.contiguous(memory_format=memory_format)
     x_recalibrate = data.x_train[: batch_size * cfg.bn_recalibration_batches].contiguous(memory_format=memory_format)
 
-    step = 0
+    step, first_epoch = 0, 0
+    if resume is not None:
+        step, first_epoch = resume["step"], resume["epoch"]
+        optimizer.load_state_dict(resume["optimizer"])
+        batches.set_state(resume["batch_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        if resume["masked"]:  # pruned weights are exact zeros (pruning.py)
+            masks = pruning.masks_from_zeros(prunable)
+        if l2sp is not None:  # the pretrained weights, shrunk with any channels pruned so far
+            l2sp.anchors = dict(resume["l2sp_anchors"])
+        if channel_pruner is not None:
+            channel_pruner.load_state_dict(resume["channel_pruner"])
     metrics: dict[str, Any] = {}
-    for epoch in range(cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         started = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=batches)
@@ -199,8 +216,30 @@ def fit(
             "lr": lr,
             "epoch_time_s": time.perf_counter() - started,
         }
-        report(metrics, model)
+        state = functools.partial(training_state, epoch=epoch + 1, step=step, optimizer=optimizer, batches=batches,
+                                  masked=bool(masks), l2sp=l2sp, channel_pruner=channel_pruner)
+        report(metrics, model, state)
     return metrics
+
+
+def training_state(*, epoch: int, step: int, optimizer: torch.optim.Optimizer, batches: torch.Generator,
+                   masked: bool, l2sp: losses.L2SP | None,
+                   channel_pruner: pruning.ChannelPruner | None) -> dict[str, Any]:
+    """Everything besides the weights that `fit(resume=...)` needs to continue after `epoch`:
+    the step counter, optimizer moments, batch-order and dropout RNG states, whether magnitude
+    masks are active (the masks themselves are the zeros in the weights), L2-SP's anchors and
+    the channel-pruning progress. Tensors, numbers and dicts only: `torch.load(weights_only=True)`
+    reads it back without unpickling code."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "batch_rng": batches.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "masked": masked,
+        "l2sp_anchors": dict(l2sp.anchors) if l2sp is not None else None,
+        "channel_pruner": channel_pruner.state_dict() if channel_pruner is not None else None,
+    }
 
 
 def _optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -23,6 +23,7 @@ from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
 EXPORT_DIR = "export"  # inside a trial's final checkpoint folder
+TRAINING_STATE = "training_state.pt"  # inside every other checkpoint: train.training_state, to resume from
 
 
 def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, metrics: dict[str, Any],
@@ -56,7 +57,7 @@ def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
     started = time.perf_counter()
 
-    def report(metrics: dict[str, Any], _model: torch.nn.Module) -> None:
+    def report(metrics: dict[str, Any], _model: torch.nn.Module, _state: Any) -> None:
         print(f"[teacher] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
               f"train_loss={metrics['train_loss']:.4f}  ({metrics['epoch_time_s']:.1f}s)", flush=True)
 
@@ -81,21 +82,45 @@ def tune_trial(
     fixed: dict[str, Any],
     data: Splits,
     teacher_logits: torch.Tensor | None,
+    checkpoint_every: int = 1,
 ) -> None:
-    """Ray Tune function trainable: one recipe, fine-tuned and checkpointed every epoch."""
+    """Ray Tune function trainable: one recipe, fine-tuned, checkpointed every `checkpoint_every`
+    epochs and after the last one.
+
+    A retried or restored trial (`max_failures`, `--resume`) continues after the epoch of its
+    newest checkpoint: weights, optimizer, masks, schedules and RNG states as they were.
+    """
     cfg = TrialConfig.from_dict({**fixed, **sampled})
     _setup_torch(cfg)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
     trial_id = tune.get_context().get_trial_id()
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_training_checkpoint(model, Path(folder))
+        if resume is None:  # the final checkpoint: the trial had finished before it was interrupted
+            print(f"[{trial_id}] already trained ({checkpoint.path})", flush=True)
+            return
+        print(f"[{trial_id}] resuming after epoch {resume['epoch']} from {checkpoint.path}", flush=True)
 
-    def report(metrics: dict[str, Any], model: torch.nn.Module) -> None:
+    def report(metrics: dict[str, Any], model: torch.nn.Module, state: Any) -> None:
+        final = metrics["epoch"] == cfg.epochs
+        line = (f"[{trial_id}] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
+                f"sparsity={metrics['sparsity']:.3f}  params={metrics['params']:,}  "
+                f"nonzero_params={metrics['nonzero_params']:,}")
+        if not final and metrics["epoch"] % checkpoint_every:
+            print(line, flush=True)
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as tmp:
-            if cfg.export and metrics["epoch"] == cfg.epochs:  # the final model: export and measure it
-                metrics = {**metrics, **export_and_measure(model, cfg, data, metrics, Path(tmp) / EXPORT_DIR)}
-            print(f"[{trial_id}] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
-                  f"sparsity={metrics['sparsity']:.3f}  params={metrics['params']:,}  "
-                  f"nonzero_params={metrics['nonzero_params']:,}", flush=True)
+            if final:  # the deployable model: export and measure it; nothing to resume from
+                if cfg.export:
+                    metrics = {**metrics, **export_and_measure(model, cfg, data, metrics, Path(tmp) / EXPORT_DIR)}
+            else:
+                torch.save(state(), Path(tmp) / TRAINING_STATE)
+            print(line, flush=True)
             models.save_checkpoint(
                 tmp, model, config=cfg.to_dict(), class_names=data.class_names, metrics=metrics
             )
@@ -108,7 +133,19 @@ def tune_trial(
         head_names=models.head_parameter_names(model),
         report=report,
         teacher_logits=teacher_logits if cfg.use_kd else None,
+        resume=resume,
     )
+
+
+def load_training_checkpoint(model: torch.nn.Module, folder: Path) -> dict[str, Any] | None:
+    """Load a trial checkpoint's weights into `model` (shrunk first if it was channel-pruned) and
+    return its training state, or None for a final checkpoint (which has none). Both files are
+    read with weights_only=True: a checkpoint cannot run code when it is loaded."""
+    state = torch.load(folder / models.CHECKPOINT_WEIGHTS, map_location="cpu", weights_only=True)
+    models.resize_to_state_dict(model, state)
+    model.load_state_dict(state)
+    path = folder / TRAINING_STATE
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
 def trial_dirname(trial: Any) -> str:

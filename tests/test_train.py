@@ -13,7 +13,7 @@ def _fit(cfg, splits, teacher_logits=None, model=None):
     model = model or TinyClassifier()
     reports = []
     train.fit(cfg, model, splits, head_names=TINY_HEAD, teacher_logits=teacher_logits,
-              report=lambda metrics, m: reports.append(dict(metrics)))
+              report=lambda metrics, m, state: reports.append(dict(metrics)))
     return model, reports
 
 
