@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STORAGE = "ray_results"  # relative to the current directory
+STORAGE_ENV = "RAYTUNE_FT_STORAGE"  # the default --storage-path where set, e.g. s3://bucket/prefix on a cluster
 DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "max_samples", "data_seed")
 TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity", "model_bytes",
                  "model_bytes_compressed", "macs", "flops", "latency_ms_b1", "latency_ms_b32",
@@ -74,10 +75,11 @@ class Location:
         filesystem, path = fs.FileSystem.from_uri(self.uri)
         for name in names:
             source = self.local / name
-            if source.is_dir():
-                fs.copy_files(str(source), f"{path}/{name}", destination_filesystem=filesystem)
-            elif source.is_file():
-                with open(source, "rb") as src, filesystem.open_output_stream(f"{path}/{name}") as dst:
+            files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+            for file in (f for f in files if f.is_file()):
+                target = f"{path}/{file.relative_to(self.local).as_posix()}"
+                filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                with open(file, "rb") as src, filesystem.open_output_stream(target) as dst:
                     dst.write(src.read())
 
 
@@ -109,9 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, help="number of trials (default: the space's search.num_samples)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's search.max_concurrent)")
     p.add_argument("--seed", type=int, help="sampler seed (default: the space's search.seed)")
-    p.add_argument("--storage-path", default=DEFAULT_STORAGE,
-                   help="folder or URI for results, e.g. s3://bucket/prefix (every node must reach it); "
-                   f"default: ./{DEFAULT_STORAGE} under the current directory")
+    p.add_argument("--storage-path", default=os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE,
+                   help="folder or URI for results, e.g. s3://bucket/prefix (on a cluster every node must "
+                   f"reach it); default: ${STORAGE_ENV} if set (cluster.yaml sets it), else ./{DEFAULT_STORAGE}")
     p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a fixed setting of the space, e.g. --set epochs=2; also "
