@@ -69,8 +69,7 @@ def cluster(env):
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    c.add_node(num_cpus=1, resources={"node_a": 1})
-    c.add_node(num_cpus=1, resources={"node_b": 1})
+    c.named_nodes = {name: c.add_node(num_cpus=1, resources={name: 1}) for name in ("node_a", "node_b")}
     c.wait_for_nodes()
     yield c
     c.shutdown()
@@ -101,13 +100,13 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 400) -> str:
     return text
 
 
-def _wait_until(condition, proc: subprocess.Popen, log: Path, timeout: float = 300):
+def _wait_until(condition, proc: subprocess.Popen, log: Path, timeout: float = 400, allow_exit: bool = False):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        assert proc.poll() is None, f"the search ended before the kill:\n{log.read_text()[-4000:]}"
+        assert allow_exit or proc.poll() is None, f"the search ended before the kill:\n{log.read_text()[-4000:]}"
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting; log:\n{log.read_text()[-4000:]}")
 
@@ -120,13 +119,30 @@ def _last_pid(trial_dir: Path) -> int:
     return results._read_results(trial_dir / "result.json")[-1]["pid"]
 
 
+def _worker_processes(cluster) -> dict[int, str]:
+    """pid -> worker node name, for the processes the worker nodes' raylets started."""
+    import psutil
+    from ray._private import ray_constants
+
+    out = {}
+    for name, node in cluster.named_nodes.items():
+        if node not in cluster.worker_nodes:  # removed
+            continue
+        try:
+            raylet = psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
+            out.update({child.pid: name for child in raylet.children()})
+        except psutil.Error:
+            pass
+    return out
+
+
 def _node_of(pid: int, cluster) -> str:
     """Which worker node runs process `pid`: its parent is that node's raylet."""
     import psutil
     from ray._private import ray_constants
 
     parent = psutil.Process(pid).ppid()
-    for name, node in zip(("node_a", "node_b"), cluster.worker_nodes, strict=False):
+    for name, node in cluster.named_nodes.items():
         if node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid == parent:
             return name
     raise AssertionError(f"process {pid} belongs to no worker node")
@@ -140,12 +156,18 @@ def _failures(exp: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def teacher(cluster, space, tmp_path_factory) -> Path:
-    """The dense teacher, fine-tuned once as a Ray task on a worker node by the driver-kill search."""
+    """A folder where the first search (the driver-kill test) notes its teacher checkpoint."""
     return tmp_path_factory.mktemp("shared")
 
 
+def _reuse_teacher(teacher: Path) -> list[str]:
+    """Arguments that reuse the teacher of an earlier search; none (train one) when run alone."""
+    note = teacher / "path"
+    return ["--set", f"teacher.checkpoint={note.read_text()}"] if note.is_file() else []
+
+
 def test_a_client_without_the_cluster_token_is_refused(cluster, env, tmp_path):
-    code = "import ray; ray.init(address=%r); print('connected')" % cluster.address
+    code = f"import ray; ray.init(address={cluster.address!r}); print('connected')"
     wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     proc = subprocess.run([sys.executable, "-c", code], env=wrong, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "connected" not in proc.stdout
@@ -210,22 +232,16 @@ def test_s3_storage_on_two_nodes(cluster, space, teacher, tmp_path):
 
     log = tmp_path / "s3.log"
     uri = "s3://results/exps"
-    teacher_dir = (teacher / "path").read_text()
     proc = _search(cluster, space, "--storage-path", uri, "--name", "s3", "--num-samples", "2",
-                   "--set", f"teacher.checkpoint={teacher_dir}", cwd=tmp_path, log=log)
-    nodes = set()
+                   *_reuse_teacher(teacher), cwd=tmp_path, log=log)
+    seen: dict[int, str] = {}  # pid -> worker node, of every process the worker nodes start
 
-    def both_nodes_busy():  # the trials' processes, seen in Ray's staging folders on this machine
-        for pid in _running_trial_pids():
-            try:
-                nodes.add(_node_of(pid, cluster))
-            except Exception:
-                pass
-        return len(nodes) == 2 or proc.poll() is not None
+    def record():
+        seen.update(_worker_processes(cluster))
+        return proc.poll() is not None
 
-    _wait_until(both_nodes_busy, proc, log)
+    _wait_until(record, proc, log, allow_exit=True)
     _finish(proc, log)
-    assert nodes == {"node_a", "node_b"}
 
     keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="results", Prefix="exps/s3/")["Contents"]}
     for name in ("trials.csv", "pareto.csv", "pareto.png", "space.json", "teacher.json", "teacher/model.pt"):
@@ -236,6 +252,8 @@ def test_s3_storage_on_two_nodes(cluster, space, teacher, tmp_path):
 
     exp = results.load_experiment(f"{uri}/s3")
     assert len(exp.trials) == 2 and (exp.trials.status == "completed").all()
+    pids = [_last_pid(exp.local_dir / f"trial_{t}") for t in exp.trials.trial_id]
+    assert {seen.get(pid) for pid in pids} == {"node_a", "node_b"}  # one trial on each worker node
     assert exp.trials.checkpoint.str.startswith(f"{uri}/s3/trial_").all()
     front = pd.read_csv(exp.local_dir / "pareto.csv")
     assert len(front) >= 1 and set(front.trial_id) <= set(exp.trials.trial_id)
@@ -244,18 +262,11 @@ def test_s3_storage_on_two_nodes(cluster, space, teacher, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def _running_trial_pids() -> list[int]:
-    import psutil
-
-    return [p.pid for p in psutil.process_iter(["name", "cmdline"])
-            if "ray::ImplicitFunc" in " ".join(p.info["cmdline"] or []) or p.info["name"] == "ray::ImplicitFunc"]
-
-
 def test_killed_trial_process_and_removed_node_retry_from_their_checkpoints(cluster, space, teacher, tmp_path):
     storage, log = tmp_path / "results", tmp_path / "faults.log"
     exp = storage / "f"
     proc = _search(cluster, space, "--storage-path", str(storage), "--name", "f", "--num-samples", "2",
-                   "--set", f"teacher.checkpoint={(teacher / 'path').read_text()}", cwd=tmp_path, log=log)
+                   *_reuse_teacher(teacher), cwd=tmp_path, log=log)
 
     def both_checkpointed():
         trials = sorted(exp.glob("trial_*"))
@@ -267,7 +278,7 @@ def test_killed_trial_process_and_removed_node_retry_from_their_checkpoints(clus
     where = {_node_of(pid, cluster): t for t, pid in pids.items()}
     assert set(where) == {"node_a", "node_b"}
     os.kill(pids[where["node_a"]], signal.SIGKILL)  # the process training a trial
-    cluster.remove_node(cluster.worker_nodes[1], allow_graceful=False)  # node_b, with its trial
+    cluster.remove_node(cluster.named_nodes["node_b"], allow_graceful=False)  # with its trial
     _finish(proc, log)
 
     table = pd.read_csv(exp / "trials.csv")
