@@ -93,7 +93,8 @@ def locate(storage_path: str, name: str) -> Location:
 
         fs.FileSystem.from_uri(storage_path)
     except Exception as err:  # unknown scheme, bad bucket name, missing filesystem support
-        raise UserError(f"--storage-path {storage_path!r} is not a folder or a URI pyarrow.fs can open: {err}") from err
+        raise UserError(f"--storage-path {storage_path!r} is not a folder or a URI pyarrow.fs can open: "
+                        f"{err}") from err
     staging = Path(tempfile.mkdtemp(prefix="raytune_ft-")) / name
     staging.mkdir()
     return Location(f"{storage_path.rstrip('/')}/{name}", staging)
@@ -156,7 +157,10 @@ def prepare(args: argparse.Namespace):
 
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     where = locate(args.storage_path, name)
-    exists = where.exists()
+    try:
+        exists = where.exists()
+    except OSError as err:  # a URI: no credentials, no such bucket, unreachable endpoint
+        raise UserError(f"--storage-path: cannot read {where.uri!r}: {err}") from err
     if exists and not args.resume:
         raise UserError(f"experiment folder {where.uri!r} already exists; pass --resume to continue "
                         "it or choose a new --name (nothing was changed)")

@@ -233,6 +233,7 @@ def test_s3_storage_on_two_nodes(cluster, space, teacher, tmp_path):
     log = tmp_path / "s3.log"
     uri = "s3://results/exps"
     proc = _search(cluster, space, "--storage-path", uri, "--name", "s3", "--num-samples", "2",
+                   "--set", "search.checkpoint_every=2", "--set", "search.keep_checkpoints=1",
                    *_reuse_teacher(teacher), cwd=tmp_path, log=log)
     seen: dict[int, str] = {}  # pid -> worker node, of every process the worker nodes start
 
@@ -246,8 +247,10 @@ def test_s3_storage_on_two_nodes(cluster, space, teacher, tmp_path):
     keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="results", Prefix="exps/s3/")["Contents"]}
     for name in ("trials.csv", "pareto.csv", "pareto.png", "space.json", "teacher.json", "teacher/model.pt"):
         assert f"exps/s3/{name}" in keys, name
+    # checkpoints after epochs 2 and 3 (checkpoint_every=2, and the last epoch), only the newest kept
     trial_checkpoints = {k for k in keys if "/checkpoint_" in k and k.endswith("/model.pt")}
-    assert len({k.split("/")[2] for k in trial_checkpoints}) == 2
+    assert len(trial_checkpoints) == 2 and all("/checkpoint_000001/" in k for k in trial_checkpoints)
+    assert not any(k.endswith("training_state.pt") for k in keys)  # a final checkpoint is just the model
     assert not (tmp_path / "ray_results").exists()  # nothing written locally instead
 
     exp = results.load_experiment(f"{uri}/s3")

@@ -88,3 +88,13 @@ def test_final_checkpoint_has_no_training_state_and_the_state_is_plain_tensors(t
             "channel_pruner"} <= set(state)
     (tmp_path / trial.TRAINING_STATE).unlink()  # what a trial's last checkpoint looks like
     assert trial.load_training_checkpoint(models.build_model(cfg.model, 3, weights="none"), tmp_path) is None
+
+
+@pytest.mark.parametrize("key", ["checkpoint_every", "keep_checkpoints"])
+def test_checkpoint_settings_are_validated(key):
+    from raytune_ft import spaces
+
+    space = spaces.load_space(spaces.resolve_space("quickstart"))
+    assert getattr(space.with_overrides([f"search.{key}=3"]).search, key) == 3
+    with pytest.raises(spaces.SpaceError, match=f"search.{key}.*must be an int >= 1, got 0"):
+        space.with_overrides([f"search.{key}=0"])
