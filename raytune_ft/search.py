@@ -259,6 +259,9 @@ def run_search(space, where: Location, args: argparse.Namespace):
         dashboard = {"include_dashboard": args.dashboard_host is not None}
         if args.dashboard_host is not None:
             dashboard["dashboard_host"] = args.dashboard_host
+            if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+                print(f"raytune_ft.search: warning: the dashboard listens on {args.dashboard_host}: whoever "
+                      "reaches that address can submit jobs (code) to this cluster", file=sys.stderr, flush=True)
         ray.init(address=args.address, log_to_driver=True, **dashboard)
     data = data_mod.load_splits(space.teacher_config())
     teacher, logits = obtain_teacher(space, data, exp_dir, where.uri if where.remote else None)

@@ -61,6 +61,12 @@ def env(tmp_path_factory):
         boto3.client("s3").create_bucket(Bucket="results")
         yield dict(os.environ)
     server.stop()
+    # this process cached our token when it started the cluster: forget it, so that a later
+    # ray.init() in the same pytest run authenticates with the default token again
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    AuthenticationTokenLoader.instance().reset_cache()
+    Config.initialize("")
 
 
 @pytest.fixture(scope="module")
