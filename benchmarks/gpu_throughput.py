@@ -71,7 +71,7 @@ def raytune_ft_loop(model: torch.nn.Module, data, *, batch_size: int, epochs: in
                       bn_recalibration_batches=0, use_gpu=True, gpus_per_worker=1, export=False)
     times: list[float] = []
 
-    def report(metrics, _model) -> None:
+    def report(metrics, _model, _state) -> None:
         torch.cuda.synchronize()
         times.append(metrics["epoch_time_s"])
 

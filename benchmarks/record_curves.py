@@ -59,7 +59,7 @@ def main() -> None:
         model = models.build_model(teacher_cfg.model, data.num_classes, weights=teacher_cfg.weights,
                                    dropout=teacher_cfg.dropout)
         m = train.fit(teacher_cfg, model, data, head_names=models.head_parameter_names(model),
-                      report=lambda metrics, _m: print(f"  teacher epoch {metrics['epoch']} "
+                      report=lambda metrics, _m, _s: print(f"  teacher epoch {metrics['epoch']} "
                                                        f"val_acc={metrics['val_acc']:.4f}", flush=True))
         logits = train.predict_logits(model, data.x_train)
         torch.save(logits, teacher_cache)
@@ -96,7 +96,7 @@ def main() -> None:
             base = {"config_id": config_id, "epochs": cfg.epochs, **{k: sampled.get(k, "") for k in param_names},
                     "config_json": json.dumps(sampled, sort_keys=True)}
 
-            def report(metrics: dict, _model: torch.nn.Module, base: dict = base) -> None:
+            def report(metrics: dict, _model: torch.nn.Module, _state=None, base: dict = base) -> None:
                 writer.writerow({**base, "status": "ok", **{k: metrics.get(k, "") for k in ("epoch", *METRICS)},
                                  "lr_now": metrics.get("lr", "")})
                 f.flush()

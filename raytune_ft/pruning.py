@@ -144,6 +144,29 @@ class ChannelPruner:
         )
         model.train(was_training)
 
+    def state_dict(self) -> dict:
+        """Progress of the iterative schedule (steps done, channel counts before the first step),
+        by module name and with plain ints, so a resumed run prunes towards the same targets."""
+        names = {module: name for name, module in self.model.named_modules()}
+        p = self.pruner
+        return {
+            "current_step": p.current_step,
+            "initial_total_channels": p.initial_total_channels,
+            "scope_initial_channels": dict(p._scope_initial_channels),
+            "layer_init_out_ch": {names[m]: int(c) for m, c in p.layer_init_out_ch.items() if m in names},
+            "layer_init_in_ch": {names[m]: int(c) for m, c in p.layer_init_in_ch.items() if m in names},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the schedule of `state_dict()` on the (already pruned) model this pruner wraps."""
+        modules = dict(self.model.named_modules())
+        p = self.pruner
+        p.current_step = state["current_step"]
+        p.initial_total_channels = state["initial_total_channels"]
+        p._scope_initial_channels = dict(state["scope_initial_channels"])
+        p.layer_init_out_ch.update({modules[n]: c for n, c in state["layer_init_out_ch"].items()})
+        p.layer_init_in_ch.update({modules[n]: c for n, c in state["layer_init_in_ch"].items()})
+
     def step(self, anchors: dict[str, torch.Tensor] | None = None) -> None:
         """Prune one step. `anchors` (name -> tensor shaped like that parameter, e.g. L2-SP's
         pretrained weights) lose the same channels as their parameters."""

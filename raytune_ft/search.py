@@ -4,6 +4,9 @@ Flow: validate everything the user gave (space file, --set, model, data) before 
 fine-tune (or load) the dense teacher once; run the trials with Ray Tune + OptunaSearch;
 write trials.csv, pareto.csv, pareto.png, teacher.json and optuna_trials.csv (the sampler's
 study: early-stopped trials PRUNED) into <storage-path>/<name>/.
+The storage path is a local folder or a URI pyarrow.fs understands (s3://bucket/prefix): for a
+URI the driver writes its own files in a local staging folder and uploads them, Tune persists
+trials and checkpoints there itself.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 DEFAULT_STORAGE = "ray_results"  # relative to the current directory
+STORAGE_ENV = "RAYTUNE_FT_STORAGE"  # the default --storage-path where set, e.g. s3://bucket/prefix on a cluster
 DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "max_samples", "data_seed", "download",
                "on_bad_image")
 TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity", "model_bytes",
@@ -27,6 +33,73 @@ TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity", 
 
 class UserError(Exception):
     """Bad input from the command line or a file: reported in one line, without a traceback."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an experiment lives: `uri` as recorded (a local folder or e.g. s3://bucket/prefix/name)
+    and `local`, the folder this driver writes the search's own files to (the experiment folder
+    itself, or a staging folder uploaded to `uri`)."""
+
+    uri: str
+    local: Path
+
+    @property
+    def remote(self) -> bool:
+        return "://" in self.uri
+
+    @property
+    def storage_path(self) -> str:  # Tune's RunConfig(storage_path=...), with name = local.name
+        return self.uri.rsplit("/", 1)[0] if self.remote else str(self.local.parent)
+
+    def exists(self) -> bool:
+        if not self.remote:
+            return self.local.exists()
+        from pyarrow import fs
+
+        filesystem, path = fs.FileSystem.from_uri(self.uri)
+        return filesystem.get_file_info(path).type != fs.FileType.NotFound
+
+    def has(self, name: str) -> bool:
+        if not self.remote:
+            return (self.local / name).exists()
+        from pyarrow import fs
+
+        filesystem, path = fs.FileSystem.from_uri(self.uri)
+        return filesystem.get_file_info(f"{path}/{name}").type != fs.FileType.NotFound
+
+    def upload(self, *names: str) -> None:
+        """Copy files or folders of `local` to `uri` (nothing to do for a local experiment)."""
+        if not self.remote:
+            return
+        from pyarrow import fs
+
+        filesystem, path = fs.FileSystem.from_uri(self.uri)
+        for name in names:
+            source = self.local / name
+            files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+            for file in (f for f in files if f.is_file()):
+                target = f"{path}/{file.relative_to(self.local).as_posix()}"
+                filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                with open(file, "rb") as src, filesystem.open_output_stream(target) as dst:
+                    dst.write(src.read())
+
+
+def locate(storage_path: str, name: str) -> Location:
+    """The experiment <storage-path>/<name>; a URI gets a fresh local staging folder."""
+    if "://" not in storage_path:
+        folder = Path(storage_path).expanduser().resolve() / name
+        return Location(str(folder), folder)
+    try:
+        from pyarrow import fs
+
+        fs.FileSystem.from_uri(storage_path)
+    except Exception as err:  # unknown scheme, bad bucket name, missing filesystem support
+        raise UserError(f"--storage-path {storage_path!r} is not a folder or a URI pyarrow.fs can open: "
+                        f"{err}") from err
+    staging = Path(tempfile.mkdtemp(prefix="raytune_ft-")) / name
+    staging.mkdir()
+    return Location(f"{storage_path.rstrip('/')}/{name}", staging)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,15 +114,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, help="number of trials (default: the space's search.num_samples)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's search.max_concurrent)")
     p.add_argument("--seed", type=int, help="sampler seed (default: the space's search.seed)")
-    p.add_argument("--storage-path", default=DEFAULT_STORAGE,
-                   help=f"folder for results; default: ./{DEFAULT_STORAGE} under the current directory")
+    p.add_argument("--storage-path", default=os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE,
+                   help="folder or URI for results, e.g. s3://bucket/prefix (on a cluster every node must "
+                   f"reach it); default: ${STORAGE_ENV} if set (cluster.yaml sets it), else ./{DEFAULT_STORAGE}")
     p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a fixed setting of the space, e.g. --set epochs=2; also "
                    "teacher.KEY=VALUE and search.KEY=VALUE; repeatable")
     p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto'); default: start a local one")
+    p.add_argument("--dashboard-host", default=None, metavar="HOST",
+                   help="start the local cluster's dashboard bound to HOST (127.0.0.1: this machine only; "
+                   "0.0.0.0 exposes it, and with it job submission, to the network); default: no dashboard")
     p.add_argument("--resume", action="store_true",
-                   help="continue the experiment <storage-path>/<name> instead of refusing to touch it")
+                   help="continue the experiment <storage-path>/<name> instead of refusing to touch it; "
+                   "this unpickles Tune's saved state: resume only folders you trust")
     return p.parse_args(argv)
 
 
@@ -78,18 +156,31 @@ def prepare(args: argparse.Namespace):
         raise UserError(str(err)) from err
 
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    exp_dir = Path(args.storage_path).expanduser().resolve() / name
-    if exp_dir.exists() and not args.resume:
-        raise UserError(f"experiment folder {str(exp_dir)!r} already exists; pass --resume to continue "
+    where = locate(args.storage_path, name)
+    try:
+        exists = where.exists()
+    except OSError as err:  # a URI: no credentials, no such bucket, unreachable endpoint
+        raise UserError(f"--storage-path: cannot read {where.uri!r}: {err}") from err
+    if exists and not args.resume:
+        raise UserError(f"experiment folder {where.uri!r} already exists; pass --resume to continue "
                         "it or choose a new --name (nothing was changed)")
-    if args.resume and not exp_dir.exists():
-        raise UserError(f"--resume: experiment folder {str(exp_dir)!r} does not exist")
-    return space, exp_dir
+    if args.resume and not exists:
+        raise UserError(f"--resume: experiment folder {where.uri!r} does not exist")
+    if args.resume and not where.has("space.json"):
+        raise UserError(f"--resume: {where.uri!r} is not a raytune_ft experiment (no space.json); "
+                        "nothing was restored")
+    if args.resume and where.remote:  # the teacher and settings, to continue from (no trial weights)
+        from raytune_ft import results
+
+        where.local.rmdir()
+        where = Location(where.uri, results.fetch(where.uri))
+    return space, where
 
 
-def obtain_teacher(space, data, exp_dir: Path) -> tuple[dict[str, Any], Any]:
+def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> tuple[dict[str, Any], Any]:
     """The dense teacher's metrics and its train-set logits: loaded from the experiment folder
-    or space's teacher.checkpoint, else fine-tuned once as a Ray task."""
+    or space's teacher.checkpoint, else fine-tuned once as a Ray task. `location`: the
+    experiment's address recorded in teacher.json when `exp_dir` is a staging copy of it."""
     import torch
 
     from raytune_ft import models, train, trial
@@ -126,16 +217,17 @@ def obtain_teacher(space, data, exp_dir: Path) -> tuple[dict[str, Any], Any]:
     if changed:  # one write, with the measured sizes in its metrics
         models.save_checkpoint(teacher_dir, model, config=config, class_names=data.class_names, metrics=metrics)
     torch.save(logits, logits_path)
+    recorded = f"{location}/teacher" if location else str(teacher_dir)
     info = {**{k: metrics[k] for k in TRIAL_METRICS if k in metrics},
             "epochs_trained": metrics.get("epoch"), "wall_time_s": metrics.get("wall_time_s"),
-            "checkpoint": str(teacher_dir),
-            "export_path": str(export_dir) if export_dir.exists() else None}
+            "checkpoint": recorded,
+            "export_path": f"{recorded}/{trial.EXPORT_DIR}" if export_dir.exists() else None}
     (exp_dir / "teacher.json").write_text(json.dumps(info, indent=2))
     print(f"teacher: val_acc={info['val_acc']:.4f}  nonzero_params={info['nonzero_params']:,}", flush=True)
     return info, logits
 
 
-def run_search(space, exp_dir: Path, args: argparse.Namespace):
+def run_search(space, where: Location, args: argparse.Namespace):
     """Start Ray, obtain the teacher, run the trials; returns (Tune's ResultGrid, teacher info)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from offline machines
     # Every epoch checkpoints (num_to_keep=1) and forces a state snapshot; that is intended.
@@ -153,32 +245,43 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
     from raytune_ft.config import TrialConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    exp_dir = where.local
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / "space.json").write_text(json.dumps(
+        {"space_file": space.path, "fixed": space.fixed, "teacher_overrides": space.teacher_overrides,
+         "teacher_checkpoint": space.teacher_checkpoint, "search": space.search.__dict__,
+         "objectives": space.objectives, "params": [p.name for p in space.params]}, indent=2, default=str))
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        print("raytune_ft.search: warning: RAY_AUTH_MODE=disabled turns Ray's token authentication off: "
+              "anyone who can reach the cluster's ports can run code on it", file=sys.stderr, flush=True)
     if not ray.is_initialized():
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
+        dashboard = {"include_dashboard": args.dashboard_host is not None}
+        if args.dashboard_host is not None:
+            dashboard["dashboard_host"] = args.dashboard_host
+            if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+                print(f"raytune_ft.search: warning: the dashboard listens on {args.dashboard_host}: whoever "
+                      "reaches that address can submit jobs (code) to this cluster", file=sys.stderr, flush=True)
+        ray.init(address=args.address, log_to_driver=True, **dashboard)
     if args.address in (None, "local") and not {"workers_per_trial", "cpus_per_worker", "cpus_per_trial",
                                                  "gpus_per_worker"} & {p.name for p in space.params}:
         # a local cluster does not grow: refuse a trial that could never be placed
         missing = trial.missing_resources(TrialConfig.from_dict(space.fixed), ray.cluster_resources())
         if missing:
             raise UserError(f"{space.path}: {missing}; lower them or add resources")
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / "space.json").write_text(json.dumps(
-        {"space_file": space.path, "fixed": space.fixed, "teacher_overrides": space.teacher_overrides,
-         "teacher_checkpoint": space.teacher_checkpoint, "search": space.search.__dict__,
-         "objectives": space.objectives, "params": [p.name for p in space.params]}, indent=2, default=str))
     data = data_mod.load_splits(space.teacher_config())
-    teacher, logits = obtain_teacher(space, data, exp_dir)
+    teacher, logits = obtain_teacher(space, data, exp_dir, where.uri if where.remote else None)
+    where.upload("space.json", "teacher", "teacher.json")  # before any trial: a resumed run finds them
 
     # MO-ASHA ranks every objective at every epoch: measure the exported sizes cheaply each epoch
     epoch_metrics = tuple(m for m in space.objectives if m in trial.EPOCH_SIZE_METRICS) if space.scheduler else ()
     trainable = tune.with_resources(
         tune.with_parameters(trial.tune_trial, fixed=space.fixed, data=data, teacher_logits=logits,
-                             epoch_metrics=epoch_metrics),
+                             epoch_metrics=epoch_metrics, checkpoint_every=space.search.checkpoint_every),
         trial.resources_for(space.fixed),
     )
-    if args.resume and tune.Tuner.can_restore(str(exp_dir)):
-        print(f"resuming {exp_dir}", flush=True)
-        tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_errored=True)  # callbacks are restored too
+    if args.resume and tune.Tuner.can_restore(where.uri):
+        print(f"resuming {where.uri}", flush=True)
+        tuner = tune.Tuner.restore(where.uri, trainable, resume_errored=True)  # callbacks are restored too
     else:
         metrics, modes = space.metric_and_mode()
         epochs = space.fixed.get("epochs", TrialConfig().epochs)
@@ -202,8 +305,8 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
                                         reuse_actors=True, trial_dirname_creator=trial.trial_dirname),
             run_config=tune.RunConfig(
                 name=exp_dir.name,
-                storage_path=str(exp_dir.parent),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                storage_path=where.storage_path,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=space.search.keep_checkpoints),
                 failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
                 verbose=0,  # progress comes from trial.Progress and the trials' epoch lines
                 callbacks=[trial.Progress(space.search.num_samples, space.objectives, teacher=teacher,
@@ -213,36 +316,39 @@ def run_search(space, exp_dir: Path, args: argparse.Namespace):
     return tuner.fit(), teacher
 
 
-def write_results(trials, space, exp_dir: Path, teacher: dict[str, Any]):
+def write_results(trials, space, where: Location, teacher: dict[str, Any]):
     from raytune_ft import pareto, report
 
+    exp_dir = where.local
     trials.to_csv(exp_dir / "trials.csv", index=False)
     front = pareto.pareto_front(trials, space.objectives)
     front.to_csv(exp_dir / "pareto.csv", index=False)
     report.plot_pareto(trials, space.objectives, exp_dir / "pareto.png", teacher=teacher,
                        title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front")
+    where.upload("trials.csv", "pareto.csv", "pareto.png", "optuna_trials.csv")
     return front
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        space, exp_dir = prepare(args)
+        space, where = prepare(args)
     except UserError as err:
         print(f"raytune_ft.search: error: {err}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    print(f"experiment: {exp_dir}\nspace: {space.path} ({space.search.num_samples} trials, "
+    print(f"experiment: {where.uri}\nspace: {space.path} ({space.search.num_samples} trials, "
           f"sampler {space.search.sampler}, seed {space.search.seed})", flush=True)
     try:
-        _, teacher = run_search(space, exp_dir, args)
+        _, teacher = run_search(space, where, args)
     except UserError as err:
         print(f"raytune_ft.search: error: {err}", file=sys.stderr)
         return 2
     from raytune_ft import results as results_mod
 
-    trials = results_mod.read_trials(exp_dir)  # Tune's files are complete once fit() returned
-    front = write_results(trials, space, exp_dir, teacher)
+    # Tune's files are complete once fit() returned
+    trials = results_mod.load_experiment(where.uri).trials if where.remote else results_mod.read_trials(where.local)
+    front = write_results(trials, space, where, teacher)
 
     from raytune_ft import report
 
@@ -254,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nPareto front (completed trials, sorted by size):")
     cols = ["trial_id", *space.objectives, "params", "sparsity", *[p.name for p in space.params]]
     print(report.format_front(front, list(dict.fromkeys(cols))))
-    print(f"\nwrote {exp_dir / 'trials.csv'}\n      {exp_dir / 'pareto.csv'}\n      "
-          f"{exp_dir / 'pareto.png'}\n      {exp_dir / 'teacher.json'}\n"
-          f"full report: python -m raytune_ft.analyze {exp_dir}")
+    print(f"\nwrote {where.uri}/trials.csv\n      {where.uri}/pareto.csv\n      "
+          f"{where.uri}/pareto.png\n      {where.uri}/teacher.json\n"
+          f"full report: python -m raytune_ft.analyze {where.uri}")
     return 0
 
 

@@ -68,7 +68,9 @@ class SearchSettings:
     max_concurrent: int = 1  # trials running at the same time
     seed: int = 0  # sampler seed
     population_size: int = 6  # NSGA-II generation size (ignored by the other samplers)
-    max_failures: int = 0  # retries of a failed trial
+    max_failures: int = 0  # retries of a failed trial (each from its newest checkpoint)
+    checkpoint_every: int = 1  # epochs between two trial checkpoints (the last epoch always checkpoints)
+    keep_checkpoints: int = 2  # newest checkpoints kept per trial; older ones are deleted
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ _SEARCH_MINIMUM = {
     "seed": 0,
     "population_size": 2,
     "max_failures": 0,
+    "checkpoint_every": 1,
+    "keep_checkpoints": 1,
 }
 
 

@@ -3,13 +3,15 @@
 The loop draws batches from a batch source (in-memory tensors, or an iterator of batches such
 as Ray Data's), applies the learning-rate schedule, the pruning schedule and decoupled weight
 decay, backpropagates the `loss` term of `losses.objective`, and after every epoch calls
-`report(metrics, model)`. The same loop runs in one process or as one rank of a data-parallel
-group (`Dist`): only who launches it and what `report` does differ.
+`report(metrics, model, state)`; `state()` is what `fit(resume=...)` needs to continue from
+that epoch exactly (`training_state`). The same loop runs in one process or as one rank of a
+data-parallel group (`Dist`): only who launches it and what `report` does differ.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +25,7 @@ from raytune_ft import losses, pruning
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
-Report = Callable[[dict[str, Any], nn.Module], None]
+Report = Callable[[dict[str, Any], nn.Module, Callable[[], dict[str, Any]]], None]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (images, generator) -> images
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # images, labels, sample indices
 
@@ -66,6 +68,12 @@ class BatchSource(Protocol):
         same on every rank (then no averaging across ranks is needed)."""
         ...
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """What `set_state` needs to continue with the next epoch's batches (resume)."""
+        ...
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None: ...
+
 
 class TensorBatches:
     """Batches from in-memory tensors. Each epoch one permutation is drawn from a generator seeded
@@ -101,6 +109,13 @@ class TensorBatches:
 
     def example(self) -> torch.Tensor:
         return self.x[:2]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"order": self._order.get_state(), "augment": self._augment.get_state()}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._order.set_state(state["order"])
+        self._augment.set_state(state["augment"])
 
     def calibration(self, batches: int) -> tuple[Iterator[torch.Tensor], bool]:
         # whole global batches on every rank: the statistics equal one worker's exactly
@@ -141,6 +156,12 @@ class IterableBatches:
     def calibration(self, batches: int) -> tuple[Iterator[torch.Tensor], bool]:
         source = self.epoch_batches(0)
         return (b["image"] for _, b in zip(range(batches), source, strict=False)), False
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}  # the iterable (e.g. Ray Data) owns its order; a resumed epoch reads it anew
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
 
 
 def lr_at(step: int, *, base_lr: float, total_steps: int, schedule: str, warmup_steps: int = 0) -> float:
@@ -245,6 +266,7 @@ def fit(
     teacher: nn.Module | None = None,
     batches: BatchSource | None = None,
     dist: Dist | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `model` in place for cfg.epochs; returns the last epoch's metrics.
 
@@ -255,7 +277,9 @@ def fit(
     dist: this process's rank, the world size and the device (default: one CPU process); with
     world_size > 1 the model is wrapped in DistributedDataParallel, every rank must call fit()
     with the same arguments, and `report` is called on every rank with the same metrics.
-    Raises FloatingPointError when the loss stops being finite.
+    resume: a `state()` that `report` got from an earlier run of the same config, with `model`
+    holding that epoch's weights (see models.resize_to_state_dict): training goes on after that
+    epoch as if it had never stopped. Raises FloatingPointError when the loss stops being finite.
     """
     if cfg.use_kd and teacher_logits is None and teacher is None:
         raise ValueError("use_kd is true but no teacher logits (or teacher model) were given")
@@ -316,9 +340,22 @@ def fit(
     # evaluation reads the same tensors every epoch: lay them out once
     x_val = data.x_val.contiguous(memory_format=memory_format)
 
-    step = 0
+    step, first_epoch = 0, 0
+    if resume is not None:
+        step, first_epoch = resume["step"], resume["epoch"]
+        optimizer.load_state_dict(resume["optimizer"])
+        source.set_state(resume["batch_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        if resume["masked"]:  # pruned weights are exact zeros (pruning.py)
+            masks = pruning.masks_from_zeros(prunable)
+        if l2sp is not None:  # the pretrained weights, shrunk with any channels pruned so far
+            l2sp.anchors = dict(resume["l2sp_anchors"])
+        if channel_pruner is not None:
+            channel_pruner.load_state_dict(resume["channel_pruner"])
+        if scaler is not None and resume.get("grad_scaler"):
+            scaler.load_state_dict(resume["grad_scaler"])
     metrics: dict[str, Any] = {}
-    for epoch in range(cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         started = time.perf_counter()
         model.train()
         sums: dict[str, float] = {}
@@ -398,8 +435,31 @@ def fit(
             "lr": lr,
             "epoch_time_s": time.perf_counter() - started,
         }
-        report(metrics, model)
+        state = functools.partial(training_state, epoch=epoch + 1, step=step, optimizer=optimizer, batches=source,
+                                  masked=bool(masks), l2sp=l2sp, channel_pruner=channel_pruner, scaler=scaler)
+        report(metrics, model, state)
     return metrics
+
+
+def training_state(*, epoch: int, step: int, optimizer: torch.optim.Optimizer, batches: BatchSource,
+                   masked: bool, l2sp: losses.L2SP | None, channel_pruner: pruning.ChannelPruner | None,
+                   scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
+    """Everything besides the weights that `fit(resume=...)` needs to continue after `epoch`:
+    the step counter, optimizer moments, batch-order/augmentation and dropout RNG states, whether
+    magnitude masks are active (the masks themselves are the zeros in the weights), L2-SP's
+    anchors, the channel-pruning progress and the fp16 loss scale. Tensors, numbers and dicts
+    only: `torch.load(weights_only=True)` reads it back without unpickling code."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "batch_rng": batches.state(),
+        "torch_rng": torch.get_rng_state(),
+        "masked": masked,
+        "l2sp_anchors": dict(l2sp.anchors) if l2sp is not None else None,
+        "channel_pruner": channel_pruner.state_dict() if channel_pruner is not None else None,
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,
+    }
 
 
 def _teacher_outputs(logits: torch.Tensor | None, teacher: nn.Module | None, x: torch.Tensor,

@@ -26,6 +26,7 @@ from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
 EXPORT_DIR = "export"  # inside a trial's final checkpoint folder
+TRAINING_STATE = "training_state.pt"  # inside every other checkpoint: train.training_state, to resume from
 
 
 def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, metrics: dict[str, Any],
@@ -85,7 +86,7 @@ def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
     started = time.perf_counter()
 
-    def report(metrics: dict[str, Any], _model: torch.nn.Module) -> None:
+    def report(metrics: dict[str, Any], _model: torch.nn.Module, _state: Any) -> None:
         print(f"[teacher] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
               f"train_loss={metrics['train_loss']:.4f}  ({metrics['epoch_time_s']:.1f}s)", flush=True)
 
@@ -146,25 +147,39 @@ def tune_trial(
     data: Splits,
     teacher_logits: torch.Tensor | None,
     epoch_metrics: tuple[str, ...] = (),
+    checkpoint_every: int = 1,
 ) -> None:
-    """Ray Tune function trainable: one recipe, fine-tuned and checkpointed every epoch.
+    """Ray Tune function trainable: one recipe, fine-tuned, checkpointed every `checkpoint_every`
+    epochs and after the last one.
 
+    A retried or restored trial (`max_failures`, `--resume`) continues after the epoch of its
+    newest checkpoint: weights, optimizer, masks, schedules and RNG states as they were.
     epoch_metrics: exported-model sizes (EPOCH_SIZE_METRICS) to measure cheaply at every epoch, for
     an early-stopping scheduler; the final epoch's export measurement replaces them when export is on.
     """
     cfg = TrialConfig.from_dict({**fixed, **sampled})
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
     if cfg.workers_per_trial > 1:
-        _ray_train_trial(cfg, data, teacher_logits if cfg.use_kd else None, epoch_metrics)
+        _ray_train_trial(cfg, data, teacher_logits if cfg.use_kd else None, epoch_metrics, checkpoint_every)
         return
     _setup_torch(cfg, cfg.worker_cpus)
     trial_id = tune.get_context().get_trial_id()
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_training_checkpoint(model, Path(folder))
+        if resume is None:  # the final checkpoint: the trial had finished before it was interrupted
+            print(f"[{trial_id}] already trained ({checkpoint.path})", flush=True)
+            return
+        print(f"[{trial_id}] resuming after epoch {resume['epoch']} from {checkpoint.path}", flush=True)
 
-    def report(metrics: dict[str, Any], model: torch.nn.Module) -> None:
+    def report(metrics: dict[str, Any], model: torch.nn.Module, state: Any) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            metrics = _save_epoch(cfg, data, metrics, model, Path(tmp), trial_id, epoch_metrics)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            metrics, written = _save_epoch(cfg, data, metrics, model, Path(tmp), trial_id, state,
+                                           epoch_metrics=epoch_metrics, checkpoint_every=checkpoint_every)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp) if written else None)
 
     train.fit(
         cfg,
@@ -174,7 +189,19 @@ def tune_trial(
         report=report,
         teacher_logits=teacher_logits if cfg.use_kd else None,
         dist=train.Dist(device=_device(cfg)),
+        resume=resume,
     )
+
+
+def load_training_checkpoint(model: torch.nn.Module, folder: Path) -> dict[str, Any] | None:
+    """Load a trial checkpoint's weights into `model` (shrunk first if it was channel-pruned) and
+    return its training state, or None for a final checkpoint (which has none). Both files are
+    read with weights_only=True: a checkpoint cannot run code when it is loaded."""
+    state = torch.load(folder / models.CHECKPOINT_WEIGHTS, map_location="cpu", weights_only=True)
+    models.resize_to_state_dict(model, state)
+    model.load_state_dict(state)
+    path = folder / TRAINING_STATE
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
 def _device(cfg: TrialConfig) -> torch.device:
@@ -187,22 +214,30 @@ def _device(cfg: TrialConfig) -> torch.device:
 
 
 def _save_epoch(cfg: TrialConfig, data: Splits, metrics: dict[str, Any], model: torch.nn.Module, directory: Path,
-                trial_id: str, epoch_metrics: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Write this epoch's checkpoint into `directory` (exporting and measuring the final model,
-    measuring `epoch_metrics` cheaply every epoch); returns the metrics to report."""
+                trial_id: str, state: Any, *, epoch_metrics: tuple[str, ...] = (),
+                checkpoint_every: int = 1) -> tuple[dict[str, Any], bool]:
+    """This epoch's metrics to report (with `epoch_metrics` measured cheaply), and whether a
+    checkpoint was written into `directory`: every `checkpoint_every` epochs with the training
+    state to resume from, and after the last epoch with the exported, measured model instead."""
     if epoch_metrics:
         metrics = {**metrics, **epoch_size_metrics(model, epoch_metrics, cfg.image_size)}
-    if cfg.export and metrics["epoch"] == cfg.epochs:  # the final model: export and measure it
+    final = metrics["epoch"] == cfg.epochs
+    written = final or metrics["epoch"] % checkpoint_every == 0
+    if final and cfg.export:  # the deployable model: export and measure it; nothing to resume from
         metrics = {**metrics, **export_and_measure(model, cfg, data, metrics, directory / EXPORT_DIR)}
+    elif written:
+        torch.save(state(), directory / TRAINING_STATE)
     print(f"[{trial_id}] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
           f"sparsity={metrics['sparsity']:.3f}  params={metrics['params']:,}  "
           f"nonzero_params={metrics['nonzero_params']:,}", flush=True)
-    models.save_checkpoint(directory, model, config=cfg.to_dict(), class_names=data.class_names, metrics=metrics)
-    return metrics
+    if written:
+        models.save_checkpoint(directory, model, config=cfg.to_dict(), class_names=data.class_names,
+                               metrics=metrics)
+    return metrics, written
 
 
 def _ray_train_trial(cfg: TrialConfig, data: Splits, teacher_logits: torch.Tensor | None,
-                    epoch_metrics: tuple[str, ...] = ()) -> None:
+                    epoch_metrics: tuple[str, ...] = (), checkpoint_every: int = 1) -> None:
     """Run the trial as a Ray Train TorchTrainer with cfg.workers_per_trial DDP workers.
 
     The Train run is named after the Tune trial's folder and stored inside the experiment, so
@@ -218,7 +253,8 @@ def _ray_train_trial(cfg: TrialConfig, data: Splits, teacher_logits: torch.Tenso
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": cfg.to_dict(), "data": data, "teacher_logits": teacher_logits,
-                           "trial_id": tune.get_context().get_trial_id(), "epoch_metrics": epoch_metrics},
+                           "trial_id": tune.get_context().get_trial_id(), "epoch_metrics": epoch_metrics,
+                           "checkpoint_every": checkpoint_every},
         scaling_config=ScalingConfig(num_workers=cfg.workers_per_trial, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -245,19 +281,27 @@ def _train_worker(config: dict[str, Any]) -> None:
     dist = train.Dist(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
     _setup_torch(cfg, cfg.worker_cpus)
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
+    resume = None
+    checkpoint = ray.train.get_checkpoint()  # a restored Train run (same name) continues its newest one
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_training_checkpoint(model, Path(folder))
+        if resume is None:
+            return
 
-    def report(metrics: dict[str, Any], model: torch.nn.Module) -> None:
+    def report(metrics: dict[str, Any], model: torch.nn.Module, state: Any) -> None:
         # every rank reports (Train counts calls); only rank 0 writes and passes a checkpoint
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if dist.rank == 0:
-                metrics = _save_epoch(cfg, data, metrics, model, Path(tmp), config["trial_id"],
-                                      config["epoch_metrics"])
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                metrics, written = _save_epoch(cfg, data, metrics, model, Path(tmp), config["trial_id"], state,
+                                               epoch_metrics=config["epoch_metrics"],
+                                               checkpoint_every=config["checkpoint_every"])
+                checkpoint = ray.train.Checkpoint.from_directory(tmp) if written else None
             ray.train.report(metrics, checkpoint=checkpoint)
 
     train.fit(cfg, model, data, head_names=models.head_parameter_names(model), report=report,
-              teacher_logits=config["teacher_logits"], dist=dist)
+              teacher_logits=config["teacher_logits"], dist=dist, resume=resume)
 
 
 def _report_to_tune_callback():

@@ -71,7 +71,7 @@ def _run(case: str, dist: train.Dist) -> tuple[dict[str, torch.Tensor], list[dic
     reports: list[dict] = []
     train.fit(TrialConfig(**settings), model, splits, head_names=TINY_HEAD, dist=dist,
               teacher_logits=teacher_logits if settings.get("use_kd") else None,
-              report=lambda metrics, m: reports.append(dict(metrics)))
+              report=lambda metrics, m, _s: reports.append(dict(metrics)))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, reports
 
 

@@ -13,7 +13,7 @@ def _fit(cfg, splits, teacher_logits=None, model=None):
     model = model or TinyClassifier()
     reports = []
     train.fit(cfg, model, splits, head_names=TINY_HEAD, teacher_logits=teacher_logits,
-              report=lambda metrics, m: reports.append(dict(metrics)))
+              report=lambda metrics, m, state: reports.append(dict(metrics)))
     return model, reports
 
 
@@ -96,7 +96,7 @@ def test_an_iterator_of_batches_trains_like_the_in_memory_tensors(tiny_splits):
     streamed = TinyClassifier()
     reports = []
     train.fit(cfg, streamed, tiny_splits, head_names=TINY_HEAD, teacher_logits=teacher, batches=source,
-              report=lambda metrics, m: reports.append(dict(metrics)))
+              report=lambda metrics, m, _s: reports.append(dict(metrics)))
     model, expected = _fit(cfg, tiny_splits, teacher_logits=teacher)
     assert reports[-1]["kd_loss"] == expected[-1]["kd_loss"]  # the same batches and teacher targets
     assert all(torch.equal(a, b) for a, b in zip(streamed.state_dict().values(), model.state_dict().values(),
@@ -104,7 +104,7 @@ def test_an_iterator_of_batches_trains_like_the_in_memory_tensors(tiny_splits):
     short = train.IterableBatches(lambda epoch: iter(recorded[0][:2]), steps_per_epoch=reference.steps_per_epoch)
     with pytest.raises(ValueError, match="gave 2 batches, expected steps_per_epoch=6"):
         train.fit(cfg, TinyClassifier(), tiny_splits, head_names=TINY_HEAD, teacher_logits=teacher, batches=short,
-                  report=lambda metrics, m: None)
+                  report=lambda metrics, m, _s: None)
 
 
 def test_online_teacher_and_augmentation_hooks(tiny_splits):
@@ -122,6 +122,6 @@ def test_online_teacher_and_augmentation_hooks(tiny_splits):
     cfg = TrialConfig(epochs=2, batch_size=16, lr=0.02, channels_last=False, use_kd=True, kd_alpha=0.5)
     reports = []
     train.fit(cfg, TinyClassifier(), tiny_splits, head_names=TINY_HEAD, teacher=teacher, batches=source,
-              report=lambda metrics, m: reports.append(dict(metrics)))
+              report=lambda metrics, m, _s: reports.append(dict(metrics)))
     assert calls == [16] * 12 and reports[-1]["kd_loss"] > 0
     assert not teacher.training  # the teacher is only evaluated
