@@ -71,7 +71,8 @@ def main() -> None:
         f"Command: `python benchmarks/structured_latency.py --image-size {args.image_size} --threads {args.threads} "
         f"--budget {args.budget:g}`",
         "",
-        "| model | channel ratio | params dense → pruned | MACs dense → pruned | MAC ratio | latency b1 (ms) dense → pruned | speedup b1 | latency b32 (ms) dense → pruned | speedup b32 |",
+        "| model | channel ratio | params dense → pruned | MACs dense → pruned | MAC ratio "
+        "| latency b1 (ms) dense → pruned | speedup b1 | latency b32 (ms) dense → pruned | speedup b32 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, ratio, d, q in rows:
@@ -79,7 +80,8 @@ def main() -> None:
             f"| {name} | {ratio:.2f} | {d['params'] / 1e6:.2f}M → {q['params'] / 1e6:.2f}M | "
             f"{d['macs'] / 1e9:.3f}G → {q['macs'] / 1e9:.3f}G | {d['macs'] / q['macs']:.2f}× | "
             f"{d['latency_ms_b1']:.1f} → {q['latency_ms_b1']:.1f} | {d['latency_ms_b1'] / q['latency_ms_b1']:.2f}× | "
-            f"{d['latency_ms_b32']:.0f} → {q['latency_ms_b32']:.0f} | {d['latency_ms_b32'] / q['latency_ms_b32']:.2f}× |"
+            f"{d['latency_ms_b32']:.0f} → {q['latency_ms_b32']:.0f} | "
+            f"{d['latency_ms_b32'] / q['latency_ms_b32']:.2f}× |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -65,8 +65,9 @@ def test_front_is_non_dominated_and_checkpoints_reproduce_metrics_exactly(first_
         model, meta = models.load_checkpoint(row.checkpoint)
         cfg = TrialConfig.from_dict(meta["config"])
         splits = data.load_splits(cfg)
-        x_val = splits.x_val.contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-        model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        x_val = splits.x_val.contiguous(memory_format=layout)
+        model.to(memory_format=layout)
         assert train.evaluate(model, x_val, splits.y_val)["val_acc"] == row.val_acc
         sizes = pruning.size_metrics(model, pruning.prunable_parameters(model, models.head_parameter_names(model)))
         assert sizes["nonzero_params"] == row.nonzero_params
