@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from raytune_ft import losses, pruning
+from raytune_ft import losses, models, pruning
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
@@ -326,7 +326,7 @@ def fit(
         example = source.example().to(device).contiguous(memory_format=memory_format)
         channel_pruner = pruning.ChannelPruner(
             model, example, ratio=cfg.channel_pruning_ratio, importance=cfg.channel_importance,
-            steps=cfg.channel_pruning_steps, scope=cfg.channel_pruning_scope, head=model.get_classifier(),
+            steps=cfg.channel_pruning_steps, scope=cfg.channel_pruning_scope, head=models.classifier(model),
         )
         channel_at = set(pruning.channel_prune_steps(
             total_steps, start_fraction=cfg.pruning_start, end_fraction=cfg.pruning_end,
