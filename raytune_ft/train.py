@@ -290,6 +290,10 @@ def fit(
     if cfg.sync_batchnorm and dist.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device=device, memory_format=memory_format)
+    if dist.world_size > 1:  # start from rank 0's weights before anything (L2-SP anchors, masks) reads them
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
     if teacher is not None:
         teacher.to(device=device, memory_format=memory_format).eval()
     if teacher_logits is not None:
