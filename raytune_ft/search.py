@@ -261,7 +261,10 @@ def run_search(space, where: Location, args: argparse.Namespace):
             if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
                 print(f"raytune_ft.search: warning: the dashboard listens on {args.dashboard_host}: whoever "
                       "reaches that address can submit jobs (code) to this cluster", file=sys.stderr, flush=True)
-        ray.init(address=args.address, log_to_driver=True, **dashboard)
+        # no --address: a fresh local cluster, never a stale one recorded in /tmp/ray (Ray's default
+        # for address=None), except under `ray job submit`, which sets RAY_ADDRESS for its driver
+        address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")
+        ray.init(address=address, log_to_driver=True, **dashboard)
     if args.address in (None, "local") and not {"workers_per_trial", "cpus_per_worker", "cpus_per_trial",
                                                  "gpus_per_worker"} & {p.name for p in space.params}:
         # a local cluster does not grow: refuse a trial that could never be placed

@@ -50,7 +50,7 @@ def finished(tmp_path_factory) -> tuple[Path, str]:
     search's own trials.csv/pareto.csv are kept aside as search_*.csv."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     storage = tmp_path_factory.mktemp("done")
     printed = io.StringIO()
     try:

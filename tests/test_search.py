@@ -23,7 +23,7 @@ PARAM_COLUMNS = ["lr", "use_kd", "kd_alpha", "final_sparsity", "pruning_end"]
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
