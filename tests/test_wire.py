@@ -124,7 +124,6 @@ def test_search_on_parquet_shards_streams_with_an_online_teacher(tmp_path):
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        assert data.parquet_splits(cfg).x_val.shape == (counts["val"][0], 3, 32, 32)  # exact max_samples
         assert search.main(["--space", str(space), "--storage-path", str(tmp_path / "results"), "--name", "p"]) == 0
     finally:
         ray.shutdown()
