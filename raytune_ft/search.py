@@ -12,6 +12,7 @@ trials and checkpoints there itself.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -274,7 +275,12 @@ def run_search(space, where: Location, args: argparse.Namespace):
     if args.address in (None, "local") and not {"workers_per_trial", "cpus_per_worker", "cpus_per_trial",
                                                  "gpus_per_worker"} & {p.name for p in space.params}:
         # a local cluster does not grow: refuse a trial that could never be placed
-        missing = trial.missing_resources(TrialConfig.from_dict(space.fixed), ray.cluster_resources())
+        available = ray.cluster_resources()
+        missing = (trial.missing_resources(TrialConfig.from_dict(space.fixed), available)
+                   or trial.missing_data_cpus(dataclasses.replace(space.teacher_config(), workers_per_trial=1),
+                                              available)  # the teacher trains in one process
+                   or trial.missing_data_cpus(TrialConfig.from_dict(space.fixed), available,
+                                              concurrent=space.search.max_concurrent))
         if missing:
             raise UserError(f"{space.path}: {missing}; lower them or add resources")
     teacher_cfg = space.teacher_config()

@@ -204,6 +204,20 @@ def missing_resources(cfg: TrialConfig, available: dict[str, float]) -> str | No
     return None
 
 
+def missing_data_cpus(cfg: TrialConfig, available: dict[str, float], *, concurrent: int = 1) -> str | None:
+    """Why dataset parquet would stall on a local cluster with `available` resources, or None:
+    Ray Data's read/decode tasks need a CPU that no trial (or the teacher) holds, and with every
+    CPU reserved by `concurrent` trials they would wait forever."""
+    if cfg.dataset != "parquet":
+        return None
+    held = concurrent * cfg.workers_per_trial * cfg.worker_cpus
+    if held + 1 <= available.get("CPU", 0.0) + 1e-9:
+        return None
+    return (f"dataset parquet streams through Ray Data, whose decode tasks need at least 1 CPU besides the "
+            f"{held:g} that {concurrent} concurrent trial(s) reserve (workers_per_trial x cpus_per_worker "
+            f"x max_concurrent), but the Ray cluster has {available.get('CPU', 0.0):g}")
+
+
 def tune_trial(
     sampled: dict[str, Any],
     *,

@@ -63,6 +63,17 @@ def test_augment_changes_the_training_batches_and_kd_then_runs_the_teacher_on_th
         trial.training_inputs(aug_cfg, tiny_splits, dist=train.Dist(), teacher_logits=precomputed)
 
 
+def test_parquet_on_a_local_cluster_needs_a_cpu_the_trials_do_not_hold():
+    # Ray Data's decode tasks would wait forever behind trials holding every CPU: refused up front
+    cfg = TrialConfig(dataset="parquet", data_root="x", cpus_per_trial=2)
+    assert "at least 1 CPU besides the 2" in trial.missing_data_cpus(cfg, {"CPU": 2.0})
+    assert trial.missing_data_cpus(cfg, {"CPU": 3.0}) is None
+    assert trial.missing_data_cpus(cfg, {"CPU": 3.0}, concurrent=2) is not None
+    ddp = TrialConfig(dataset="parquet", data_root="x", workers_per_trial=2, cpus_per_worker=1)
+    assert trial.missing_data_cpus(ddp, {"CPU": 2.0}) is not None and trial.missing_data_cpus(ddp, {"CPU": 3.0}) is None
+    assert trial.missing_data_cpus(TrialConfig(cpus_per_trial=2), {"CPU": 2.0}) is None  # in memory: no Ray Data
+
+
 def _image_folder(root, n=14):
     """Three classes told apart by their bright colour channel, real PNG files."""
     rng = np.random.default_rng(0)
