@@ -133,7 +133,7 @@ def test_search_on_parquet_shards_streams_with_an_online_teacher(tmp_path):
     counts = data.parquet_selection(cfg)
     assert counts["train"][0] + counts["val"][0] in (35, 36, 37)  # stratified rounding per class
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert search.main(["--space", str(space), "--storage-path", str(tmp_path / "results"), "--name", "p"]) == 0
     finally:
