@@ -495,8 +495,10 @@ def ray_datasets(cfg: TrialConfig) -> dict[str, Any]:
     Decoding (and, for train with cfg.augment, random resized crop + flip) runs in
     `map_batches` on CPU workers; rows with out-of-range labels or undecodable bytes raise a
     DataError naming the shard index, or are dropped under on_bad_image: skip. The train
-    shards are read in a seeded order that changes every epoch. max_samples takes a random
-    fraction of rows. Ray is started locally if it is not running.
+    shards are read in a seeded order that changes every epoch. max_samples keeps a fixed,
+    stratified subset of exactly `parquet_selection(cfg)[split][0]` rows per split (chosen by the
+    stable `index` column with data_seed, the same in every epoch and process). Ray is started
+    locally if it is not running.
 
     Use: `ds["train"].iter_torch_batches(batch_size=64, local_shuffle_buffer_size=...)` in one
     process, or `TorchTrainer(datasets=ds)` + `ray.train.get_dataset_shard("train")
@@ -506,6 +508,7 @@ def ray_datasets(cfg: TrialConfig) -> dict[str, Any]:
     from ray.data import DataContext, FileShuffleConfig
 
     info = parquet_info(cfg)
+    selection = parquet_selection(cfg, info)
     inp = models.input_config(cfg.model)
     out = {}
     for split in ("train", "val"):
@@ -517,21 +520,71 @@ def ray_datasets(cfg: TrialConfig) -> dict[str, Any]:
         finally:
             context.use_datasource_v2 = use_v2
         ds = ds.select_columns(["image", "label", "index"])
-        if cfg.max_samples and cfg.max_samples < sum(info.num_rows.values()):
-            ds = ds.random_sample(cfg.max_samples / sum(info.num_rows.values()), seed=cfg.data_seed)
         ds = ds.map_batches(
             _decode_batch, batch_format="numpy", batch_size=64,
             fn_kwargs={"size": cfg.image_size, "inp": inp, "augment": cfg.augment and split == "train",
                        "min_scale": cfg.crop_min_scale, "num_classes": len(info.class_names),
-                       "on_bad_image": cfg.on_bad_image},
+                       "on_bad_image": cfg.on_bad_image, "keep": selection[split][1]},
         )
         out[split] = ds
     return out
 
 
+def parquet_selection(cfg: TrialConfig, info: ParquetInfo | None = None) -> dict[str, tuple[int, np.ndarray | None]]:
+    """split -> (rows that split yields per pass, the `index` values kept or None for all).
+
+    The count is exact: the split's rows minus those with labels out of range (`info.bad_rows`,
+    dropped under on_bad_image: skip); with max_samples, a stratified take (data_seed) of
+    max_samples rows shared between the splits in proportion to their sizes. Rows whose image
+    bytes turn out undecodable while streaming are not known here (see `ray_datasets`)."""
+    import pyarrow.parquet as pq
+
+    info = info or parquet_info(cfg)
+    labels, indices = {}, {}
+    for split in ("train", "val"):
+        parts = [pq.read_table(shard, columns=["label", "index"]) for shard in info.files[split]]
+        label = np.concatenate([t.column("label").to_numpy() for t in parts])
+        index = np.concatenate([t.column("index").to_numpy() for t in parts])
+        good = (label >= 0) & (label < len(info.class_names))
+        labels[split], indices[split] = label[good], index[good]
+    total = sum(len(v) for v in labels.values())
+    out: dict[str, tuple[int, np.ndarray | None]] = {}
+    for split in ("train", "val"):
+        if not cfg.max_samples or cfg.max_samples >= total:
+            out[split] = (len(labels[split]), None)
+            continue
+        n = max(1, round(cfg.max_samples * len(labels[split]) / total))
+        take = _stratified_take(labels[split], n, np.random.default_rng(cfg.data_seed))
+        out[split] = (len(take), np.sort(indices[split][take]))
+    return out
+
+
+def parquet_splits(cfg: TrialConfig) -> Splits:
+    """Splits for dataset parquet: the validation split (small) materialized into memory tensors
+    for evaluation, the training split left to stream (x_train/y_train are empty; a trial reads
+    it with `ray_datasets(cfg)["train"]`). skipped: the rows with labels out of range (under
+    on_bad_image: skip). Needs Ray (started locally if it is not running)."""
+    info = parquet_info(cfg)
+    xs, ys = [], []
+    for batch in ray_datasets(cfg)["val"].iter_torch_batches(batch_size=256):
+        xs.append(batch["image"])
+        ys.append(batch["label"])
+    if not ys:
+        raise DataError(f"the val/ shards of data_root {cfg.data_root!r} hold no usable rows")
+    inp = models.input_config(cfg.model)
+    empty = torch.empty(0, 3, cfg.image_size, cfg.image_size)
+    return Splits(empty, torch.empty(0, dtype=torch.int64), torch.cat(xs), torch.cat(ys).long(), info.class_names,
+                  tuple(info.bad_rows), tuple(inp.mean), tuple(inp.std))
+
+
 def _decode_batch(batch: dict[str, np.ndarray], *, size: int, inp: models.InputConfig, augment: bool,
-                  min_scale: float, num_classes: int, on_bad_image: str) -> dict[str, np.ndarray]:
-    """map_batches: encoded images -> normalized float32 (n, 3, size, size), with label and index."""
+                  min_scale: float, num_classes: int, on_bad_image: str,
+                  keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """map_batches: encoded images -> normalized float32 (n, 3, size, size), with label and index.
+    keep: the `index` values to keep (max_samples); other rows are left out silently."""
+    if keep is not None:
+        mask = np.isin(np.asarray(batch["index"]), keep)
+        batch = {k: np.asarray(v)[mask] for k, v in batch.items()}
     rng = np.random.default_rng() if augment else None  # fresh entropy: new crops every epoch
     mean = np.asarray(inp.mean, dtype=np.float32).reshape(1, 3, 1, 1) * 255
     scale = 1 / (np.asarray(inp.std, dtype=np.float32).reshape(1, 3, 1, 1) * 255)

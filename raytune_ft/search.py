@@ -12,6 +12,7 @@ trials and checkpoints there itself.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -177,10 +178,12 @@ def prepare(args: argparse.Namespace):
     return space, where
 
 
-def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> tuple[dict[str, Any], Any]:
-    """The dense teacher's metrics and its train-set logits: loaded from the experiment folder
-    or space's teacher.checkpoint, else fine-tuned once as a Ray task. `location`: the
-    experiment's address recorded in teacher.json when `exp_dir` is a staging copy of it."""
+def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> tuple[dict[str, Any], Any, Any]:
+    """The dense teacher's metrics, its train-set logits (None when the training split streams,
+    dataset parquet) and {"config", "state_dict"} for an online teacher (trial.training_inputs):
+    loaded from the experiment folder or space's teacher.checkpoint, else fine-tuned once as a
+    Ray task. `location`: the experiment's address recorded in teacher.json when `exp_dir` is a
+    staging copy of it."""
     import torch
 
     from raytune_ft import models, train, trial
@@ -198,8 +201,12 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
         torch.set_num_threads(cfg.cpus_per_trial)
         config = meta["config"]
         metrics = {**meta["metrics"], **train.evaluate(model, data.x_val, data.y_val)}
-        logits = torch.load(logits_path, weights_only=True) if logits_path.exists() and source == teacher_dir \
-            else train.predict_logits(model, data.x_train)
+        if not len(data.x_train):
+            logits = None
+        elif logits_path.exists() and source == teacher_dir:
+            logits = torch.load(logits_path, weights_only=True)
+        else:
+            logits = train.predict_logits(model, data.x_train)
         changed = source != teacher_dir
     else:
         print(f"teacher: fine-tuning {cfg.model} densely for {cfg.epochs} epochs", flush=True)
@@ -216,7 +223,8 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
         changed = True
     if changed:  # one write, with the measured sizes in its metrics
         models.save_checkpoint(teacher_dir, model, config=config, class_names=data.class_names, metrics=metrics)
-    torch.save(logits, logits_path)
+    if logits is not None:
+        torch.save(logits, logits_path)
     recorded = f"{location}/teacher" if location else str(teacher_dir)
     info = {**{k: metrics[k] for k in TRIAL_METRICS if k in metrics},
             "epochs_trained": metrics.get("epoch"), "wall_time_s": metrics.get("wall_time_s"),
@@ -224,7 +232,9 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
             "export_path": f"{recorded}/{trial.EXPORT_DIR}" if export_dir.exists() else None}
     (exp_dir / "teacher.json").write_text(json.dumps(info, indent=2))
     print(f"teacher: val_acc={info['val_acc']:.4f}  nonzero_params={info['nonzero_params']:,}", flush=True)
-    return info, logits
+    model.cpu()
+    teacher_model = {"config": config, "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    return info, logits, teacher_model
 
 
 def run_search(space, where: Location, args: argparse.Namespace):
@@ -268,18 +278,31 @@ def run_search(space, where: Location, args: argparse.Namespace):
     if args.address in (None, "local") and not {"workers_per_trial", "cpus_per_worker", "cpus_per_trial",
                                                  "gpus_per_worker"} & {p.name for p in space.params}:
         # a local cluster does not grow: refuse a trial that could never be placed
-        missing = trial.missing_resources(TrialConfig.from_dict(space.fixed), ray.cluster_resources())
+        available = ray.cluster_resources()
+        missing = (trial.missing_resources(TrialConfig.from_dict(space.fixed), available)
+                   or trial.missing_data_cpus(dataclasses.replace(space.teacher_config(), workers_per_trial=1),
+                                              available)  # the teacher trains in one process
+                   or trial.missing_data_cpus(TrialConfig.from_dict(space.fixed), available,
+                                              concurrent=space.search.max_concurrent))
         if missing:
             raise UserError(f"{space.path}: {missing}; lower them or add resources")
-    data = data_mod.load_splits(space.teacher_config())
-    teacher, logits = obtain_teacher(space, data, exp_dir, where.uri if where.remote else None)
+    teacher_cfg = space.teacher_config()
+    # parquet: validation in memory, the training split streams in each trial (Ray Data)
+    data = data_mod.parquet_splits(teacher_cfg) if teacher_cfg.dataset == "parquet" \
+        else data_mod.load_splits(teacher_cfg)
+    if data.skipped:  # what on_bad_image: skip left out; each trial reports the count as `skipped`
+        (exp_dir / "skipped.txt").write_text("".join(f"{line}\n" for line in data.skipped))
+        print(f"on_bad_image: skip: left out {len(data.skipped)} file(s)/row(s), listed in skipped.txt", flush=True)
+        where.upload("skipped.txt")
+    teacher, logits, teacher_model = obtain_teacher(space, data, exp_dir, where.uri if where.remote else None)
     where.upload("space.json", "teacher", "teacher.json")  # before any trial: a resumed run finds them
 
     # MO-ASHA ranks every objective at every epoch: measure the exported sizes cheaply each epoch
     epoch_metrics = tuple(m for m in space.objectives if m in trial.EPOCH_SIZE_METRICS) if space.scheduler else ()
     trainable = tune.with_resources(
         tune.with_parameters(trial.tune_trial, fixed=space.fixed, data=data, teacher_logits=logits,
-                             epoch_metrics=epoch_metrics, checkpoint_every=space.search.checkpoint_every),
+                             teacher_model=teacher_model, epoch_metrics=epoch_metrics,
+                             checkpoint_every=space.search.checkpoint_every),
         trial.resources_for(space.fixed),
     )
     if args.resume and tune.Tuner.can_restore(where.uri):

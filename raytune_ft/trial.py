@@ -9,6 +9,7 @@ pattern) whose workers run the same fit() as DDP ranks and report through
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
@@ -21,6 +22,7 @@ import ray
 import torch
 from ray import tune
 
+from raytune_ft import data as data_mod
 from raytune_ft import export, models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
@@ -80,20 +82,82 @@ def _setup_torch(cfg: TrialConfig, threads: int) -> None:
     torch.set_flush_denormal(True)  # tiny weights late in a cosine schedule slow CPU math otherwise
 
 
+def online_teacher(cfg: TrialConfig) -> bool:
+    """Whether KD must run the teacher model on each training batch: with augmentation (or a
+    streamed dataset, whose batches are decoded and augmented on the fly) the student sees images
+    the precomputed logits (un-augmented, in memory) were not computed on."""
+    return cfg.augment or cfg.dataset == "parquet"
+
+
+def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream: Any = None,
+                    teacher_logits: torch.Tensor | None = None, teacher_model: dict[str, Any] | None = None,
+                    ) -> tuple[train.BatchSource, torch.Tensor | None, torch.nn.Module | None]:
+    """The batch source and the KD teacher (precomputed logits or a model) for fit(); the one
+    place the teacher, the in-process trial and every Ray Train worker choose them.
+
+    In memory: TensorBatches, augmented per batch (data.augment_batch) when cfg.augment.
+    dataset parquet: `stream` is the training split, a ray.data.Dataset in one process or this
+    worker's `ray.train.get_dataset_shard("train")`; each rank takes batch_size // world_size rows
+    per step (ragged ends dropped) for exactly the steps data.parquet_selection counts, equal on
+    every rank. KD (cfg.use_kd): the teacher model from `teacher_model` ({"config", "state_dict"})
+    when online_teacher(cfg), else `teacher_logits` (cheaper: no teacher forward per step).
+    """
+    if cfg.dataset == "parquet":
+        if stream is None:
+            raise ValueError("dataset parquet: training_inputs needs the streamed train split")
+        rows = data_mod.parquet_selection(cfg)["train"][0]
+        world = dist.world_size
+        batch_size = min(cfg.batch_size, rows - rows % world)
+        if batch_size < world or cfg.batch_size % world:
+            raise ValueError(f"{rows} training rows and batch_size {cfg.batch_size} cannot be shared by {world} "
+                             "workers (batch_size must be a multiple of workers_per_trial)")
+        share = batch_size // world
+        steps = (rows // world) // share  # Ray Train splits the stream into equal shards of rows // world
+
+        def epoch_batches(epoch: int) -> Any:
+            return stream.iter_torch_batches(batch_size=share, drop_last=True)
+
+        source: train.BatchSource = train.IterableBatches(epoch_batches, steps_per_epoch=steps)
+    else:
+        augment = functools.partial(data_mod.augment_batch, min_scale=cfg.crop_min_scale) if cfg.augment else None
+        source = train.TensorBatches(data.x_train, data.y_train, batch_size=cfg.batch_size, seed=cfg.seed,
+                                     dist=dist, augment=augment)
+    if not cfg.use_kd:
+        return source, None, None
+    if not online_teacher(cfg):
+        if teacher_logits is None:
+            raise ValueError("use_kd is true but no precomputed teacher logits were given")
+        return source, teacher_logits, None
+    if teacher_model is None:
+        raise ValueError("use_kd with augment or dataset parquet needs the teacher model (online teacher)")
+    teacher_cfg = TrialConfig.from_dict(teacher_model["config"])
+    teacher = models.build_model(teacher_cfg.model, data.num_classes, weights="none", dropout=teacher_cfg.dropout)
+    teacher.load_state_dict(teacher_model["state_dict"])
+    return source, None, teacher.eval()
+
+
+def _train_stream(cfg: TrialConfig) -> Any:
+    """The streamed training split for dataset parquet in this process, else None."""
+    return data_mod.ray_datasets(cfg)["train"] if cfg.dataset == "parquet" else None
+
+
 def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
-    """Fine-tune the dense teacher; returns its state dict, final metrics and train-set logits."""
+    """Fine-tune the dense teacher; returns its state dict, final metrics and train-set logits
+    (None for dataset parquet, whose training split is not in memory: trials use the model)."""
     _setup_torch(cfg, cfg.worker_cpus)
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
     started = time.perf_counter()
+    dist = train.Dist(device=_device(cfg))
+    batches, _, _ = training_inputs(cfg, data, dist=dist, stream=_train_stream(cfg))
 
     def report(metrics: dict[str, Any], _model: torch.nn.Module, _state: Any) -> None:
         print(f"[teacher] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
               f"train_loss={metrics['train_loss']:.4f}  ({metrics['epoch_time_s']:.1f}s)", flush=True)
 
     metrics = train.fit(cfg, model, data, head_names=models.head_parameter_names(model), report=report,
-                        dist=train.Dist(device=_device(cfg)))
+                        batches=batches, dist=dist)
     metrics["wall_time_s"] = time.perf_counter() - started
-    logits = train.predict_logits(model, data.x_train)
+    logits = train.predict_logits(model, data.x_train) if len(data.x_train) else None
     model.cpu()
     return {
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -140,12 +204,27 @@ def missing_resources(cfg: TrialConfig, available: dict[str, float]) -> str | No
     return None
 
 
+def missing_data_cpus(cfg: TrialConfig, available: dict[str, float], *, concurrent: int = 1) -> str | None:
+    """Why dataset parquet would stall on a local cluster with `available` resources, or None:
+    Ray Data's read/decode tasks need a CPU that no trial (or the teacher) holds, and with every
+    CPU reserved by `concurrent` trials they would wait forever."""
+    if cfg.dataset != "parquet":
+        return None
+    held = concurrent * cfg.workers_per_trial * cfg.worker_cpus
+    if held + 1 <= available.get("CPU", 0.0) + 1e-9:
+        return None
+    return (f"dataset parquet streams through Ray Data, whose decode tasks need at least 1 CPU besides the "
+            f"{held:g} that {concurrent} concurrent trial(s) reserve (workers_per_trial x cpus_per_worker "
+            f"x max_concurrent), but the Ray cluster has {available.get('CPU', 0.0):g}")
+
+
 def tune_trial(
     sampled: dict[str, Any],
     *,
     fixed: dict[str, Any],
     data: Splits,
     teacher_logits: torch.Tensor | None,
+    teacher_model: dict[str, Any] | None = None,
     epoch_metrics: tuple[str, ...] = (),
     checkpoint_every: int = 1,
 ) -> None:
@@ -156,11 +235,14 @@ def tune_trial(
     newest checkpoint: weights, optimizer, masks, schedules and RNG states as they were.
     epoch_metrics: exported-model sizes (EPOCH_SIZE_METRICS) to measure cheaply at every epoch, for
     an early-stopping scheduler; the final epoch's export measurement replaces them when export is on.
+    teacher_model: {"config", "state_dict"} of the dense teacher, for KD with an online teacher
+    (training_inputs decides between it and teacher_logits).
     """
     cfg = TrialConfig.from_dict({**fixed, **sampled})
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
     if cfg.workers_per_trial > 1:
-        _ray_train_trial(cfg, data, teacher_logits if cfg.use_kd else None, epoch_metrics, checkpoint_every)
+        _ray_train_trial(cfg, data, teacher_logits if cfg.use_kd else None, epoch_metrics, checkpoint_every,
+                         teacher_model=teacher_model if cfg.use_kd else None)
         return
     _setup_torch(cfg, cfg.worker_cpus)
     trial_id = tune.get_context().get_trial_id()
@@ -181,14 +263,19 @@ def tune_trial(
                                            epoch_metrics=epoch_metrics, checkpoint_every=checkpoint_every)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp) if written else None)
 
+    dist = train.Dist(device=_device(cfg))
+    batches, logits, teacher = training_inputs(cfg, data, dist=dist, stream=_train_stream(cfg),
+                                               teacher_logits=teacher_logits, teacher_model=teacher_model)
     train.fit(
         cfg,
         model,
         data,
         head_names=models.head_parameter_names(model),
         report=report,
-        teacher_logits=teacher_logits if cfg.use_kd else None,
-        dist=train.Dist(device=_device(cfg)),
+        teacher_logits=logits,
+        teacher=teacher,
+        batches=batches,
+        dist=dist,
         resume=resume,
     )
 
@@ -221,6 +308,8 @@ def _save_epoch(cfg: TrialConfig, data: Splits, metrics: dict[str, Any], model: 
     state to resume from, and after the last epoch with the exported, measured model instead."""
     if epoch_metrics:
         metrics = {**metrics, **epoch_size_metrics(model, epoch_metrics, cfg.image_size)}
+    if cfg.on_bad_image == "skip":  # the list is skipped.txt in the experiment folder (search.py)
+        metrics = {**metrics, "skipped": len(data.skipped)}
     final = metrics["epoch"] == cfg.epochs
     written = final or metrics["epoch"] % checkpoint_every == 0
     if final and cfg.export:  # the deployable model: export and measure it; nothing to resume from
@@ -237,12 +326,14 @@ def _save_epoch(cfg: TrialConfig, data: Splits, metrics: dict[str, Any], model: 
 
 
 def _ray_train_trial(cfg: TrialConfig, data: Splits, teacher_logits: torch.Tensor | None,
-                    epoch_metrics: tuple[str, ...] = (), checkpoint_every: int = 1) -> None:
+                    epoch_metrics: tuple[str, ...] = (), checkpoint_every: int = 1, *,
+                    teacher_model: dict[str, Any] | None = None) -> None:
     """Run the trial as a Ray Train TorchTrainer with cfg.workers_per_trial DDP workers.
 
     The Train run is named after the Tune trial's folder and stored inside the experiment, so
     its checkpoints land in the trial folder (`checkpoint_<time>/`, read by results.py) and a
-    restored trial finds its Train run again under the same name.
+    restored trial finds its Train run again under the same name. dataset parquet: the
+    training split streams to the workers (`datasets={"train": ...}`, one shard each).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train._internal.session import get_session
@@ -254,7 +345,8 @@ def _ray_train_trial(cfg: TrialConfig, data: Splits, teacher_logits: torch.Tenso
         _train_worker,
         train_loop_config={"cfg": cfg.to_dict(), "data": data, "teacher_logits": teacher_logits,
                            "trial_id": tune.get_context().get_trial_id(), "epoch_metrics": epoch_metrics,
-                           "checkpoint_every": checkpoint_every},
+                           "checkpoint_every": checkpoint_every, "teacher_model": teacher_model},
+        datasets={"train": _train_stream(cfg)} if cfg.dataset == "parquet" else None,
         scaling_config=ScalingConfig(num_workers=cfg.workers_per_trial, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -300,8 +392,12 @@ def _train_worker(config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp) if written else None
             ray.train.report(metrics, checkpoint=checkpoint)
 
+    stream = ray.train.get_dataset_shard("train") if cfg.dataset == "parquet" else None
+    batches, logits, teacher = training_inputs(cfg, data, dist=dist, stream=stream,
+                                               teacher_logits=config["teacher_logits"],
+                                               teacher_model=config.get("teacher_model"))
     train.fit(cfg, model, data, head_names=models.head_parameter_names(model), report=report,
-              teacher_logits=config["teacher_logits"], dist=dist, resume=resume)
+              teacher_logits=logits, teacher=teacher, batches=batches, dist=dist, resume=resume)
 
 
 def _report_to_tune_callback():
