@@ -123,7 +123,7 @@ class Surrogate:
         slope, intercept = np.polyfit(sparsity, np.stack(curves["nz"]).ravel(), 1)
         self.nz_line = (float(slope), float(intercept))
         if self.kind == "forest":
-            self.model = RandomForestRegressor(n_estimators=300, min_samples_leaf=2, random_state=self.seed)
+            self.model = RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=self.seed)
         else:
             self.model = KNeighborsRegressor(n_neighbors=1)
         self.model.fit(x, y)

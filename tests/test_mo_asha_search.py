@@ -88,3 +88,45 @@ def test_early_stopped_trials_are_pruned_and_off_the_front(tmp_path):
     assert sorted(complete["values_1"]) == pytest.approx(sorted(done["nonzero_params"]))
     # the rung history was kept for --resume
     assert (exp / "mo_asha_state.pkl").stat().st_size > 0
+
+
+def test_honest_optuna_search_tells_pruned_complete_and_fail(tmp_path, mo_space):
+    from raytune_ft import mo_asha
+
+    metrics, modes = mo_space.metric_and_mode()
+    table = tmp_path / "optuna_trials.csv"
+    searcher = mo_asha.HonestOptunaSearch(space=mo_space.define_by_run(), metric=metrics, mode=modes,
+                                          sampler=mo_space.make_sampler(), epochs=5, table_path=str(table))
+    for tid in ("full", "stopped", "own_epochs", "crashed"):
+        assert searcher.suggest(tid)
+    searcher.on_trial_complete("full", {"epoch": 5, "val_acc": 0.9, "nonzero_params": 100})
+    searcher.on_trial_complete("stopped", {"epoch": 1, "val_acc": 0.5, "nonzero_params": 300})
+    # a trial's own (searched) epochs win over the fixed default
+    searcher.on_trial_complete("own_epochs", {"epoch": 2, "val_acc": 0.7, "nonzero_params": 200,
+                                              "config": {"epochs": 2}})
+    searcher.on_trial_complete("crashed", {"epoch": 3, "val_acc": 0.6, "nonzero_params": 200}, error=True)
+    study = pd.read_csv(table)
+    assert list(study["state"]) == ["COMPLETE", "PRUNED", "COMPLETE", "FAIL"]
+    assert study["values_0"].tolist()[0] == 0.9 and pd.isna(study["values_0"].tolist()[1])
+    assert study["user_attrs_early_stopped_at_epoch"].tolist()[1] == 1
+    assert study["user_attrs_last_val_acc"].tolist()[1] == 0.5
+
+
+def test_epoch_size_metrics_match_the_model():
+    import io
+
+    import torch
+
+    from raytune_ft import export, trial
+    from tests.conftest import TinyClassifier
+
+    model = TinyClassifier()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    out = trial.epoch_size_metrics(model, ("model_bytes", "flops", "macs"), image_size=8)
+    assert model.training  # left in training mode for the next epoch
+    assert out["model_bytes"] == len(buffer.getvalue())
+    assert out["flops"] == export.count_flops(model.eval(), 8) and out["macs"] == out["flops"] // 2
+    assert "model_bytes_compressed" not in out
+    both = trial.epoch_size_metrics(model, ("model_bytes", "model_bytes_compressed"), image_size=8)
+    assert 0 < both["model_bytes_compressed"] < both["model_bytes"]
