@@ -312,8 +312,9 @@ def _save_epoch(cfg: TrialConfig, data: Splits, metrics: dict[str, Any], model: 
         metrics = {**metrics, "skipped": len(data.skipped)}
     final = metrics["epoch"] == cfg.epochs
     written = final or metrics["epoch"] % checkpoint_every == 0
-    if final and cfg.export:  # the deployable model: export and measure it; nothing to resume from
-        metrics = {**metrics, **export_and_measure(model, cfg, data, metrics, directory / EXPORT_DIR)}
+    if final:  # the deployable model: export and measure it; nothing to resume from
+        if cfg.export:
+            metrics = {**metrics, **export_and_measure(model, cfg, data, metrics, directory / EXPORT_DIR)}
     elif written:
         torch.save(state(), directory / TRAINING_STATE)
     print(f"[{trial_id}] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "

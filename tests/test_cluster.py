@@ -59,10 +59,15 @@ def env(tmp_path_factory):
         for key, value in values.items():
             mp.setenv(key, value)
         boto3.client("s3").create_bucket(Bucket="results")
+        _forget_cached_token()  # an earlier ray.init() in this pytest run cached the default token
         yield dict(os.environ)
     server.stop()
     # this process cached our token when it started the cluster: forget it, so that a later
     # ray.init() in the same pytest run authenticates with the default token again
+    _forget_cached_token()
+
+
+def _forget_cached_token() -> None:
     from ray._raylet import AuthenticationTokenLoader, Config
 
     AuthenticationTokenLoader.instance().reset_cache()
