@@ -439,12 +439,14 @@ class ParquetInfo:
     files: dict[str, list[str]]  # split ("train", "val") -> shard paths
     num_rows: dict[str, int]
     bad_rows: tuple[str, ...]  # "shard: index i label l" for labels out of range (skipped under skip)
+    labels: dict[str, np.ndarray]  # split -> every row's label, shard by shard (read once, for parquet_selection)
+    indices: dict[str, np.ndarray]  # split -> every row's `index`, in the same order
 
 
 def parquet_info(cfg: TrialConfig) -> ParquetInfo:
     """Check a Parquet dataset folder (data_root) without reading images: `dataset.json` with
     class_names, shards in `train/` and `val/` with columns image (binary) and label (integer),
-    every label in range. Reads only the label column."""
+    every label in range. Reads only the label and index columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -459,8 +461,9 @@ def parquet_info(cfg: TrialConfig) -> ParquetInfo:
         names = tuple(json.loads(meta_path.read_text())["class_names"])
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(f"{str(meta_path)!r} must be JSON with a class_names list ({err})") from err
-    files, rows, bad = {}, {}, []
+    files, rows, bad, labels, indices = {}, {}, [], {}, {}
     for split in ("train", "val"):
+        split_labels, split_indices = [], []
         shards = sorted(str(p) for p in (root / split).glob("*.parquet"))
         if not shards:
             raise DataError(f"no .parquet shards in {str(root / split)!r}")
@@ -479,12 +482,16 @@ def parquet_info(cfg: TrialConfig) -> ParquetInfo:
             rows[split] += pf.metadata.num_rows
             for batch in pf.iter_batches(columns=["label", "index"], batch_size=65536):
                 label, index = batch.column("label").to_numpy(), batch.column("index").to_numpy()
+                split_labels.append(label)
+                split_indices.append(index)
                 for i in np.flatnonzero((label < 0) | (label >= len(names))):
                     bad.append(f"{shard}: index {index[i]} label {label[i]}")
+        labels[split] = np.concatenate(split_labels) if split_labels else np.zeros(0, np.int64)
+        indices[split] = np.concatenate(split_indices) if split_indices else np.zeros(0, np.int64)
     if bad and cfg.on_bad_image != "skip":
         raise DataError(f"{len(bad)} label(s) out of range [0, {len(names)}) in {str(root)!r}: "
                         + "; ".join(bad[:MAX_LISTED]) + ". Fix the shards, or set on_bad_image: skip")
-    return ParquetInfo(names, files, rows, tuple(bad))
+    return ParquetInfo(names, files, rows, tuple(bad), labels, indices)
 
 
 def ray_datasets(cfg: TrialConfig) -> dict[str, Any]:
@@ -537,14 +544,10 @@ def parquet_selection(cfg: TrialConfig, info: ParquetInfo | None = None) -> dict
     dropped under on_bad_image: skip); with max_samples, a stratified take (data_seed) of
     max_samples rows shared between the splits in proportion to their sizes. Rows whose image
     bytes turn out undecodable while streaming are not known here (see `ray_datasets`)."""
-    import pyarrow.parquet as pq
-
     info = info or parquet_info(cfg)
     labels, indices = {}, {}
     for split in ("train", "val"):
-        parts = [pq.read_table(shard, columns=["label", "index"]) for shard in info.files[split]]
-        label = np.concatenate([t.column("label").to_numpy() for t in parts])
-        index = np.concatenate([t.column("index").to_numpy() for t in parts])
+        label, index = info.labels[split], info.indices[split]
         good = (label >= 0) & (label < len(info.class_names))
         labels[split], indices[split] = label[good], index[good]
     total = sum(len(v) for v in labels.values())

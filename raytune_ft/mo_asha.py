@@ -21,6 +21,8 @@ import optuna
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from raytune_ft import results
+
 MODES = ("max", "min")
 
 
@@ -290,13 +292,12 @@ class HonestOptunaSearch(OptunaSearch):
             return super().on_trial_complete(trial_id, result, error)
         result = result or {}
         ot_trial = self._ot_trials[trial_id]
-        required = int((result.get("config") or {}).get("epochs", self.epochs))
         trained = result.get("epoch")
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         if error:
             self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
             self._completed_trials.add(trial_id)
-        elif trained is not None and int(trained) < required:
+        elif trained is not None and not results.fully_trained(trained, result.get("config"), self.epochs):
             ot_trial.set_user_attr("early_stopped_at_epoch", int(trained))
             for m in metrics:
                 if isinstance(result.get(m), (int, float)):

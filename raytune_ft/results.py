@@ -18,6 +18,15 @@ from typing import Any
 import pandas as pd
 
 COMPLETED, FAILED, EARLY_STOPPED, INCOMPLETE = "completed", "failed", "early-stopped", "incomplete"
+
+
+def fully_trained(trained_epochs: int, config: dict[str, Any], default_epochs: int | None) -> bool:
+    """Whether a trial that reported `trained_epochs` trained all its epochs: `config`'s own
+    `epochs` (searched or fixed) or else `default_epochs` (None: nothing to compare, True).
+    The one rule for the trials table, the progress line and the sampler (a shorter trial was
+    early-stopped: never on the front, PRUNED in the study)."""
+    required = (config or {}).get("epochs", default_epochs)
+    return required is None or int(trained_epochs or 0) >= int(required)
 # Ray Tune's bookkeeping in result.json; everything else a trial reports is a metric.
 RAY_KEYS = frozenset({
     "epoch", "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration",
@@ -83,10 +92,9 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
         param_names = space.get("params") or sorted(config)
         trial_id = last.get("trial_id") or trial_dir.name.removeprefix("trial_")
         trained = int(last.get("epoch", len(results)) or 0)
-        required = int({**fixed, **config}.get("epochs", TrialConfig.epochs))
         error = _error_line(trial_dir)
         state = tune_state.get(trial_id, {})
-        if trained >= required and state.get("status") != "ERROR":
+        if fully_trained(trained, {**fixed, **config}, TrialConfig.epochs) and state.get("status") != "ERROR":
             status = COMPLETED
         elif error is not None or state.get("status") == "ERROR":
             status = FAILED

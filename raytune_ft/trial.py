@@ -490,8 +490,9 @@ class Progress(tune.Callback):
                 f"{s['elapsed_min']:.1f} min]")
 
     def _fully_trained(self, trial: Any) -> bool:
-        required = (trial.config or {}).get("epochs", self.epochs)
-        return required is None or int((trial.last_result or {}).get("epoch", 0) or 0) >= int(required)
+        from raytune_ft import results
+
+        return results.fully_trained((trial.last_result or {}).get("epoch", 0), trial.config, self.epochs)
 
 
 def _short(value: Any) -> str:
