@@ -251,7 +251,7 @@ def run_search(space, where: Location, args: argparse.Namespace):
     from ray.tune.search import ConcurrencyLimiter
 
     from raytune_ft import data as data_mod
-    from raytune_ft import mo_asha, trial
+    from raytune_ft import mo_asha, streaming, trial
     from raytune_ft.config import TrialConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -288,7 +288,7 @@ def run_search(space, where: Location, args: argparse.Namespace):
             raise UserError(f"{space.path}: {missing}; lower them or add resources")
     teacher_cfg = space.teacher_config()
     # parquet: validation in memory, the training split streams in each trial (Ray Data)
-    data = data_mod.parquet_splits(teacher_cfg) if teacher_cfg.dataset == "parquet" \
+    data = streaming.parquet_splits(teacher_cfg) if teacher_cfg.dataset == "parquet" \
         else data_mod.load_splits(teacher_cfg)
     if data.skipped:  # what on_bad_image: skip left out; each trial reports the count as `skipped`
         (exp_dir / "skipped.txt").write_text("".join(f"{line}\n" for line in data.skipped))

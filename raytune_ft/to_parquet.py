@@ -3,7 +3,8 @@
 Writes OUT_DIR/train/part-NNNNN.parquet and OUT_DIR/val/part-NNNNN.parquet with columns image
 (the original encoded file bytes), label (int64), index (int64, stable: the file's position in
 the sorted folder) and path (relative to IMAGEFOLDER), plus OUT_DIR/dataset.json (class names,
-row counts, skipped files). Shards are written one at a time, so memory stays bounded.
+row counts, skipped files). Rows are shuffled (seeded) across shards, never class by class.
+Shards are written one at a time, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raytune_ft import data, models
+from raytune_ft import data, models, streaming
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +57,10 @@ def convert(imagefolder: str, out_dir: str, *, rows_per_shard: int = 1000, val_f
                   "val": [f for i, f in enumerate(layout.train) if i in val]}
     else:
         splits = {"train": layout.train, "val": layout.val}
+    # Rows in a seeded random order, not class by class: a stream reads a shard front to back, so
+    # a class-sorted shard would give class-sorted training batches and BatchNorm statistics.
+    order = np.random.default_rng(seed + 1)
+    splits = {split: [items[i] for i in order.permutation(len(items))] for split, items in splits.items()}
 
     schema = pa.schema([("image", pa.binary()), ("label", pa.int64()), ("index", pa.int64()), ("path", pa.string())])
     skipped, rows = list(layout.skipped), {}
@@ -87,7 +92,7 @@ def convert(imagefolder: str, out_dir: str, *, rows_per_shard: int = 1000, val_f
         rows[split] = count
     meta = {"class_names": list(layout.class_names), "num_rows": rows, "source": str(Path(imagefolder).resolve()),
             "skipped": skipped}
-    (out / data.PARQUET_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    (out / streaming.PARQUET_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     return meta
 
 

@@ -95,6 +95,11 @@ class TensorBatches:
         self.steps_per_epoch = len(x) // self.batch_size
         self._order = torch.Generator().manual_seed(seed)
         self._augment = torch.Generator().manual_seed(seed * 7919 + self.dist.rank)
+        # A fixed random sample for BatchNorm recalibration and graph tracing, drawn from its own
+        # generator (the batch order's stays untouched: resume and DDP determinism) and the same
+        # on every rank. Never the first rows: datasets stored class by class (every ImageFolder)
+        # would give statistics of one or two classes.
+        self._sample = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 104729))
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         order = torch.randperm(len(self.x), generator=self._order)
@@ -108,7 +113,7 @@ class TensorBatches:
             yield x, self.y[idx], idx
 
     def example(self) -> torch.Tensor:
-        return self.x[:2]
+        return self.x[self._sample[:2]]
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"order": self._order.get_state(), "augment": self._augment.get_state()}
@@ -120,7 +125,8 @@ class TensorBatches:
     def calibration(self, batches: int) -> tuple[Iterator[torch.Tensor], bool]:
         # whole global batches on every rank: the statistics equal one worker's exactly
         n = min(batches, max(1, len(self.x) // self.batch_size))
-        return (self.x[i * self.batch_size : (i + 1) * self.batch_size] for i in range(n)), True
+        sample = self._sample
+        return (self.x[sample[i * self.batch_size : (i + 1) * self.batch_size]] for i in range(n)), True
 
 
 class IterableBatches:

@@ -23,7 +23,7 @@ import torch
 from ray import tune
 
 from raytune_ft import data as data_mod
-from raytune_ft import export, models, train
+from raytune_ft import export, models, streaming, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
@@ -98,14 +98,14 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
     In memory: TensorBatches, augmented per batch (data.augment_batch) when cfg.augment.
     dataset parquet: `stream` is the training split, a ray.data.Dataset in one process or this
     worker's `ray.train.get_dataset_shard("train")`; each rank takes batch_size // world_size rows
-    per step (ragged ends dropped) for exactly the steps data.parquet_selection counts, equal on
+    per step (ragged ends dropped) for exactly the steps streaming.parquet_selection counts, equal on
     every rank. KD (cfg.use_kd): the teacher model from `teacher_model` ({"config", "state_dict"})
     when online_teacher(cfg), else `teacher_logits` (cheaper: no teacher forward per step).
     """
     if cfg.dataset == "parquet":
         if stream is None:
             raise ValueError("dataset parquet: training_inputs needs the streamed train split")
-        rows = data_mod.parquet_selection(cfg)["train"][0]
+        rows = streaming.parquet_selection(cfg)["train"][0]
         world = dist.world_size
         batch_size = min(cfg.batch_size, rows - rows % world)
         if batch_size < world or cfg.batch_size % world:
@@ -138,7 +138,7 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
 
 def _train_stream(cfg: TrialConfig) -> Any:
     """The streamed training split for dataset parquet in this process, else None."""
-    return data_mod.ray_datasets(cfg)["train"] if cfg.dataset == "parquet" else None
+    return streaming.ray_datasets(cfg)["train"] if cfg.dataset == "parquet" else None
 
 
 def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:

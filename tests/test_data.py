@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from raytune_ft import data
+from raytune_ft import data, streaming
 from raytune_ft.config import TrialConfig
 
 
@@ -248,7 +248,7 @@ def test_parquet_streams_through_ray_data_as_torch_batches(tmp_path):
     root = tmp_path / "shards"
     to_parquet.convert(str(tmp_path / "images"), str(root), rows_per_shard=5)
     cfg = TrialConfig(dataset="parquet", data_root=str(root), image_size=16, augment=True)
-    info = data.parquet_info(cfg)
+    info = streaming.parquet_info(cfg)
     assert info.class_names == ("blue sky", "grün", "red") and info.num_rows == {"train": 15, "val": 3}
     # a shard with a label out of range: named before training, or dropped under skip
     bad = pa.table({"image": [(tmp_path / "images" / "red" / "0.png").read_bytes()], "label": [7], "index": [99]})
@@ -256,11 +256,11 @@ def test_parquet_streams_through_ray_data_as_torch_batches(tmp_path):
     with pytest.raises(data.DataError, match=r"zz-bad.parquet: index 99 label 7"):
         data.check_dataset(cfg)
     cfg = TrialConfig(dataset="parquet", data_root=str(root), image_size=16, augment=True, on_bad_image="skip")
-    assert data.parquet_info(cfg).bad_rows == (f"{root / 'train' / 'zz-bad.parquet'}: index 99 label 7",)
+    assert streaming.parquet_info(cfg).bad_rows == (f"{root / 'train' / 'zz-bad.parquet'}: index 99 label 7",)
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        datasets = data.ray_datasets(cfg)
+        datasets = streaming.ray_datasets(cfg)
         seen = {}
         for split, ds in datasets.items():
             for batch in ds.iter_torch_batches(batch_size=8):

@@ -12,7 +12,7 @@ import torch
 from conftest import TINY_HEAD, TinyClassifier
 from PIL import Image
 
-from raytune_ft import data, models, train, trial
+from raytune_ft import data, models, streaming, train, trial
 from raytune_ft.config import TrialConfig
 
 
@@ -130,7 +130,7 @@ def test_search_on_parquet_shards_streams_with_an_online_teacher(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(root=shards))
     cfg = TrialConfig(dataset="parquet", data_root=str(shards), max_samples=36, image_size=32, on_bad_image="skip")
-    counts = data.parquet_selection(cfg)
+    counts = streaming.parquet_selection(cfg)
     assert counts["train"][0] + counts["val"][0] in (35, 36, 37)  # stratified rounding per class
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
