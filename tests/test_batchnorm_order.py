@@ -33,7 +33,7 @@ def _problem(n: int, seed: int, classes: int = 4) -> tuple[torch.Tensor, torch.T
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes
     x = torch.randn(n, 3, 8, 8, generator=g)
-    x[torch.arange(n), y % 3] += 1.5 * (1 + y // 3)  # class sets the mean of one channel
+    x[torch.arange(n), y % 3] += (1.5 * (1 + y // 3)).view(-1, 1, 1).float()  # class sets the mean of one channel
     return x, y
 
 
@@ -85,7 +85,7 @@ def test_dense_teacher_on_a_class_sorted_imagefolder_matches_the_digits_path(tmp
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).convert("RGB").save(folder / f"{i:04d}.png")
 
-    common = dict(epochs=3, batch_size=64, lr=5e-3, image_size=32, channels_last=False)
+    common = dict(epochs=5, batch_size=64, lr=5e-3, image_size=32, channels_last=False)  # the quickstart teacher
     accs = {}
     for name, cfg in {"digits": TrialConfig(dataset="digits", **common),
                       "imagefolder": TrialConfig(dataset="imagefolder", data_root=str(tmp_path), **common)}.items():
