@@ -318,7 +318,8 @@ def fit(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str
     epoch's weights (models.resize_to_state_dict): training goes on as if it had never stopped.
     Raises FloatingPointError when the loss stops being finite.
     """
-    run = _start(cfg, model, data, head_names, teacher_logits, teacher, batches, dist or Dist())
+    run = start_run(cfg, model, data, head_names=head_names, teacher_logits=teacher_logits, teacher=teacher,
+                    batches=batches, dist=dist)
     if resume is not None:
         _load_state(run, resume)
     x_val = data.x_val.contiguous(memory_format=run.memory_format)  # laid out once for every evaluation
@@ -378,11 +379,12 @@ def fit(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str
     return metrics
 
 
-def _start(cfg: TrialConfig, model: nn.Module, data: Splits, head_names: set[str],
-           teacher_logits: torch.Tensor | None, teacher: nn.Module | None, batches: BatchSource | None,
-           dist: Dist) -> Run:
-    """The loop's plumbing before the first step (device, memory format, DDP, precision, batches),
-    then the active families' `start`, then the optimizer and the DDP wrapper."""
+def start_run(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str],
+              teacher_logits: torch.Tensor | None = None, teacher: nn.Module | None = None,
+              batches: BatchSource | None = None, dist: Dist | None = None) -> Run:
+    """The Run that fit() trains: the loop's plumbing (seed, device, memory format, rank 0's weights,
+    precision, batches), then the active families' `start`, then the optimizer and DDP wrapper."""
+    dist = dist or Dist()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     torch.manual_seed(cfg.seed)
     if cfg.sync_batchnorm and dist.world_size > 1:
