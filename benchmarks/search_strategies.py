@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raytune_ft import mo_asha, pareto, pruning, spaces
+from raytune_ft import magnitude_pruning, mo_asha, pareto, spaces
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -71,13 +71,13 @@ def _load_curves(path: Path, epochs: int) -> pd.DataFrame:
 def scheduled_sparsity(params: dict[str, Any], epochs: int) -> np.ndarray:
     """The magnitude-pruning schedule's sparsity at the end of each epoch (train.fit's own schedule)."""
     total = epochs * STEPS_PER_EPOCH
-    steps = pruning.prune_steps(total, start_fraction=params.get("pruning_start", 0.0),
+    steps = magnitude_pruning.prune_steps(total, start_fraction=params.get("pruning_start", 0.0),
                                 end_fraction=params["pruning_end"], frequency=params["pruning_frequency"])
     out = []
     for e in range(1, epochs + 1):
         done = [s for s in steps if s <= e * STEPS_PER_EPOCH - 1]
-        out.append(pruning.sparsity_at(done[-1], final=params["final_sparsity"], start=steps[0], end=steps[-1])
-                   if done else 0.0)
+        out.append(magnitude_pruning.sparsity_at(done[-1], final=params["final_sparsity"], start=steps[0],
+                                                 end=steps[-1]) if done else 0.0)
     return np.array(out)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from raytune_ft import export, models, pruning
+from raytune_ft import channel_pruning, export, models
 
 
 def pruned_copy(name: str, image_size: int, target_mac_ratio: float) -> tuple[torch.nn.Module, float]:
@@ -29,8 +29,8 @@ def pruned_copy(name: str, image_size: int, target_mac_ratio: float) -> tuple[to
     for _ in range(8):
         ratio = (low + high) / 2
         model = models.build_model(name, 1000, weights="none").eval()
-        pruning.ChannelPruner(model, torch.randn(2, 3, image_size, image_size), ratio=ratio, importance="l2",
-                              steps=1, scope="uniform", head=model.get_classifier()).step()
+        channel_pruning.ChannelPruner(model, torch.randn(2, 3, image_size, image_size), ratio=ratio, importance="l2",
+                                      steps=1, scope="uniform", head=model.get_classifier()).step()
         mac_ratio = (export.count_flops(model, image_size) // 2) / dense_macs
         best = (model, ratio, mac_ratio)
         if abs(mac_ratio - target_mac_ratio) < 0.02:

@@ -1,11 +1,12 @@
 """fit(): fine-tune one model with a trial's recipe. Plain PyTorch, no Ray.
 
-The loop draws batches from a batch source (in-memory tensors, or an iterator of batches such
-as Ray Data's), applies the learning-rate schedule, the pruning schedule and decoupled weight
-decay, backpropagates the `loss` term of `losses.objective`, and after every epoch calls
-`report(metrics, model, state)`; `state()` is what `fit(resume=...)` needs to continue from
-that epoch exactly (`training_state`). The same loop runs in one process or as one rank of a
-data-parallel group (`Dist`): only who launches it and what `report` does differ.
+The loop is a fixed skeleton: batches → forward → the task loss and every active technique
+family's named terms (families.py, hooks.Family) → backward → the families' hooks → optimizer
+step, then per epoch BatchNorm recalibration, evaluation and `report(metrics, model, state)`;
+`state()` is what `fit(resume=...)` needs to continue from that epoch exactly (`training_state`).
+AMP, DDP, channels_last and BatchNorm recalibration are the loop's own plumbing. The same loop
+runs in one process or as one rank of a data-parallel group (`Dist`): only who launches it and
+what `report` does differ. Batch sources (in memory, or an iterable such as Ray Data's) live here too.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from raytune_ft import losses, models, pruning
+from raytune_ft import families, losses, pruning
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
+from raytune_ft.hooks import Family
 
 Report = Callable[[dict[str, Any], nn.Module, Callable[[], dict[str, Any]]], None]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (images, generator) -> images
@@ -261,226 +263,206 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> 
     return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
-def fit(
-    cfg: TrialConfig,
-    model: nn.Module,
-    data: Splits,
-    *,
-    head_names: set[str],
-    report: Report,
-    teacher_logits: torch.Tensor | None = None,
-    teacher: nn.Module | None = None,
-    batches: BatchSource | None = None,
-    dist: Dist | None = None,
-    resume: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Fine-tune `model` in place for cfg.epochs; returns the last epoch's metrics.
+@dataclass(eq=False)
+class Run:
+    """What fit() shares with the technique families (hooks.Family) at every moment: its inputs,
+    the network, the optimizer and where training stands. Families read it; at `start` one may
+    replace `criterion` (the task loss), and one whose `before_step` changed `model`'s structure
+    returns True so that the loop rebuilds `optimizer` and `trained` and tells every family."""
 
-    teacher_logits: (n_train, num_classes) logits of the teacher on the training samples,
-    indexed by sample index; or `teacher`, a model run on the same (augmented) batch. One of
-    them is required when cfg.use_kd. batches: the training batches (default: data.x_train /
-    data.y_train in memory, TensorBatches); data.x_val / data.y_val are the validation set.
-    dist: this process's rank, the world size and the device (default: one CPU process); with
-    world_size > 1 the model is wrapped in DistributedDataParallel, every rank must call fit()
-    with the same arguments, and `report` is called on every rank with the same metrics.
-    resume: a `state()` that `report` got from an earlier run of the same config, with `model`
-    holding that epoch's weights (see models.resize_to_state_dict): training goes on after that
-    epoch as if it had never stopped. Raises FloatingPointError when the loss stops being finite.
+    cfg: TrialConfig
+    model: nn.Module  # the network itself (under DDP the wrapper's module): families read and change it
+    head_names: set[str]  # parameter names of the new classifier head
+    source: BatchSource
+    dist: Dist
+    memory_format: torch.memory_format
+    dtype: torch.dtype | None  # autocast dtype; None: fp32
+    scaler: torch.amp.GradScaler | None  # fp16 loss scaling
+    total_steps: int
+    teacher_logits: torch.Tensor | None = None  # precomputed, by training sample index
+    teacher: nn.Module | None = None
+    families: list[Family] = field(default_factory=list)  # the active ones, in registry order
+    optimizer: torch.optim.Optimizer = field(init=False)
+    trained: nn.Module = field(init=False)  # what forward and backward run on: DDP's wrapper or `model`
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy  # task loss
+    epoch: int = 0  # the first epoch this fit() trains (> 0 after resume)
+    step: int = 0  # optimizer steps done before this one
+    lr: float = 0.0  # this step's learning rate
+    # this step's batch on the device, and the student's float32 logits of it
+    x: torch.Tensor = field(init=False)
+    y: torch.Tensor = field(init=False)
+    idx: torch.Tensor | None = None
+    logits: torch.Tensor = field(init=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return _autocast(self.device, self.dtype)
+
+
+def fit(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str], report: Report,
+        teacher_logits: torch.Tensor | None = None, teacher: nn.Module | None = None,
+        batches: BatchSource | None = None, dist: Dist | None = None, resume: dict[str, Any] | None = None,
+        ) -> dict[str, Any]:
+    """Fine-tune `model` in place for cfg.epochs with the recipe's families; returns the last epoch's metrics.
+
+    teacher_logits: (n_train, num_classes) logits of the teacher on the training samples, by sample
+    index; or `teacher`, a model run on the same (augmented) batch; one is required when cfg.use_kd.
+    batches: the training batches (default: data.x_train / data.y_train in memory, TensorBatches);
+    data.x_val / data.y_val are the validation set. dist: this process's rank, the world size and the
+    device (default: one CPU process); with world_size > 1 the model is wrapped in DDP, every rank
+    calls fit() with the same arguments and `report` gets the same metrics on every rank. resume: a
+    `state()` that `report` got from an earlier run of the same config, with `model` holding that
+    epoch's weights (models.resize_to_state_dict): training goes on as if it had never stopped.
+    Raises FloatingPointError when the loss stops being finite.
     """
-    if cfg.use_kd and teacher_logits is None and teacher is None:
-        raise ValueError("use_kd is true but no teacher logits (or teacher model) were given")
+    run = start_run(cfg, model, data, head_names=head_names, teacher_logits=teacher_logits, teacher=teacher,
+                    batches=batches, dist=dist)
+    if resume is not None:
+        _load_state(run, resume)
+    x_val = data.x_val.contiguous(memory_format=run.memory_format)  # laid out once for every evaluation
+    warmup_steps = round(cfg.warmup_fraction * run.total_steps)
+    metrics: dict[str, Any] = {}
+    for epoch in range(run.epoch, cfg.epochs):
+        started = time.perf_counter()
+        run.model.train()
+        sums: dict[str, float] = {}
+        for x, y, idx in run.source.epoch(epoch):
+            run.lr = lr_at(run.step, base_lr=cfg.lr, total_steps=run.total_steps, schedule=cfg.lr_schedule,
+                           warmup_steps=warmup_steps)
+            for family in run.families:
+                family.before_forward(run)
+            run.x = x.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+            run.y, run.idx = y.to(run.device, non_blocking=True), idx
+            with run.autocast():
+                run.logits = run.trained(run.x).float()
+            terms = losses.objective(run)  # task_loss, every family's named terms, and their weighted sum `loss`
+            _check_finite(terms, epoch, run)
+            run.optimizer.zero_grad(set_to_none=True)
+            (run.scaler.scale(terms["loss"]) if run.scaler else terms["loss"]).backward()
+            restructured = False
+            for family in run.families:
+                if family.before_step(run):  # parameters were replaced: what refers to them follows
+                    restructured = True
+                    _follow_structure(run)
+            for group in run.optimizer.param_groups:
+                group["lr"] = run.lr
+            if run.scaler is None:
+                run.optimizer.step()
+            elif not restructured:  # the scaler refuses an optimizer without gradients
+                run.scaler.step(run.optimizer)
+                run.scaler.update()
+            for family in run.families:
+                family.after_step(run)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            run.step += 1
+
+        calibration, same = run.source.calibration(cfg.bn_recalibration_batches)
+        if cfg.bn_recalibration_batches:
+            recalibrate_batchnorm(run.model, calibration, dist=run.dist, same_on_every_rank=same,
+                                  memory_format=run.memory_format, dtype=run.dtype)
+        means = dict(zip(sums, run.dist.sum([v / run.source.steps_per_epoch / run.dist.world_size
+                                             for v in sums.values()]), strict=True))
+        metrics = {
+            "epoch": epoch + 1,
+            **evaluate(run.model, x_val, data.y_val, dist=run.dist, dtype=run.dtype),
+            **{f"train_{k}" if k == "loss" else k: v for k, v in means.items()},
+            **pruning.size_metrics(run.model, pruning.prunable_parameters(run.model, head_names)),
+            **{k: v for family in run.families for k, v in family.epoch_end(run).items()},
+            "lr": run.lr,
+            "epoch_time_s": time.perf_counter() - started,
+        }
+        report(metrics, run.model, functools.partial(training_state, run, epoch=epoch + 1))
+    return metrics
+
+
+def start_run(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str],
+              teacher_logits: torch.Tensor | None = None, teacher: nn.Module | None = None,
+              batches: BatchSource | None = None, dist: Dist | None = None) -> Run:
+    """The Run that fit() trains: the loop's plumbing (seed, device, memory format, rank 0's weights,
+    precision, batches), then the active families' `start`, then the optimizer and DDP wrapper."""
     dist = dist or Dist()
-    device = dist.device
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     torch.manual_seed(cfg.seed)
     if cfg.sync_batchnorm and dist.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device=device, memory_format=memory_format)
+    model.to(device=dist.device, memory_format=memory_format)
     if dist.world_size > 1:  # start from rank 0's weights before anything (L2-SP anchors, masks) reads them
         with torch.no_grad():
             for tensor in model.state_dict().values():
                 torch.distributed.broadcast(tensor, src=0)
-    if teacher is not None:
-        teacher.to(device=device, memory_format=memory_format).eval()
-    if teacher_logits is not None:
-        teacher_logits = teacher_logits.to(device)
-    dtype, scaler = precision(cfg, device)
-    if device.type == "cuda":
+    dtype, scaler = precision(cfg, dist.device)
+    if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     source = batches or TensorBatches(data.x_train, data.y_train, batch_size=cfg.batch_size, seed=cfg.seed,
                                       dist=dist)
-    steps_per_epoch = source.steps_per_epoch
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = round(cfg.warmup_fraction * total_steps)
+    run = Run(cfg, model, head_names, source, dist, memory_format, dtype, scaler,
+              total_steps=cfg.epochs * source.steps_per_epoch, teacher_logits=teacher_logits, teacher=teacher,
+              families=families.build(cfg))
+    for family in run.families:
+        family.start(run)
+    run.optimizer = _optimizer(cfg, model)
+    # Under DDP the wrapper only runs forward/backward (and all-reduces gradients); families and
+    # evaluation use the module itself. Gradients are identical on every rank after the
+    # all-reduce, so weights, magnitude masks and pruned channels are too.
+    run.trained = _ddp(model, dist)
+    return run
 
-    l2sp = losses.L2SP(model, head_names, cfg.l2sp_alpha, cfg.l2sp_beta) if cfg.use_l2sp else None
-    optimizer = _optimizer(cfg, model)
-    decayed = [p for p in model.parameters() if p.ndim >= 2]  # no decay on norms and biases
-    weight_decay = cfg.weight_decay if cfg.use_weight_decay else 0.0
 
-    prunable = pruning.prunable_parameters(model, head_names)
-    prune_at: dict[int, float] = {}
-    if cfg.use_pruning:
-        steps = pruning.prune_steps(
-            total_steps,
-            start_fraction=cfg.pruning_start,
-            end_fraction=cfg.pruning_end,
-            frequency=cfg.pruning_frequency,
+def _follow_structure(run: Run) -> None:
+    """A family replaced parameters (channel pruning): a fresh optimizer over the new ones, every
+    family's references, no stale gradients, and a new DDP wrapper (its buckets hold the old ones)."""
+    run.optimizer = _optimizer(run.cfg, run.model)
+    for family in run.families:
+        family.structure_changed(run)
+    run.model.zero_grad(set_to_none=True)
+    run.trained = _ddp(run.model, run.dist)
+
+
+def _check_finite(terms: dict[str, torch.Tensor], epoch: int, run: Run) -> None:
+    if not torch.isfinite(terms["loss"]):
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        raise FloatingPointError(
+            f"loss became {values['loss']} at epoch {epoch + 1}, step {run.step} (lr={run.lr:.3g}); "
+            "terms: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         )
-        prune_at = {
-            s: pruning.sparsity_at(s, final=cfg.final_sparsity, start=steps[0], end=steps[-1]) for s in steps
-        }
-    masks: dict[str, torch.Tensor] = {}
-    channel_pruner, channel_at = None, set()
-    if cfg.use_channel_pruning:
-        example = source.example().to(device).contiguous(memory_format=memory_format)
-        channel_pruner = pruning.ChannelPruner(
-            model, example, ratio=cfg.channel_pruning_ratio, importance=cfg.channel_importance,
-            steps=cfg.channel_pruning_steps, scope=cfg.channel_pruning_scope, head=models.classifier(model),
-        )
-        channel_at = set(pruning.channel_prune_steps(
-            total_steps, start_fraction=cfg.pruning_start, end_fraction=cfg.pruning_end,
-            steps=cfg.channel_pruning_steps,
-        ))
-
-    # Under DDP the wrapper only runs forward/backward (and all-reduces gradients); masks,
-    # pruning, L2-SP and evaluation use the module itself. Gradients are identical on every
-    # rank after the all-reduce, so weights, magnitude masks and pruned channels are too.
-    trained = _ddp(model, dist)
-    # evaluation reads the same tensors every epoch: lay them out once
-    x_val = data.x_val.contiguous(memory_format=memory_format)
-
-    step, first_epoch = 0, 0
-    if resume is not None:
-        step, first_epoch = resume["step"], resume["epoch"]
-        optimizer.load_state_dict(resume["optimizer"])
-        source.set_state(resume["batch_rng"])
-        torch.set_rng_state(resume["torch_rng"])
-        if resume["masked"]:  # pruned weights are exact zeros (pruning.py)
-            masks = pruning.masks_from_zeros(prunable)
-        if l2sp is not None:  # the pretrained weights, shrunk with any channels pruned so far
-            l2sp.anchors = dict(resume["l2sp_anchors"])
-        if channel_pruner is not None:
-            channel_pruner.load_state_dict(resume["channel_pruner"])
-        if scaler is not None and resume.get("grad_scaler"):
-            scaler.load_state_dict(resume["grad_scaler"])
-    metrics: dict[str, Any] = {}
-    for epoch in range(first_epoch, cfg.epochs):
-        started = time.perf_counter()
-        model.train()
-        sums: dict[str, float] = {}
-        for x, y, idx in source.epoch(epoch):
-            lr = lr_at(step, base_lr=cfg.lr, total_steps=total_steps, schedule=cfg.lr_schedule,
-                       warmup_steps=warmup_steps)
-            if step in prune_at:
-                masks = pruning.magnitude_masks(prunable, prune_at[step], cfg.pruning_scope)
-                pruning.apply_masks(prunable, masks)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            y = y.to(device, non_blocking=True)
-            with _autocast(device, dtype):
-                logits = trained(x)
-                soft_targets = None
-                if cfg.use_kd:
-                    soft_targets = _teacher_outputs(teacher_logits, teacher, x, idx)
-            terms = losses.objective(
-                logits.float(),
-                y,
-                label_smoothing=cfg.label_smoothing if cfg.use_label_smoothing else 0.0,
-                teacher_logits=soft_targets,
-                kd_alpha=cfg.kd_alpha,
-                kd_temperature=cfg.kd_temperature,
-                l2sp=l2sp,
-            )
-            if not torch.isfinite(terms["loss"]):
-                values = {k: float(v.detach()) for k, v in terms.items()}
-                raise FloatingPointError(
-                    f"loss became {values['loss']} at epoch {epoch + 1}, step {step} (lr={lr:.3g}); "
-                    "terms: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-                )
-            optimizer.zero_grad(set_to_none=True)
-            (scaler.scale(terms["loss"]) if scaler else terms["loss"]).backward()
-            channel_step = step in channel_at
-            if channel_step:
-                # after backward: Taylor importance ranks channels by weight x gradient (scaled
-                # uniformly under fp16, which keeps the ranking)
-                channel_pruner.step(anchors=l2sp.anchors if l2sp else None)
-                # parameters were replaced by smaller ones: rebuild what refers to them
-                optimizer = _optimizer(cfg, model)
-                decayed = [p for p in model.parameters() if p.ndim >= 2]
-                prunable = pruning.prunable_parameters(model, head_names)
-                if step in prune_at:  # both at the window's end: hit the final sparsity exactly
-                    masks = pruning.magnitude_masks(prunable, prune_at[step], cfg.pruning_scope)
-                    pruning.apply_masks(prunable, masks)
-                elif masks:
-                    masks = pruning.masks_from_zeros(prunable)
-                model.zero_grad(set_to_none=True)
-                trained = _ddp(model, dist)  # DDP's buckets hold the old parameters
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if weight_decay:
-                with torch.no_grad():
-                    torch._foreach_mul_(decayed, 1.0 - lr * weight_decay)
-            if scaler is None:
-                optimizer.step()
-            elif not channel_step:  # the scaler refuses an optimizer without gradients
-                scaler.step(optimizer)
-                scaler.update()
-            if masks:
-                pruning.apply_masks(prunable, masks)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            step += 1
-
-        calibration, same = source.calibration(cfg.bn_recalibration_batches)
-        if cfg.bn_recalibration_batches:
-            recalibrate_batchnorm(model, calibration, dist=dist, same_on_every_rank=same,
-                                  memory_format=memory_format, dtype=dtype)
-        means = dict(zip(sums, dist.sum([v / steps_per_epoch / dist.world_size for v in sums.values()]),
-                         strict=True))
-        metrics = {
-            "epoch": epoch + 1,
-            **evaluate(model, x_val, data.y_val, dist=dist, dtype=dtype),
-            **{f"train_{k}" if k == "loss" else k: v for k, v in means.items()},
-            **pruning.size_metrics(model, prunable),
-            "lr": lr,
-            "epoch_time_s": time.perf_counter() - started,
-        }
-        state = functools.partial(training_state, epoch=epoch + 1, step=step, optimizer=optimizer, batches=source,
-                                  masked=bool(masks), l2sp=l2sp, channel_pruner=channel_pruner, scaler=scaler)
-        report(metrics, model, state)
-    return metrics
 
 
-def training_state(*, epoch: int, step: int, optimizer: torch.optim.Optimizer, batches: BatchSource,
-                   masked: bool, l2sp: losses.L2SP | None, channel_pruner: pruning.ChannelPruner | None,
-                   scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
-    """Everything besides the weights that `fit(resume=...)` needs to continue after `epoch`:
-    the step counter, optimizer moments, batch-order/augmentation and dropout RNG states, whether
-    magnitude masks are active (the masks themselves are the zeros in the weights), L2-SP's
-    anchors, the channel-pruning progress and the fp16 loss scale. Tensors, numbers and dicts
-    only: `torch.load(weights_only=True)` reads it back without unpickling code."""
-    return {
+def training_state(run: Run, *, epoch: int) -> dict[str, Any]:
+    """Everything besides the weights that `fit(resume=...)` needs to continue after `epoch`: the
+    step counter, optimizer moments, batch-order/augmentation and dropout RNG states, the fp16
+    loss scale, and each active family's share under its own keys (magnitude pruning: `masked`,
+    whether masks are active — the masks are the zeros in the weights; regularization:
+    `l2sp_anchors`; channel pruning: `channel_pruner`, the schedule's progress). Tensors, numbers
+    and dicts only: `torch.load(weights_only=True)` reads it back without unpickling code."""
+    state = {
         "epoch": epoch,
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "batch_rng": batches.state(),
+        "step": run.step,
+        "optimizer": run.optimizer.state_dict(),
+        "batch_rng": run.source.state(),
         "torch_rng": torch.get_rng_state(),
-        "masked": masked,
-        "l2sp_anchors": dict(l2sp.anchors) if l2sp is not None else None,
-        "channel_pruner": channel_pruner.state_dict() if channel_pruner is not None else None,
-        "grad_scaler": scaler.state_dict() if scaler is not None else None,
+        "grad_scaler": run.scaler.state_dict() if run.scaler is not None else None,
     }
+    for family in run.families:
+        share = family.state_dict()
+        assert not share.keys() & state.keys(), f"{family.name}'s resume keys collide: {sorted(share)}"
+        state.update(share)
+    return state
 
 
-def _teacher_outputs(logits: torch.Tensor | None, teacher: nn.Module | None, x: torch.Tensor,
-                     idx: torch.Tensor | None) -> torch.Tensor:
-    """The teacher's logits for this batch: precomputed ones by sample index, else a forward pass."""
-    if logits is not None:
-        if idx is None:
-            raise ValueError("precomputed teacher logits need the batch's sample indices (an `index` column)")
-        return logits[idx.to(logits.device)]
-    with torch.no_grad():
-        return teacher(x).float()
+def _load_state(run: Run, state: dict[str, Any]) -> None:
+    """Continue from `training_state`: the loop's own part, then each family's."""
+    run.step, run.epoch = state["step"], state["epoch"]
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.source.set_state(state["batch_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    for family in run.families:
+        family.load_state_dict(run, state)
+    if run.scaler is not None and state.get("grad_scaler"):
+        run.scaler.load_state_dict(state["grad_scaler"])
 
 
 def _ddp(model: nn.Module, dist: Dist) -> nn.Module:
@@ -494,7 +476,7 @@ def _ddp(model: nn.Module, dist: Dist) -> nn.Module:
 
 def _optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = list(model.parameters())
-    if cfg.optimizer == "adamw":  # weight decay is applied by the loop, decoupled, for both
+    if cfg.optimizer == "adamw":  # weight decay is decoupled, applied by the regularization family
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)

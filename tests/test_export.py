@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from raytune_ft import export, pruning
+from raytune_ft import channel_pruning, export, magnitude_pruning, pruning
 from tests.conftest import TINY_HEAD, TinyClassifier
 
 
@@ -16,7 +16,7 @@ def test_export_writes_program_and_manifest_and_measures_the_reloaded_file(tmp_p
     torch.manual_seed(0)
     model = TinyClassifier().eval()
     prunable = pruning.prunable_parameters(model, TINY_HEAD)
-    pruning.apply_masks(prunable, pruning.magnitude_masks(prunable, 0.9, "global"))
+    magnitude_pruning.apply_masks(prunable, magnitude_pruning.magnitude_masks(prunable, 0.9, "global"))
     export.export_model(model, tmp_path, image_size=8, manifest={"class_names": ["a", "b", "c"]})
     manifest = json.loads((tmp_path / export.MANIFEST).read_text())
     assert manifest["class_names"] == ["a", "b", "c"] and manifest["input_size"] == [3, 8, 8]
@@ -63,8 +63,8 @@ def test_channel_pruned_model_exports_smaller(tmp_path, importance):
     dense = models.build_model("efficientnet_lite0", 10, weights="none").eval()
     export.export_model(dense, tmp_path / "dense", image_size=32, manifest={})
     pruned = models.build_model("efficientnet_lite0", 10, weights="none")
-    pruning.ChannelPruner(pruned, torch.randn(2, 3, 32, 32), ratio=0.5, importance=importance, steps=1,
-                          scope="uniform", head=pruned.get_classifier()).step()
+    channel_pruning.ChannelPruner(pruned, torch.randn(2, 3, 32, 32), ratio=0.5, importance=importance, steps=1,
+                                  scope="uniform", head=pruned.get_classifier()).step()
     export.export_model(pruned.eval(), tmp_path / "pruned", image_size=32, manifest={})
     a = export.measure_export(tmp_path / "dense", image_size=32, threads=1, latency_budget_s=0.3)
     b = export.measure_export(tmp_path / "pruned", image_size=32, threads=1, latency_budget_s=0.3)

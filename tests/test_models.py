@@ -77,11 +77,11 @@ def test_checkpoint_roundtrip_is_exact(tmp_path):
 
 
 def test_channel_pruned_checkpoint_rebuilds_from_tensor_shapes(tmp_path):
-    from raytune_ft import pruning
+    from raytune_ft import channel_pruning
 
     model = models.build_model("efficientnet_lite0", 5, weights="none")
-    pruner = pruning.ChannelPruner(model, torch.randn(2, 3, 32, 32), ratio=0.4, importance="l1", steps=1,
-                                   scope="global", head=model.get_classifier())
+    pruner = channel_pruning.ChannelPruner(model, torch.randn(2, 3, 32, 32), ratio=0.4, importance="l1", steps=1,
+                                           scope="global", head=model.get_classifier())
     pruner.step()
     model.eval()
     models.save_checkpoint(tmp_path, model, config={"model": "efficientnet_lite0"}, class_names=tuple("abcde"),
