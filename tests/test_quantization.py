@@ -161,3 +161,33 @@ def test_a_model_onnx_cannot_export_fails_its_trial_with_a_one_line_reason(tmp_p
     assert table.loc["test_fftnet", "status"] == results.FAILED
     error = table.loc["test_fftnet", "error"]
     assert "ONNX export failed" in error and "fft_rfft2" in error and "\n" not in error
+
+
+def test_mo_asha_with_quantization_refuses_a_size_objective_the_int8_file_changes(tmp_path):
+    from raytune_ft.spaces import SpaceError, builtin_space_path, load_space
+
+    text = builtin_space_path("quickstart_mo_asha").read_text()
+    quantized = text.replace("  use_kd: {type: categorical", "  use_quantization: {type: categorical, choices: "
+                             "[true, false]}\n  use_kd: {type: categorical", 1)
+    (tmp_path / "ok.yaml").write_text(quantized)  # nonzero_params... is what the int8 file changes too
+    with pytest.raises(SpaceError, match=r"objectives\.nonzero_params.*use_quantization"):
+        load_space(tmp_path / "ok.yaml")
+    (tmp_path / "bytes.yaml").write_text(quantized.replace("nonzero_params: min", "model_bytes_compressed: min"))
+    with pytest.raises(SpaceError, match=r"bytes\.yaml.*objectives\.model_bytes_compressed.*use_quantization"):
+        load_space(tmp_path / "bytes.yaml")
+    (tmp_path / "macs.yaml").write_text(quantized.replace("nonzero_params: min", "macs: min"))
+    assert load_space(tmp_path / "macs.yaml").objectives == {"val_acc": "max", "macs": "min"}
+
+
+def test_dominance_line_says_whether_and_by_how_much_the_front_beats_a_baseline():
+    import pandas as pd
+
+    from raytune_ft import pareto
+
+    objectives = {"val_acc": "max", "model_bytes_compressed": "min"}
+    base = {"val_acc": 0.98, "model_bytes_compressed": 1000}
+    front = pd.DataFrame({"val_acc": [0.985, 0.97], "model_bytes_compressed": [400, 200]})
+    line = pareto.dominance_line(front, objectives, base, "the int8 teacher")
+    assert line.startswith("1 front point(s) dominate the int8 teacher") and "+0.50 pts" in line and "40.0%" in line
+    assert pareto.dominance_line(front.iloc[1:], objectives, base, "x").startswith("no front point dominates x")
+    assert "cannot compare" in pareto.dominance_line(front, objectives, {"val_acc": 0.9}, "x")
