@@ -35,7 +35,7 @@ FAMILY_OF = {
     **dict.fromkeys(("use_pruning", "final_sparsity", "pruning_start", "pruning_end",
                      "pruning_frequency", "pruning_scope", "pruning_method", "use_channel_pruning",
                      "channel_pruning_ratio", "channel_importance", "channel_pruning_steps",
-                     "channel_pruning_scope"), "pruning"),
+                     "channel_pruning_scope", "channel_round_to"), "pruning"),
 }
 MIN_IMPORTANCE_TRIALS = 3  # Optuna refuses one trial; with two every split is a guess
 

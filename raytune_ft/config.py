@@ -76,6 +76,7 @@ class TrialConfig:
     channel_importance: str = "l2"  # l1 | l2 (weight magnitude) | taylor | bn_scale
     channel_pruning_steps: int = 4  # prune in this many equal steps spread over the window
     channel_pruning_scope: str = "uniform"  # the same ratio everywhere, or ranked globally
+    channel_round_to: int = 1  # pruned channel counts stay multiples of this (Torch-Pruning's round_to); 1 = any count
     # --- int8 post-training static quantization (ONNX Runtime, quantization.py) ----------
     use_quantization: bool = False  # ship model.int8.onnx; val_acc is then that file's accuracy in ORT
     quant_calibration_batches: int = 4  # calibration images: this many x batch_size, random training rows
@@ -107,6 +108,7 @@ class TrialConfig:
         _check_choice("channel_pruning_scope", self.channel_pruning_scope, CHANNEL_SCOPES)
         _check_range("channel_pruning_steps", self.channel_pruning_steps, low=1)
         _check_range("channel_pruning_ratio", self.channel_pruning_ratio, low=0.0, high=0.9)
+        _check_range("channel_round_to", self.channel_round_to, low=1)
         _check_range("latency_budget_s", self.latency_budget_s, low=0.0, low_open=True)
         _check_range("epochs", self.epochs, low=1)
         _check_range("batch_size", self.batch_size, low=1)

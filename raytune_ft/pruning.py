@@ -124,11 +124,13 @@ class ChannelPruner:
     After all steps every prunable group has lost `ratio` of its channels ("uniform") or the
     network as a whole has, with the least important groups losing most ("global"). Coupled
     layers (BatchNorm, depthwise convs, squeeze-excite, residual adds) shrink together, so the
-    result is a physically smaller network. The classifier head is never pruned.
+    result is a physically smaller network. The classifier head is never pruned. With `round_to`
+    > 1 every pruned layer keeps a multiple of `round_to` channels (vectorised int8/fp32 kernels
+    want multiples of 8); 1 keeps any count.
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, *, ratio: float, importance: str,
-                 steps: int, scope: str, head: nn.Module) -> None:
+                 steps: int, scope: str, head: nn.Module, round_to: int = 1) -> None:
         import torch_pruning as tp
 
         if scope not in CHANNEL_SCOPES:
@@ -140,7 +142,7 @@ class ChannelPruner:
         self.pruner = tp.pruner.MetaPruner(
             model, example_input, importance=_importance(importance), pruning_ratio=ratio,
             iterative_steps=steps, global_pruning=scope == "global", max_pruning_ratio=0.9,
-            ignored_layers=[head],
+            ignored_layers=[head], round_to=round_to if round_to > 1 else None,  # 1: Torch-Pruning's own path
         )
         model.train(was_training)
 

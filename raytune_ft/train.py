@@ -337,6 +337,7 @@ def fit(
         channel_pruner = pruning.ChannelPruner(
             model, example, ratio=cfg.channel_pruning_ratio, importance=cfg.channel_importance,
             steps=cfg.channel_pruning_steps, scope=cfg.channel_pruning_scope, head=models.classifier(model),
+            round_to=cfg.channel_round_to,
         )
         channel_at = set(pruning.channel_prune_steps(
             total_steps, start_fraction=cfg.pruning_start, end_fraction=cfg.pruning_end,

@@ -22,6 +22,7 @@ def test_from_dict_rejects_unknown_key_with_a_suggestion():
         ({"optimizer": "lamb"}, r"unknown optimizer 'lamb'; choose from \['adamw', 'sgd'\]"),
         ({"pruning_start": 0.8, "pruning_end": 0.5}, r"pruning_end \(0.5\) must be >= pruning_start"),
         ({"lr": 0}, r"lr must be > 0.0, got 0.0"),
+        ({"channel_round_to": 0}, r"channel_round_to must be >= 1, got 0"),
     ],
 )
 def test_bad_values_name_the_field_and_value(values, message):

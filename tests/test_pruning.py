@@ -91,6 +91,17 @@ def test_channel_pruner_shrinks_the_network_and_its_l2sp_anchors(importance, sco
     assert float(l2sp().detach()) == 0.0
 
 
+@pytest.mark.parametrize("round_to, kept", [(1, 5), (4, 4)])
+def test_channel_pruner_round_to_keeps_channel_counts_multiples_of_it(round_to, kept):
+    torch.manual_seed(0)
+    model = TinyClassifier()  # both convs have 8 output channels; ratio 0.3 keeps int(8 * 0.7) = 5 of them
+    pruner = pruning.ChannelPruner(model, torch.randn(2, 3, 8, 8), ratio=0.3, importance="l2", steps=1,
+                                   scope="uniform", head=model.fc, round_to=round_to)
+    pruner.step()
+    assert (model.conv.out_channels, model.conv2.out_channels, model.fc.in_features) == (kept, kept, kept)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+
+
 def test_channel_pruning_on_efficientnet_keeps_anchors_aligned():
     from raytune_ft import losses, models
 
