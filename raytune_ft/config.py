@@ -76,7 +76,8 @@ class TrialConfig:
     channel_importance: str = "l2"  # l1 | l2 (weight magnitude) | taylor | bn_scale
     channel_pruning_steps: int = 4  # prune in this many equal steps spread over the window
     channel_pruning_scope: str = "uniform"  # the same ratio everywhere, or ranked globally
-    channel_round_to: int = 1  # pruned channel counts stay multiples of this (Torch-Pruning's round_to); 1 = any count
+    channel_round_to: int = 8  # pruned channel counts stay multiples of this (Torch-Pruning round_to): 8 keeps
+    # ONNX Runtime on the vectorised kernels (docs/benchmarks.md); 1 = any count
     # --- int8 post-training static quantization (ONNX Runtime, quantization.py) ----------
     use_quantization: bool = False  # ship model.int8.onnx; val_acc is then that file's accuracy in ORT
     quant_calibration_batches: int = 4  # calibration images: this many x batch_size, random training rows
