@@ -64,6 +64,7 @@ def ship(model: nn.Module, directory: str | Path, *, image_size: int, manifest: 
     (x, y) in ONNX Runtime and the PyTorch model's `val_acc` is kept as val_acc_fp32. The
     manifest's `deployed` names the shipped file and its `metrics` hold the measured values."""
     directory = Path(directory)
+    started = time.perf_counter()
     export_model(model, directory, image_size=image_size, manifest=manifest)
     deployed = directory / ONNX_FILE
     measured: dict[str, Any] = {}
@@ -75,6 +76,7 @@ def ship(model: nn.Module, directory: str | Path, *, image_size: int, manifest: 
                 measured["val_acc_fp32"] = val_acc
     measured.update(measure_deployed(deployed, model, image_size=image_size, threads=threads,
                                      latency_budget_s=latency_budget_s))
+    measured["export_time_s"] = time.perf_counter() - started  # export + quantization + measurement
     files = [MODEL_FILE, ONNX_FILE, *([deployed.name] if deployed.name != ONNX_FILE else [])]
     update_manifest(directory, deployed=deployed.name, files=files, metrics=measured)
     return measured
@@ -154,19 +156,28 @@ def onnx_accuracy(model: str | Path | Any, x: np.ndarray | torch.Tensor, y: np.n
 
 
 def onnx_weight_counts(path: str | Path) -> tuple[int, int]:
-    """(params, nonzero_params) of an ONNX file: elements of its weight initializers. Not counted:
-    scales and zero points of Quantize/DequantizeLinear and integer shape constants (int64)."""
+    """(params, nonzero_params) of an ONNX file: elements of its weight tensors (initializers and
+    Constant nodes, where the exporter puts folded BatchNorm biases). Not counted: scales and zero
+    points of Quantize/DequantizeLinear and integer shape constants (int64)."""
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
     qdq_params = {name for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
                   for name in node.input[1:]}
+    tensors = [(init.name, init) for init in graph.initializer]
+    tensors += [(node.output[0], attr.t) for node in graph.node if node.op_type == "Constant"
+                for attr in node.attribute if attr.name == "value"]
+    by_name = dict(tensors)
+    # the exporter stores equal tensors once (e.g. the zero biases of untrained BatchNorms) and
+    # hands them to each layer through Identity nodes: count each layer's copy, as the int8 file does
+    tensors += [(node.output[0], by_name[node.input[0]]) for node in graph.node
+                if node.op_type == "Identity" and node.input[0] in by_name]
     params = nonzero = 0
-    for init in graph.initializer:
-        if init.name in qdq_params or init.data_type == onnx.TensorProto.INT64:
-            continue
-        values = numpy_helper.to_array(init)
+    for name, tensor in tensors:
+        if name in qdq_params or tensor.data_type == onnx.TensorProto.INT64 or not tensor.dims:
+            continue  # Q/DQ parameters, shapes, scalars (Clip bounds)
+        values = numpy_helper.to_array(tensor)
         params += int(values.size)
         nonzero += int(np.count_nonzero(values))
     return params, nonzero

@@ -72,8 +72,11 @@ class Quantization:
         return cls(cfg.quant_calibration_batches, cfg.quant_calibration_method, cfg.batch_size, cfg.seed)
 
     def calibration_indices(self, n_train: int) -> np.ndarray:
-        """min(n_train, batches x batch_size) distinct training rows, a seeded random sample."""
-        count = min(n_train, self.calibration_batches * self.batch_size)
+        """Distinct training rows, a seeded random sample: calibration_batches x batch_size of them,
+        or as many whole batches as n_train holds (ORT's histogram calibrators, entropy and
+        percentile, fail on a ragged last batch), or all n_train rows as one batch when fewer."""
+        whole = min(self.calibration_batches, n_train // self.batch_size) * self.batch_size
+        count = whole or n_train
         return np.sort(np.random.default_rng(self.seed).choice(n_train, size=count, replace=False))
 
     def reader(self, x_train: torch.Tensor | np.ndarray) -> TrainingImages:

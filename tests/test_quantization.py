@@ -191,3 +191,14 @@ def test_dominance_line_says_whether_and_by_how_much_the_front_beats_a_baseline(
     assert line.startswith("1 front point(s) dominate the int8 teacher") and "+0.50 pts" in line and "40.0%" in line
     assert pareto.dominance_line(front.iloc[1:], objectives, base, "x").startswith("no front point dominates x")
     assert "cannot compare" in pareto.dominance_line(front, objectives, {"val_acc": 0.9}, "x")
+
+
+def test_histogram_calibration_takes_whole_batches_of_a_small_training_split(tmp_path, tiny_splits):
+    """40 training rows, batches of 16: ORT's percentile calibrator fails on a ragged last batch,
+    so calibration takes the two whole batches (32 rows)."""
+    export.export_onnx(_trained_tiny(tiny_splits).eval(), tmp_path / export.ONNX_FILE, image_size=8)
+    family = quantization.Quantization(7, "percentile", 16)
+    reader = family.reader(tiny_splits.x_train[:40])
+    family.at_export(tmp_path / export.ONNX_FILE, tiny_splits.x_train[:40], reader=reader)
+    assert len(reader.seen) == 32
+    assert len(quantization.Quantization(4, "minmax", 64).calibration_indices(40)) == 40  # fewer: one batch

@@ -53,13 +53,16 @@ def test_search_writes_trials_front_plot_and_teacher(first_run):
 
 @pytest.mark.e2e
 def test_front_is_non_dominated_and_checkpoints_reproduce_metrics_exactly(first_run):
+    from raytune_ft import export
+
     trials = pd.read_csv(first_run / "trials.csv")
     front = pd.read_csv(first_run / "pareto.csv")
+    size = "model_bytes_compressed"  # the quickstart's size objective (issue 13: the shipped file, gzip)
     assert len(front) >= 1 and (front["status"] == "completed").all()
-    assert list(front["nonzero_params"]) == sorted(front["nonzero_params"])
+    assert list(front[size]) == sorted(front[size])
     for _, row in front.iterrows():
-        better = trials[(trials.val_acc >= row.val_acc) & (trials.nonzero_params <= row.nonzero_params)
-                        & ((trials.val_acc > row.val_acc) | (trials.nonzero_params < row.nonzero_params))]
+        better = trials[(trials.val_acc >= row.val_acc) & (trials[size] <= row[size])
+                        & ((trials.val_acc > row.val_acc) | (trials[size] < row[size]))]
         assert better.empty, f"{row.trial_id} is dominated by {list(better.trial_id)}"
 
         model, meta = models.load_checkpoint(row.checkpoint)
@@ -68,9 +71,12 @@ def test_front_is_non_dominated_and_checkpoints_reproduce_metrics_exactly(first_
         layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
         x_val = splits.x_val.contiguous(memory_format=layout)
         model.to(memory_format=layout)
-        assert train.evaluate(model, x_val, splits.y_val)["val_acc"] == row.val_acc
+        torch_acc = row.val_acc_fp32 if cfg.use_quantization else row.val_acc  # int8: val_acc is the ORT file's
+        assert train.evaluate(model, x_val, splits.y_val)["val_acc"] == torch_acc
+        deployed = Path(row.export_path) / json.loads((Path(row.export_path) / export.MANIFEST).read_text())["deployed"]
+        assert deployed.name == (export.INT8_FILE if cfg.use_quantization else export.ONNX_FILE)
+        assert export.onnx_weight_counts(deployed)[1] == row.nonzero_params
         sizes = pruning.size_metrics(model, pruning.prunable_parameters(model, models.head_parameter_names(model)))
-        assert sizes["nonzero_params"] == row.nonzero_params
         assert sizes["sparsity"] == pytest.approx(cfg.final_sparsity, abs=1e-6)
 
 
