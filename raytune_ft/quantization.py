@@ -2,7 +2,10 @@
 
 `Quantization.at_export(onnx_path, x_train)` turns the fp32 `model.onnx` into `model.int8.onnx`
 with ONNX Runtime's tools: `quant_pre_process` (shape inference + graph optimization) then
-`quantize_static` in QDQ format, per-channel symmetric QInt8 weights, QUInt8 activations
+`quantize_static` in QDQ format, per-channel symmetric QInt8 weights in 7-bit range
+(`reduce_range`: with full 8-bit weights ORT's u8s8 CPU kernels can saturate their 16-bit
+intermediate sums; measured here on the quickstart teacher: 0.917 fp32 -> 0.733 int8 with 8-bit
+weights, 0.917 with reduce_range), QUInt8 activations
 (Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
 Integer-Arithmetic-Only Inference"). Activation ranges are calibrated on
 `calibration_batches` x `batch_size` images drawn at random (seeded) from the TRAINING split
@@ -104,7 +107,7 @@ class Quantization:
                 quant_pre_process(str(onnx_path), str(prepared))
                 step = "quantize_static"
                 quantize_static(str(prepared), str(output), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                                weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                                reduce_range=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                                 calibrate_method=method, calibration_providers=["CPUExecutionProvider"],
                                 extra_options={"CalibTensorRangeSymmetric": False})
             except ExportError:
