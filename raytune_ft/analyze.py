@@ -321,6 +321,7 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
     h.append(report.pareto_svg(trials, exp.objectives, hover, teacher=teacher or None))
     report.plot_pareto(trials, exp.objectives, out / f"{prefix}pareto.png",
                        teacher=teacher if _number(teacher.get(acc)) else None,
+                       baselines=list((teacher.get("baselines") or {}).values()),
                        title=f"{exp.name}: {len(trials)} trials, {len(front)} on the front")
     h.append('<p class="note">Filled grey: completed; hollow: incomplete or early-stopped (never on the '
              "front); red: the front; blue star: the dense teacher.</p>")
@@ -328,6 +329,13 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
         shown = {k: teacher[k] for k in (acc, *SIZE_COLUMNS, "epochs_trained", "checkpoint", "export_path")
                  if k in teacher}
         h += ["<h3>Dense teacher (reference)</h3>", report.html_table(pd.DataFrame([shown]))]
+    if teacher.get("baselines"):  # the teacher shipped as fp32 and int8 ONNX, measured like trials
+        rows = list(teacher["baselines"].values())
+        h += ["<h3>Baselines (the dense teacher's deployed files)</h3>", report.html_table(pd.DataFrame(rows))]
+        int8 = teacher["baselines"].get("teacher_int8")
+        if int8:
+            line = pareto.dominance_line(front, exp.objectives, int8, "the int8 teacher")
+            h.append(f'<p class="note">{html.escape(line)}</p>')
 
     h.append("<h3>Front models</h3>")
     if len(front):

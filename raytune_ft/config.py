@@ -21,6 +21,7 @@ CHANNEL_IMPORTANCE = ("l1", "l2", "taylor", "bn_scale")
 CHANNEL_SCOPES = ("uniform", "global")
 DATASETS = ("digits", "imagefolder", "cifar10", "cifar100", "parquet")
 ON_BAD_IMAGE = ("error", "skip")
+QUANT_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # quantization.CALIBRATION_METHODS
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,15 @@ class TrialConfig:
     channel_importance: str = "l2"  # l1 | l2 (weight magnitude) | taylor | bn_scale
     channel_pruning_steps: int = 4  # prune in this many equal steps spread over the window
     channel_pruning_scope: str = "uniform"  # the same ratio everywhere, or ranked globally
-    channel_round_to: int = 1  # pruned channel counts stay multiples of this (Torch-Pruning's round_to); 1 = any count
+    channel_round_to: int = 8  # pruned channel counts stay multiples of this (Torch-Pruning round_to): 8 keeps
+    # ONNX Runtime on the vectorised kernels (docs/benchmarks.md); 1 = any count
+    # --- int8 post-training static quantization (ONNX Runtime, quantization.py) ----------
+    use_quantization: bool = False  # ship model.int8.onnx; val_acc is then that file's accuracy in ORT
+    quant_calibration_batches: int = 4  # calibration images: this many x batch_size, random training rows
+    quant_calibration_method: str = "minmax"  # one of QUANT_CALIBRATION_METHODS
     # --- size measurement on the exported model ---------------------------------------
-    export: bool = True  # export (torch.export .pt2 + manifest) and measure the final model
-    latency_budget_s: float = 5.0  # time per batch size for CPU latency runs (median reported)
+    export: bool = True  # export (model.pt2 + model.onnx + manifest) and measure the deployed file
+    latency_budget_s: float = 5.0  # seconds of interleaved b1/b32 ONNX Runtime runs (median reported)
     # --- execution -------------------------------------------------------------------
     cpus_per_trial: int = 1  # torch threads and Ray CPUs of a one-worker trial (and of the teacher)
     workers_per_trial: int = 1  # 1: in-process (lean); > 1: a Ray Train TorchTrainer with DDP
@@ -96,6 +102,10 @@ class TrialConfig:
         _check_choice("on_bad_image", self.on_bad_image, ON_BAD_IMAGE)
         _check_range("crop_min_scale", self.crop_min_scale, low=0.0, high=1.0, low_open=True)
         _check_choice("channel_importance", self.channel_importance, CHANNEL_IMPORTANCE)
+        _check_choice("quant_calibration_method", self.quant_calibration_method, QUANT_CALIBRATION_METHODS)
+        _check_range("quant_calibration_batches", self.quant_calibration_batches, low=1)
+        if self.use_quantization and not self.export:
+            raise ValueError("use_quantization needs export: true (the int8 file is made from the exported ONNX model)")
         _check_choice("channel_pruning_scope", self.channel_pruning_scope, CHANNEL_SCOPES)
         _check_range("channel_pruning_steps", self.channel_pruning_steps, low=1)
         _check_range("channel_pruning_ratio", self.channel_pruning_ratio, low=0.0, high=0.9)

@@ -1,12 +1,13 @@
-"""Export a trained model so it runs without raytune_ft, and measure what will be shipped.
+"""Export a trained model so it runs without raytune_ft, and measure the file that is shipped.
 
-`export_model` writes `model.pt2` (a `torch.export` program with a dynamic batch dimension),
-`model.onnx` when the optional `onnx` package is installed, and `manifest.json` (config,
-metrics, class names, input size, normalization). `measure_export` reloads `model.pt2` from
-disk and measures it: params, nonzero_params, model_bytes (the file), model_bytes_compressed
-(the file gzip-compressed, which is what unstructured sparsity buys), macs and flops
-(FLOPs = 2 x MACs, counted by torch.utils.flop_counter for one image of the configured size)
-and CPU latency_ms_b1 / latency_ms_b32 (median of repeated runs after warm-up, fixed threads).
+`export_model` writes `model.pt2` (a `torch.export` program, the PyTorch artifact), `model.onnx`
+(fp32, dynamic batch, the deployment artifact) and `manifest.json`, whose key `deployed` names
+the file a trial ships (`model.int8.onnx` when quantized, quantization.py, else `model.onnx`).
+`measure_deployed` measures that file: model_bytes (the file), model_bytes_compressed (gzip
+level 6 of the file: zeros and int8 both show), params / nonzero_params (its weight
+initializers), macs / flops (of the model: FLOPs = 2 x MACs, torch.utils.flop_counter, one image)
+and latency_ms_b1 / latency_ms_b32 in ONNX Runtime (CPU EP, fixed intra-op threads, inter-op 1,
+sequential): warm-ups, then interleaved b1/b32 repeats; medians and interquartile ranges.
 """
 
 from __future__ import annotations
@@ -15,21 +16,32 @@ import gzip
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 MODEL_FILE = "model.pt2"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 MANIFEST = "manifest.json"
+OPSET = 17
 SIZE_METRICS = ("params", "nonzero_params", "model_bytes", "model_bytes_compressed", "macs", "flops",
                 "latency_ms_b1", "latency_ms_b32")
+SPREAD_METRICS = ("latency_ms_b1_iqr", "latency_ms_b32_iqr")  # interquartile ranges of the timed runs
+DEPLOYED_METRICS = (*SIZE_METRICS, *SPREAD_METRICS)
+LATENCY_BATCHES = (1, 32)
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported or quantized; the message is one line naming the step."""
 
 
 def export_model(model: nn.Module, directory: str | Path, *, image_size: int, manifest: dict[str, Any]) -> Path:
-    """Write model.pt2 (+ model.onnx if onnx is installed) and manifest.json into `directory`."""
+    """Write model.pt2, model.onnx (fp32) and manifest.json (deployed: model.onnx) into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = model.eval().to(memory_format=torch.contiguous_format)
@@ -37,14 +49,73 @@ def export_model(model: nn.Module, directory: str | Path, *, image_size: int, ma
     with torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
     torch.export.save(program, directory / MODEL_FILE)
-    files = [MODEL_FILE]
-    if _has_onnx():
-        torch.onnx.export(model, (example,), directory / ONNX_FILE, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}}, dynamo=False)
-        files.append(ONNX_FILE)
-    (directory / MANIFEST).write_text(json.dumps({**manifest, "files": files, "input_size": [3, image_size, image_size],
-                                                  "input_layout": "NCHW float32, normalized"}, indent=2, default=str))
+    export_onnx(model, directory / ONNX_FILE, image_size=image_size)
+    write_manifest(directory, {**manifest, "files": [MODEL_FILE, ONNX_FILE], "deployed": ONNX_FILE,
+                               "input_size": [3, image_size, image_size],
+                               "input_layout": "NCHW float32, normalized"})
     return directory
+
+
+def ship(model: nn.Module, directory: str | Path, *, image_size: int, manifest: dict[str, Any], threads: int,
+         latency_budget_s: float, quantize: Callable[[Path], Path] | None = None,
+         val: tuple[Any, Any] | None = None, val_acc: float | None = None) -> dict[str, Any]:
+    """Export `model` into `directory`, optionally quantize (`quantize(model.onnx) -> int8 path`),
+    and measure the deployed file. With `quantize`, val_acc is the int8 file's accuracy on `val`
+    (x, y) in ONNX Runtime and the PyTorch model's `val_acc` is kept as val_acc_fp32. The
+    manifest's `deployed` names the shipped file and its `metrics` hold the measured values."""
+    directory = Path(directory)
+    started = time.perf_counter()
+    export_model(model, directory, image_size=image_size, manifest=manifest)
+    deployed = directory / ONNX_FILE
+    measured: dict[str, Any] = {}
+    if quantize is not None:
+        deployed = quantize(deployed)
+        if val is not None:
+            measured["val_acc"] = onnx_accuracy(deployed, *val, threads=threads)
+            if val_acc is not None:
+                measured["val_acc_fp32"] = val_acc
+    measured.update(measure_deployed(deployed, model, image_size=image_size, threads=threads,
+                                     latency_budget_s=latency_budget_s))
+    measured["export_time_s"] = time.perf_counter() - started  # export + quantization + measurement
+    files = [MODEL_FILE, ONNX_FILE, *([deployed.name] if deployed.name != ONNX_FILE else [])]
+    update_manifest(directory, deployed=deployed.name, files=files, metrics=measured)
+    return measured
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, image_size: int) -> Path:
+    """fp32 ONNX with a dynamic batch axis (input `images`, output `logits`). The TorchScript-based
+    exporter (dynamo=False) is used: it folds BatchNorm into the convolutions and handles the
+    channel-pruned timm/torchvision models here; torch 2.14's dynamo exporter needs onnxscript."""
+    model = model.eval()
+    example = torch.randn(2, 3, image_size, image_size)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET,
+                              dynamo=False)
+    except Exception as err:  # any exporter failure: the trial fails with this one line (not chained:
+        # some exporter exceptions cannot be unpickled, and Ray would report that TypeError instead)
+        raise ExportError(f"ONNX export failed: {type(err).__name__}: {_one_line(err)}") from None
+    return Path(path)
+
+
+def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
+    path = Path(directory) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+    return path
+
+
+def update_manifest(directory: str | Path, **fields: Any) -> dict[str, Any]:
+    """Merge `fields` into manifest.json (metrics dicts are merged key by key)."""
+    path = Path(directory) / MANIFEST
+    manifest = json.loads(path.read_text())
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+            manifest[key] = {**manifest[key], **value}
+        else:
+            manifest[key] = value
+    write_manifest(directory, manifest)
+    return manifest
 
 
 def load_exported(directory: str | Path) -> nn.Module:
@@ -52,20 +123,127 @@ def load_exported(directory: str | Path) -> nn.Module:
     return torch.export.load(Path(directory) / MODEL_FILE).module()
 
 
+def ort_session(path: str | Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session: `threads` intra-op threads, one inter-op thread, sequential."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # no per-session warnings in the trial logs
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(model: str | Path | Any, x: np.ndarray | torch.Tensor, *, threads: int = 1,
+             batch_size: int = 256) -> np.ndarray:
+    """Logits of an ONNX file (or an ort_session) for normalized NCHW float32 images `x`."""
+    session = ort_session(model, threads) if isinstance(model, (str, Path)) else model
+    x = x.numpy() if isinstance(x, torch.Tensor) else x
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    name = session.get_inputs()[0].name
+    out = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def onnx_accuracy(model: str | Path | Any, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *,
+                  threads: int = 1) -> float:
+    """Top-1 accuracy of the ONNX file on (x, y), run in ONNX Runtime."""
+    y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if not len(y):
+        return float("nan")
+    return float((run_onnx(model, x, threads=threads).argmax(1) == y).mean())
+
+
+def onnx_weight_counts(path: str | Path) -> tuple[int, int]:
+    """(params, nonzero_params) of an ONNX file: elements of its weight tensors (initializers and
+    Constant nodes, where the exporter puts folded BatchNorm biases). Not counted: scales and zero
+    points of Quantize/DequantizeLinear and integer shape constants (int64)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    qdq_params = {name for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+                  for name in node.input[1:]}
+    tensors = [(init.name, init) for init in graph.initializer]
+    tensors += [(node.output[0], attr.t) for node in graph.node if node.op_type == "Constant"
+                for attr in node.attribute if attr.name == "value"]
+    by_name = dict(tensors)
+    # the exporter stores equal tensors once (e.g. the zero biases of untrained BatchNorms) and
+    # hands them to each layer through Identity nodes: count each layer's copy, as the int8 file does
+    tensors += [(node.output[0], by_name[node.input[0]]) for node in graph.node
+                if node.op_type == "Identity" and node.input[0] in by_name]
+    params = nonzero = 0
+    for name, tensor in tensors:
+        if name in qdq_params or tensor.data_type == onnx.TensorProto.INT64 or not tensor.dims:
+            continue  # Q/DQ parameters, shapes, scalars (Clip bounds)
+        values = numpy_helper.to_array(tensor)
+        params += int(values.size)
+        nonzero += int(np.count_nonzero(values))
+    return params, nonzero
+
+
+def measure_deployed(path: str | Path, model: nn.Module, *, image_size: int, threads: int,
+                     latency_budget_s: float = 2.0) -> dict[str, float]:
+    """DEPLOYED_METRICS of the ONNX file at `path` (sizes and ORT latency), macs/flops of `model`."""
+    path = Path(path)
+    raw = path.read_bytes()
+    params, nonzero = onnx_weight_counts(path)
+    model.eval()
+    with torch.no_grad():
+        flops = count_flops(model, image_size)
+    latency = ort_latency_ms(path, image_size=image_size, threads=threads, budget_s=latency_budget_s)
+    return {"params": params, "nonzero_params": nonzero, "model_bytes": len(raw),
+            "model_bytes_compressed": len(gzip.compress(raw, compresslevel=6)),
+            "macs": flops // 2, "flops": flops, **latency}
+
+
+def ort_latency_ms(path: str | Path | Any, *, image_size: int, threads: int, budget_s: float = 2.0,
+                   batches: tuple[int, ...] = LATENCY_BATCHES, warmup: int = 3, min_rounds: int = 5,
+                   max_rounds: int = 200) -> dict[str, float]:
+    """Median and interquartile range (ms) of one ONNX Runtime forward pass per batch size.
+
+    Each batch size gets `warmup` untimed runs; then rounds run every batch size once, in turn
+    (interleaved, so drift in machine load hits all of them alike), until `budget_s` is spent
+    (at least `min_rounds`, at most `max_rounds`)."""
+    session = ort_session(path, threads) if isinstance(path, (str, Path)) else path
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    inputs = {b: rng.standard_normal((b, 3, image_size, image_size)).astype(np.float32) for b in batches}
+    for b in batches:
+        for _ in range(warmup):
+            session.run(None, {name: inputs[b]})
+    times: dict[int, list[float]] = {b: [] for b in batches}
+    deadline = time.perf_counter() + budget_s
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() < deadline):
+        for b in batches:
+            started = time.perf_counter()
+            session.run(None, {name: inputs[b]})
+            times[b].append((time.perf_counter() - started) * 1000)
+        rounds += 1
+    out: dict[str, float] = {}
+    for b in batches:
+        q1, median, q3 = statistics.quantiles(times[b], n=4, method="inclusive")
+        out[f"latency_ms_b{b}"] = statistics.median(times[b])
+        out[f"latency_ms_b{b}_iqr"] = q3 - q1
+    return out
+
+
 @torch.inference_mode()
 def measure_export(directory: str | Path, *, image_size: int, threads: int,
                    latency_budget_s: float = 5.0) -> dict[str, float]:
-    """Size, compute and CPU latency of the exported model, measured after reloading it from disk."""
+    """Secondary: size, compute and eager CPU latency of `model.pt2`, reloaded from disk (the
+    PyTorch artifact; trials report measure_deployed on the ONNX file instead)."""
     directory = Path(directory)
     path = directory / MODEL_FILE
     raw = path.read_bytes()
     program = torch.export.load(path)
     module = program.module()
-    tensors = list(program.state_dict.values())  # parameters and buffers
-    params = sum(t.numel() for name, t in program.state_dict.items() if name in dict(program.named_parameters()))
-    nonzero = sum(int(torch.count_nonzero(t)) for name, t in program.state_dict.items()
-                  if name in dict(program.named_parameters()))
-    assert tensors, "exported program has no weights"
+    names = dict(program.named_parameters())
+    params = sum(t.numel() for name, t in program.state_dict.items() if name in names)
+    nonzero = sum(int(torch.count_nonzero(t)) for name, t in program.state_dict.items() if name in names)
+    assert program.state_dict, "exported program has no weights"
     flops = count_flops(module, image_size)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -73,15 +251,9 @@ def measure_export(directory: str | Path, *, image_size: int, threads: int,
         latency = {f"latency_ms_b{b}": median_latency_ms(module, b, image_size, latency_budget_s) for b in (1, 32)}
     finally:
         torch.set_num_threads(previous)
-    return {
-        "params": params,
-        "nonzero_params": nonzero,
-        "model_bytes": len(raw),
-        "model_bytes_compressed": len(gzip.compress(raw, compresslevel=6)),
-        "macs": flops // 2,
-        "flops": flops,
-        **latency,
-    }
+    return {"params": params, "nonzero_params": nonzero, "model_bytes": len(raw),
+            "model_bytes_compressed": len(gzip.compress(raw, compresslevel=6)),
+            "macs": flops // 2, "flops": flops, **latency}
 
 
 def count_flops(module: nn.Module, image_size: int) -> int:
@@ -95,8 +267,8 @@ def count_flops(module: nn.Module, image_size: int) -> int:
 
 def median_latency_ms(module: nn.Module, batch: int, image_size: int, budget_s: float,
                       warmup: int = 3, min_runs: int = 5, max_runs: int = 50) -> float:
-    """Median wall time of one forward pass in ms: `warmup` untimed runs, then timed runs until
-    `budget_s` is spent (at least `min_runs`, at most `max_runs`)."""
+    """Median wall time of one eager forward pass in ms: `warmup` untimed runs, then timed runs
+    until `budget_s` is spent (at least `min_runs`, at most `max_runs`)."""
     x = torch.randn(batch, 3, image_size, image_size)
     for _ in range(warmup):
         module(x)
@@ -109,7 +281,6 @@ def median_latency_ms(module: nn.Module, batch: int, image_size: int, budget_s: 
     return statistics.median(times)
 
 
-def _has_onnx() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnx") is not None
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] + ("…" if len(text) > 300 else "")

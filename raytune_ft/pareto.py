@@ -162,6 +162,40 @@ def pareto_front(
     return front.reset_index(drop=True)
 
 
+def dominance_line(front: pd.DataFrame, objectives: Mapping[str, str], baseline: Mapping[str, float],
+                   name: str) -> str:
+    """One line: whether any row of `front` dominates `baseline` (at least as good in every
+    objective, better in one) and by how much: per objective, the best such row's ratio to
+    the baseline for "min" objectives and its difference in points for accuracy-like "max" ones."""
+    missing = [k for k in objectives if not _finite(baseline.get(k))]
+    if missing:
+        return f"{name}: cannot compare, it has no {missing[0]}"
+    if not len(front):
+        return f"no front point dominates {name} (the front is empty)"
+    values = to_minimization(front[list(objectives)].to_numpy(dtype=float), list(objectives.values()))
+    ref = to_minimization(np.array([[float(baseline[k]) for k in objectives]]), list(objectives.values()))[0]
+    dominating = np.all(values <= ref, axis=1) & np.any(values < ref, axis=1)
+    if not dominating.any():
+        return f"no front point dominates {name} ({_describe(baseline, objectives)})"
+    rows = front[dominating]
+    parts = []
+    for k, mode in objectives.items():
+        best = rows[k].max() if mode == "max" else rows[k].min()
+        base = float(baseline[k])
+        parts.append(f"{k} {100 * (best - base):+.2f} pts" if mode == "max" and 0 <= base <= 1
+                     else f"{k} {best / base:.1%} of it" if base else f"{k} {best:g}")
+    return f"{int(dominating.sum())} front point(s) dominate {name} ({_describe(baseline, objectives)}); best: " \
+        + ", ".join(parts)
+
+
+def _describe(row: Mapping[str, float], objectives: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={float(row[k]):.4g}" for k in objectives)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
 def _hso(points: np.ndarray, reference: np.ndarray) -> float:
     """Hypervolume of points that are all strictly inside the reference box."""
     n, m = points.shape

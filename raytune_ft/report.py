@@ -33,6 +33,7 @@ def plot_pareto(
     status_column: str = "status",
     completed: str = "completed",
     failed: str = "failed",
+    baselines: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Plot the first "max" objective (y, e.g. val_acc) against the first "min" one (x, size).
 
@@ -42,7 +43,9 @@ def plot_pareto(
     trained trials only) is highlighted, joined by a step line and labelled with trial_id.
     `teacher` maps metric names to the dense baseline's values: a star at (x, y) when it has
     both, and a dashed line at y - 0.02 ("teacher − 2 pts"). The x axis is logarithmic when
-    the sizes span more than 10x. Writes a PNG at 120 dpi and returns its path.
+    the sizes span more than 10x. `baselines` (rows with a `baseline` name, e.g. the teacher in
+    fp32 and int8, measured on their deployed files) are drawn as labelled diamonds. Writes a PNG
+    at 120 dpi and returns its path.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -115,6 +118,12 @@ def plot_pareto(
             linewidth=1,
             label="teacher − 2 pts",
         )
+    baseline_x = []
+    for i, row in enumerate(baselines):
+        if _number(row.get(x_name)) and _number(row.get(y_name)):
+            baseline_x.append(float(row[x_name]))
+            ax.scatter([row[x_name]], [row[y_name]], marker="D", s=50, zorder=5, color=("tab:cyan", "tab:purple",
+                       "tab:olive")[i % 3], edgecolors="black", linewidths=0.5, label=str(row.get("baseline")))
     n_failed = int(is_failed.sum())
     if n_failed:
         ax.plot([], [], linestyle="none", label=f"{n_failed} failed")
@@ -133,6 +142,7 @@ def plot_pareto(
     sizes = x[plottable]
     if teacher_x is not None:
         sizes = np.append(sizes, teacher_x)
+    sizes = np.append(sizes, baseline_x)
     if sizes.size and sizes.min() > 0 and sizes.max() / sizes.min() > LOG_X_SPREAD:
         ax.set_xscale("log")
     ax.set_xlabel(x_name)

@@ -29,7 +29,10 @@ DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "max_sample
                "on_bad_image")
 TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity", "model_bytes",
                  "model_bytes_compressed", "macs", "flops", "latency_ms_b1", "latency_ms_b32",
-                 "train_loss", "task_loss", "kd_loss", "l2sp_loss")
+                 "latency_ms_b1_iqr", "latency_ms_b32_iqr", "train_loss", "task_loss", "kd_loss", "l2sp_loss")
+INT8_EXPORT_DIR = "export_int8"  # the dense teacher quantized (int8 PTQ), next to teacher/export
+BASELINE_METRICS = ("val_acc", "val_acc_fp32", "params", "nonzero_params", "model_bytes", "model_bytes_compressed",
+                    "macs", "latency_ms_b1", "latency_ms_b1_iqr", "latency_ms_b32", "latency_ms_b32_iqr")
 
 
 class UserError(Exception):
@@ -221,6 +224,12 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
         torch.set_num_threads(cfg.cpus_per_trial)
         metrics = {**metrics, **trial.export_and_measure(model, cfg, data, metrics, export_dir)}
         changed = True
+    baselines = teacher_baselines(model, cfg, data, metrics, teacher_dir, recorded=(
+        f"{location}/teacher" if location else str(teacher_dir))) if cfg.export else []
+    if baselines:
+        import pandas as pd
+
+        pd.DataFrame(baselines).to_csv(exp_dir / "baselines.csv", index=False)
     if changed:  # one write, with the measured sizes in its metrics
         models.save_checkpoint(teacher_dir, model, config=config, class_names=data.class_names, metrics=metrics)
     if logits is not None:
@@ -229,12 +238,40 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
     info = {**{k: metrics[k] for k in TRIAL_METRICS if k in metrics},
             "epochs_trained": metrics.get("epoch"), "wall_time_s": metrics.get("wall_time_s"),
             "checkpoint": recorded,
-            "export_path": f"{recorded}/{trial.EXPORT_DIR}" if export_dir.exists() else None}
+            "export_path": f"{recorded}/{trial.EXPORT_DIR}" if export_dir.exists() else None,
+            "baselines": {row["baseline"]: row for row in baselines}}
     (exp_dir / "teacher.json").write_text(json.dumps(info, indent=2))
     print(f"teacher: val_acc={info['val_acc']:.4f}  nonzero_params={info['nonzero_params']:,}", flush=True)
     model.cpu()
     teacher_model = {"config": config, "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     return info, logits, teacher_model
+
+
+def teacher_baselines(model: Any, cfg: Any, data: Any, metrics: dict[str, Any], teacher_dir: Path, *,
+                      recorded: str) -> list[dict[str, Any]]:
+    """The dense teacher as a user would ship it first, measured like a trial: fp32 (teacher/export,
+    model.onnx) and int8 PTQ with the default calibration (teacher/export_int8, model.int8.onnx).
+    Each is exported once and read back from its manifest afterwards; an int8 export that fails is
+    left out with a one-line note (the search goes on)."""
+    from raytune_ft import export, trial
+
+    rows = []
+    for name, folder, quantize in (("teacher_fp32", trial.EXPORT_DIR, False), ("teacher_int8", INT8_EXPORT_DIR, True)):
+        directory = teacher_dir / folder
+        if not (directory / export.MANIFEST).exists():
+            if not quantize:
+                continue  # teacher/export is written by obtain_teacher
+            print("teacher: int8 baseline (post-training static quantization)", flush=True)
+            try:
+                trial.export_and_measure(model, cfg, data, metrics, directory, quantize=True)
+            except export.ExportError as err:
+                print(f"teacher: no int8 baseline: {err}", flush=True)
+                continue
+        manifest = json.loads((directory / export.MANIFEST).read_text())
+        measured = {**metrics, **manifest["metrics"]} if not quantize else manifest["metrics"]
+        rows.append({"baseline": name, **{k: measured.get(k) for k in BASELINE_METRICS},
+                     "file": f"{recorded}/{folder}/{manifest.get('deployed', export.ONNX_FILE)}"})
+    return rows
 
 
 def run_search(space, where: Location, args: argparse.Namespace):
@@ -295,7 +332,8 @@ def run_search(space, where: Location, args: argparse.Namespace):
         print(f"on_bad_image: skip: left out {len(data.skipped)} file(s)/row(s), listed in skipped.txt", flush=True)
         where.upload("skipped.txt")
     teacher, logits, teacher_model = obtain_teacher(space, data, exp_dir, where.uri if where.remote else None)
-    where.upload("space.json", "teacher", "teacher.json")  # before any trial: a resumed run finds them
+    where.upload("space.json", "teacher", "teacher.json", *(["baselines.csv"] if (exp_dir / "baselines.csv").exists()
+                                                             else []))  # before any trial: a resumed run finds them
 
     # MO-ASHA ranks every objective at every epoch: measure the exported sizes cheaply each epoch
     epoch_metrics = tuple(m for m in space.objectives if m in trial.EPOCH_SIZE_METRICS) if space.scheduler else ()
@@ -350,6 +388,7 @@ def write_results(trials, space, where: Location, teacher: dict[str, Any]):
     front = pareto.pareto_front(trials, space.objectives)
     front.to_csv(exp_dir / "pareto.csv", index=False)
     report.plot_pareto(trials, space.objectives, exp_dir / "pareto.png", teacher=teacher,
+                       baselines=list((teacher.get("baselines") or {}).values()),
                        title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front")
     where.upload("trials.csv", "pareto.csv", "pareto.png", "optuna_trials.csv")
     return front
@@ -383,8 +422,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) in "
           f"{(time.perf_counter() - started) / 60:.1f} min")
     print(f"dense teacher: val_acc={teacher['val_acc']:.4f}  {size}={teacher.get(size, math.nan):,}")
+    shown = dict.fromkeys([*space.objectives, "val_acc", "model_bytes_compressed", "latency_ms_b1", "latency_ms_b32"])
+    for row in (teacher.get("baselines") or {}).values():
+        print(f"baseline {row['baseline']}: " + "  ".join(f"{k}={row[k]:.4g}" for k in shown
+                                                          if isinstance(row.get(k), (int, float))))
+    int8 = (teacher.get("baselines") or {}).get("teacher_int8")
+    if int8 is not None:
+        from raytune_ft import pareto
+
+        print(pareto.dominance_line(front, space.objectives, int8, "the int8 teacher"))
     print("\nPareto front (completed trials, sorted by size):")
-    cols = ["trial_id", *space.objectives, "params", "sparsity", *[p.name for p in space.params]]
+    cols = ["trial_id", *space.objectives, "val_acc_fp32", "model_bytes_compressed", "latency_ms_b1", "latency_ms_b32",
+            "params", "sparsity", *[p.name for p in space.params]]
     print(report.format_front(front, list(dict.fromkeys(cols))))
     print(f"\nwrote {where.uri}/trials.csv\n      {where.uri}/pareto.csv\n      "
           f"{where.uri}/pareto.png\n      {where.uri}/teacher.json\n"

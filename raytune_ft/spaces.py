@@ -88,6 +88,8 @@ SCHEDULERS = ("mo_asha",)
 # every epoch when MO-ASHA needs them (trial.epoch_size_metrics); latency only at the end.
 PER_EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "task_loss", "params", "nonzero_params", "sparsity",
                      "model_bytes", "model_bytes_compressed", "macs", "flops")
+# Per-epoch stand-ins that the int8 file of a quantized trial changes (quantization.py)
+INT8_CHANGES = ("model_bytes", "model_bytes_compressed", "nonzero_params")
 
 
 # Smallest accepted value of each integer search setting (numpy seeds must be >= 0).
@@ -427,6 +429,13 @@ def _check_scheduler(where: str, scheduler: SchedulerSettings | None, fixed: dic
                   f"scheduler {scheduler.type} compares every objective at every rung, but {metric} is measured "
                   f"only on the final exported model; choose objectives from {', '.join(PER_EPOCH_METRICS)} "
                   "or remove the scheduler")
+    quantized = fixed.get("use_quantization") is True or any(p.name == "use_quantization" for p in params)
+    for metric in objectives:
+        if quantized and metric in INT8_CHANGES:
+            _fail(where, f"objectives.{metric}",
+                  f"with use_quantization, {metric} of the shipped int8 file is known only after the last epoch, but "
+                  f"scheduler {scheduler.type} compares it at every rung; use another objective, fix "
+                  "use_quantization: false, or remove the scheduler")
     epochs = _max_epochs(fixed, params)
     max_t = scheduler.max_t if scheduler.max_t is not None else epochs
     if max_t < epochs:

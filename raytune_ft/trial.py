@@ -32,8 +32,13 @@ TRAINING_STATE = "training_state.pt"  # inside every other checkpoint: train.tra
 
 
 def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, metrics: dict[str, Any],
-                       directory: Path) -> dict[str, Any]:
-    """Export the final model with its manifest and measure the reloaded artifact (export.py)."""
+                       directory: Path, *, quantize: bool | None = None) -> dict[str, Any]:
+    """Export the final model (model.pt2, model.onnx and, when quantized, model.int8.onnx) with
+    its manifest, and measure the deployed file (export.ship). Quantized (`quantize`, default
+    cfg.use_quantization): val_acc is the int8 file's accuracy in ONNX Runtime on the validation
+    split, calibrated on training images only (quantization.py). Raises export.ExportError."""
+    from raytune_ft import quantization
+
     inp = models.input_config(cfg.model)  # the mean/std the inputs were normalized with (data.py)
     manifest = {
         "config": cfg.to_dict(),
@@ -41,9 +46,13 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
         "class_names": list(data.class_names),
         "normalization": {"mean": list(inp.mean), "std": list(inp.std)},
     }
-    export.export_model(model, directory, image_size=cfg.image_size, manifest=manifest)
-    measured = export.measure_export(directory, image_size=cfg.image_size, threads=cfg.worker_cpus,
-                                     latency_budget_s=cfg.latency_budget_s)
+    quantize = cfg.use_quantization if quantize is None else quantize
+    family = quantization.Quantization(cfg.quant_calibration_batches, cfg.quant_calibration_method,
+                                       cfg.batch_size, cfg.seed) if quantize else None
+    measured = export.ship(model, directory, image_size=cfg.image_size, manifest=manifest, threads=cfg.worker_cpus,
+                           latency_budget_s=cfg.latency_budget_s, val=(data.x_val, data.y_val),
+                           val_acc=metrics.get("val_acc"),
+                           quantize=(lambda path: family.at_export(path, data.x_train)) if family else None)
     model.train()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)

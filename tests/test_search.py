@@ -53,13 +53,16 @@ def test_search_writes_trials_front_plot_and_teacher(first_run):
 
 @pytest.mark.e2e
 def test_front_is_non_dominated_and_checkpoints_reproduce_metrics_exactly(first_run):
+    from raytune_ft import export
+
     trials = pd.read_csv(first_run / "trials.csv")
     front = pd.read_csv(first_run / "pareto.csv")
+    size = "model_bytes_compressed"  # the quickstart's size objective (issue 13: the shipped file, gzip)
     assert len(front) >= 1 and (front["status"] == "completed").all()
-    assert list(front["nonzero_params"]) == sorted(front["nonzero_params"])
+    assert list(front[size]) == sorted(front[size])
     for _, row in front.iterrows():
-        better = trials[(trials.val_acc >= row.val_acc) & (trials.nonzero_params <= row.nonzero_params)
-                        & ((trials.val_acc > row.val_acc) | (trials.nonzero_params < row.nonzero_params))]
+        better = trials[(trials.val_acc >= row.val_acc) & (trials[size] <= row[size])
+                        & ((trials.val_acc > row.val_acc) | (trials[size] < row[size]))]
         assert better.empty, f"{row.trial_id} is dominated by {list(better.trial_id)}"
 
         model, meta = models.load_checkpoint(row.checkpoint)
@@ -68,9 +71,12 @@ def test_front_is_non_dominated_and_checkpoints_reproduce_metrics_exactly(first_
         layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
         x_val = splits.x_val.contiguous(memory_format=layout)
         model.to(memory_format=layout)
-        assert train.evaluate(model, x_val, splits.y_val)["val_acc"] == row.val_acc
+        torch_acc = row.val_acc_fp32 if cfg.use_quantization else row.val_acc  # int8: val_acc is the ORT file's
+        assert train.evaluate(model, x_val, splits.y_val)["val_acc"] == torch_acc
+        deployed = Path(row.export_path) / json.loads((Path(row.export_path) / export.MANIFEST).read_text())["deployed"]
+        assert deployed.name == (export.INT8_FILE if cfg.use_quantization else export.ONNX_FILE)
+        assert export.onnx_weight_counts(deployed)[1] == row.nonzero_params
         sizes = pruning.size_metrics(model, pruning.prunable_parameters(model, models.head_parameter_names(model)))
-        assert sizes["nonzero_params"] == row.nonzero_params
         assert sizes["sparsity"] == pytest.approx(cfg.final_sparsity, abs=1e-6)
 
 
@@ -143,32 +149,37 @@ def test_exported_front_models_reload_without_raytune_ft_and_match_the_reported_
     cfg = TrialConfig.from_dict(json.loads((Path(front.checkpoint[0]) / models.CHECKPOINT_META).read_text())["config"])
     splits = data.load_splits(cfg)
     torch.save({"x": splits.x_val, "y": splits.y_val}, tmp_path / "val.pt")
+    np_val = tmp_path / "val.npz"
+    import numpy as np
+
+    np.savez(np_val, x=splits.x_val.numpy(), y=splits.y_val.numpy())
+    # issue 13: the numbers are those of the deployed file (manifest "deployed"), run in ONNX Runtime
     code = """
-import json, os, sys, torch
-path, val = sys.argv[1], torch.load(sys.argv[2], weights_only=True)
-program = torch.export.load(os.path.join(path, "model.pt2"))
-with torch.no_grad():
-    pred = program.module()(val["x"]).argmax(1)
-params = dict(program.named_parameters())
+import json, os, sys, numpy as np, onnxruntime as ort
+path, val = sys.argv[1], np.load(sys.argv[2])
+manifest = json.load(open(os.path.join(path, "manifest.json")))
+session = ort.InferenceSession(os.path.join(path, manifest["deployed"]), providers=["CPUExecutionProvider"])
+pred = session.run(None, {"images": val["x"]})[0].argmax(1)
 print(json.dumps({
-    "val_acc": (pred == val["y"]).float().mean().item(),
-    "params": sum(p.numel() for p in params.values()),
-    "nonzero_params": sum(int(torch.count_nonzero(p)) for p in params.values()),
-    "model_bytes": os.path.getsize(os.path.join(path, "model.pt2")),
-    "class_names": json.load(open(os.path.join(path, "manifest.json")))["class_names"],
-    "raytune_ft_imported": any(m.startswith("raytune_ft") for m in sys.modules),
+    "val_acc": float((pred == val["y"]).mean()),
+    "model_bytes": os.path.getsize(os.path.join(path, manifest["deployed"])),
+    "class_names": manifest["class_names"],
+    "raytune_ft_imported": any(m.split(".")[0] in ("raytune_ft", "torch") for m in sys.modules),
 }))
 """
+    from raytune_ft import export
+
     for _, row in front.iterrows():
-        proc = subprocess.run([sys.executable, "-c", code, row.export_path, str(tmp_path / "val.pt")],
+        proc = subprocess.run([sys.executable, "-c", code, row.export_path, str(np_val)],
                               capture_output=True, text=True, cwd=tmp_path, timeout=120)
         assert proc.returncode == 0, proc.stderr
         got = json.loads(proc.stdout)
         assert not got["raytune_ft_imported"]
         assert got["class_names"] == list(splits.class_names)
-        assert (got["params"], got["nonzero_params"], got["model_bytes"]) == (
-            row.params, row.nonzero_params, row.model_bytes)
-        # the exported graph runs NCHW kernels, training evaluated NHWC: allow one image of float noise
+        deployed = Path(row.export_path) / json.loads((Path(row.export_path) / "manifest.json").read_text())["deployed"]
+        assert export.onnx_weight_counts(deployed) == (row.params, row.nonzero_params)
+        assert got["model_bytes"] == row.model_bytes
+        # fp32: training evaluated NHWC in torch, the file runs in ORT: allow one image of float noise
         assert abs(got["val_acc"] - row.val_acc) <= 1 / len(splits.y_val) + 1e-9
 
 
