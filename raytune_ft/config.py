@@ -35,6 +35,7 @@ class TrialConfig:
     test_fraction: float = 0.2  # stratified hold-out no selection touches (test_acc, after the search), where
     # the dataset has no test split of its own (imagefolder test/, CIFAR test batch, Fashion-MNIST t10k)
     max_samples: int | None = None  # use a stratified subset of this many images (quick tests)
+    max_test_samples: int | None = None  # a stratified subset of a dataset's own test split (null: all of it)
     data_seed: int = 0  # fixes the train/val/test split; the same for every trial of an experiment
     download: bool = False  # cifar10/cifar100 only: fetch the dataset into data_root if it is missing
     on_bad_image: str = "error"  # one of ON_BAD_IMAGE: stop naming bad files, or skip and list them
@@ -141,6 +142,8 @@ class TrialConfig:
             )
         if self.max_samples is not None and self.max_samples < 20:
             raise ValueError(f"max_samples must be >= 20 or null, got {self.max_samples!r}")
+        if self.max_test_samples is not None and self.max_test_samples < 20:
+            raise ValueError(f"max_test_samples must be >= 20 or null, got {self.max_test_samples!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:

@@ -12,14 +12,12 @@ and flips per batch.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
-import json
 import pickle
 import unicodedata
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -126,6 +124,9 @@ def load_splits(cfg: TrialConfig) -> Splits:
         test_share = cfg.test_fraction
     if pool.test_images is not None:
         x_test, y_test = pool.test_images, pool.test_labels
+        if cfg.max_test_samples and cfg.max_test_samples < len(y_test):
+            keep = _stratified_take(y_test, cfg.max_test_samples, np.random.default_rng(cfg.data_seed + 1))
+            x_test, y_test = x_test[keep], y_test[keep]
     elif cfg.test_fraction > 0:
         test = _stratified_take(y_train, max(1, round(test_share * len(y_train))), rng)
         rest = np.setdiff1d(np.arange(len(y_train)), test)

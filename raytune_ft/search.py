@@ -25,8 +25,8 @@ from typing import Any
 
 DEFAULT_STORAGE = "ray_results"  # relative to the current directory
 STORAGE_ENV = "RAYTUNE_FT_STORAGE"  # the default --storage-path where set, e.g. s3://bucket/prefix on a cluster
-DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "test_fraction", "max_samples", "data_seed", "download",
-               "on_bad_image")
+DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "test_fraction", "max_samples",
+               "max_test_samples", "data_seed", "download", "on_bad_image")
 TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity", "model_bytes",
                  "model_bytes_compressed", "macs", "flops", "latency_ms_b1", "latency_ms_b32",
                  "train_loss", "task_loss", "kd_loss", "l2sp_loss")
@@ -128,7 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "0.0.0.0 exposes it, and with it job submission, to the network); default: no dashboard")
     p.add_argument("--confirm", type=int, default=1, metavar="K",
                    help="after the search, re-run every front recipe with K - 1 more seeds (model init and batch "
-                   "order) in parallel and write confirmed.csv (mean ± std of test_acc and size); default 1: no re-runs")
+                   "order) in parallel and write confirmed.csv (mean ± std of test_acc and size); default 1: "
+                   "no re-runs")
     p.add_argument("--resume", action="store_true",
                    help="continue the experiment <storage-path>/<name> instead of refusing to touch it; "
                    "this unpickles Tune's saved state: resume only folders you trust")

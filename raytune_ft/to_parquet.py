@@ -4,7 +4,8 @@ Writes OUT_DIR/train/, OUT_DIR/val/ and OUT_DIR/test/ (part-NNNNN.parquet each) 
 (the original encoded file bytes), label (int64), index (int64, stable: the file's position in
 the sorted folder) and path (relative to IMAGEFOLDER), plus OUT_DIR/dataset.json (class names,
 row counts, skipped files). test/ is the folder's own test/ split, else a stratified --test-fraction
-(none with --test-fraction 0); it is read only after a search (holdout.py). Rows are shuffled (seeded) across shards, never class by class.
+(none with --test-fraction 0); it is read only after a search (holdout.py). Rows are shuffled
+(seeded) across shards, never class by class.
 Shards are written one at a time, so memory stays bounded.
 """
 
