@@ -414,6 +414,7 @@ def honest_results(trials, front, space, where: Location, teacher: dict[str, Any
     from raytune_ft import holdout, report
 
     exp_dir, cfg = where.local, space.teacher_config()
+    started = time.perf_counter()
     test = holdout.load_test(cfg)
     if test is None:
         print("test: no test split (test_fraction 0 and none in the dataset): no test_acc", flush=True)
@@ -432,6 +433,8 @@ def honest_results(trials, front, space, where: Location, teacher: dict[str, Any
                            title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front "
                            "(bars: test_acc, Wilson 95 %)")
         where.upload("pareto.csv", "pareto.png", "teacher.json", "test_front.json")
+        print(f"test: {len(front)} front point(s) and the teacher evaluated in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
     confirmed = None
     if confirm > 1 and len(front):
         runs = holdout.confirm_runs(front, [p.name for p in space.params], space.fixed, confirm)
