@@ -297,7 +297,7 @@ def write_report(exps: Sequence[Experiment], out: Path) -> Path:
 
 
 def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[str], pd.DataFrame]:
-    from raytune_ft import report
+    from raytune_ft import holdout, report
 
     trials, size, acc = exp.trials, exp.size_name, exp.acc_name
     front = pareto.pareto_front(trials, exp.objectives) if len(trials) else trials
@@ -319,7 +319,7 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
     hover = [f"{r['trial_id']} [{r['status']}] {acc}={_fmt(r.get(acc))} {size}={_fmt(r.get(size))} | "
              + recipe_text(r, exp.params) for _, r in trials.iterrows()]
     h.append(report.pareto_svg(trials, exp.objectives, hover, teacher=teacher or None))
-    report.plot_pareto(trials, exp.objectives, out / f"{prefix}pareto.png",
+    report.plot_pareto(holdout.with_test_columns(trials, exp.local_dir), exp.objectives, out / f"{prefix}pareto.png",
                        teacher=teacher if _number(teacher.get(acc)) else None,
                        baselines=list((teacher.get("baselines") or {}).values()),
                        title=f"{exp.name}: {len(trials)} trials, {len(front)} on the front")
@@ -351,6 +351,7 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
         h += [report.html_table(table), report.html_table(files)]
     else:
         h.append('<p class="note">No completed trial yet, so no front.</p>')
+    h += holdout.trust_section(exp.local_dir, front, acc, teacher)  # test_acc, intervals, confirmed front
 
     scales = hv_scales(trials, exp.objectives, exp.teacher)
     curve = hypervolume_curve(trials, exp.objectives, scales, exp.start_time)

@@ -19,7 +19,7 @@ LR_SCHEDULES = ("cosine", "constant")
 PRUNING_SCOPES = ("global", "layer")
 CHANNEL_IMPORTANCE = ("l1", "l2", "taylor", "bn_scale")
 CHANNEL_SCOPES = ("uniform", "global")
-DATASETS = ("digits", "imagefolder", "cifar10", "cifar100", "parquet")
+DATASETS = ("digits", "imagefolder", "cifar10", "cifar100", "fashion_mnist", "parquet")
 ON_BAD_IMAGE = ("error", "skip")
 QUANT_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # quantization.CALIBRATION_METHODS
 
@@ -32,9 +32,12 @@ class TrialConfig:
     dataset: str = "digits"  # one of DATASETS
     data_root: str | None = None  # folder for imagefolder / cifar10 / cifar100 / parquet (data.py)
     image_size: int = 32  # square input side in pixels
-    val_fraction: float = 0.2  # stratified hold-out used for val_acc
+    val_fraction: float = 0.2  # stratified hold-out used for val_acc (selection, early stopping, sampler)
+    test_fraction: float = 0.2  # stratified hold-out no selection touches (test_acc, after the search), where
+    # the dataset has no test split of its own (imagefolder test/, CIFAR test batch, Fashion-MNIST t10k)
     max_samples: int | None = None  # use a stratified subset of this many images (quick tests)
-    data_seed: int = 0  # fixes the train/val split; the same for every trial of an experiment
+    max_test_samples: int | None = None  # a stratified subset of a dataset's own test split (null: all of it)
+    data_seed: int = 0  # fixes the train/val/test split; the same for every trial of an experiment
     download: bool = False  # cifar10/cifar100 only: fetch the dataset into data_root if it is missing
     on_bad_image: str = "error"  # one of ON_BAD_IMAGE: stop naming bad files, or skip and list them
     augment: bool = False  # random resized crop + horizontal flip of training batches
@@ -136,8 +139,11 @@ class TrialConfig:
         _check_range("lr", self.lr, low=0.0, low_open=True)
         for name in ("weight_decay", "l2sp_alpha", "l2sp_beta", "kd_temperature"):
             _check_range(name, getattr(self, name), low=0.0)
-        for name in ("val_fraction", "label_smoothing", "dropout", "final_sparsity"):
+        for name in ("val_fraction", "test_fraction", "label_smoothing", "dropout", "final_sparsity"):
             _check_range(name, getattr(self, name), low=0.0, high=1.0, high_open=True)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be < 1 (something must be left to train on), got "
+                             f"{self.val_fraction} + {self.test_fraction}")
         for name in ("kd_alpha", "pruning_start", "pruning_end", "warmup_fraction", "momentum"):
             _check_range(name, getattr(self, name), low=0.0, high=1.0)
         if self.kd_temperature <= 0:
@@ -148,6 +154,8 @@ class TrialConfig:
             )
         if self.max_samples is not None and self.max_samples < 20:
             raise ValueError(f"max_samples must be >= 20 or null, got {self.max_samples!r}")
+        if self.max_test_samples is not None and self.max_test_samples < 20:
+            raise ValueError(f"max_test_samples must be >= 20 or null, got {self.max_test_samples!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:

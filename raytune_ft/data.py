@@ -1,20 +1,23 @@
 """In-memory datasets a trial trains on (`load_splits`), and the image decoding and augmentation
 shared with the streamed Parquet path (streaming.py).
 
-Normalized with the model's own mean/std: `digits` (scikit-learn, embedded), `imagefolder`
-(one sub-folder per class, optionally under `train/` + `val/`), `cifar10` / `cifar100` (a local
-torchvision root). Stored inputs are deterministic; `augment_batch` adds random resized crops
+Three splits: train (fit), val (selection, early stopping, the sampler) and test (evaluated once,
+after the search, by holdout.py; `Splits.without_test()` is what trials get). Normalized with the
+model's own mean/std: `digits` (scikit-learn, embedded), `imagefolder` (one sub-folder per class,
+optionally under `train/` + `val/` + `test/`), `cifar10` / `cifar100` (a local torchvision root,
+its official test batch), `fashion_mnist` (the four IDX files, e.g. Debian's
+dataset-fashion-mnist). Stored inputs are deterministic; `augment_batch` adds random resized crops
 and flips per batch.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import gzip
 import pickle
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +30,12 @@ IMAGENET_MEAN = models.IMAGENET_MEAN
 IMAGENET_STD = models.IMAGENET_STD
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 VAL_DIR_NAMES = ("val", "valid", "validation")
+TEST_DIR_NAME = "test"
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist puts the files
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                       "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
 MAX_LISTED = 10  # bad files named in one error message
 
 
@@ -44,10 +53,18 @@ class Splits:
     skipped: tuple[str, ...] = ()  # files/folders left out under on_bad_image: skip, each "path: why"
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    # the test split: evaluated once after the search (holdout.py), never given to a trial
+    x_test: torch.Tensor = field(default_factory=lambda: torch.empty(0, 3, 1, 1))
+    y_test: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def without_test(self) -> Splits:
+        """These splits with the test images removed: what trials, the teacher and the sampler see."""
+        return dataclasses.replace(self, x_test=torch.empty(0, *self.x_test.shape[1:]),
+                                   y_test=torch.empty(0, dtype=torch.int64))
 
 
 @dataclass
@@ -60,11 +77,20 @@ class _Pool:
     val_images: np.ndarray | None = None  # given by the dataset (imagefolder train/ + val/)
     val_labels: np.ndarray | None = None
     skipped: list[str] = field(default_factory=list)
+    test_images: np.ndarray | None = None  # given by the dataset (test/ folder, CIFAR test batch, t10k)
+    test_labels: np.ndarray | None = None
 
 
 def load_splits(cfg: TrialConfig) -> Splits:
-    """The train/val tensors for `cfg` (dataset, data_root, image_size, val_fraction, max_samples,
-    data_seed, on_bad_image), normalized with the mean/std of `cfg.model`'s pretrained weights."""
+    """The train/val/test tensors for `cfg` (dataset, data_root, image_size, val_fraction,
+    test_fraction, max_samples, data_seed, on_bad_image), normalized with the mean/std of
+    `cfg.model`'s pretrained weights.
+
+    Split rule (one rng seeded with data_seed, so the split is the same in every process): a
+    stratified max_samples subset of the training pool; then validation, a stratified val_fraction
+    of it (or the dataset's own val split); then test, a stratified test_fraction of the pool taken
+    from what is left (or the dataset's own test split, which max_samples does not cap); the rest
+    trains. Validation is drawn first, so it is the same split as before test existed."""
     inp = models.input_config(cfg.model)
     if cfg.dataset == "digits":
         pool = _Pool(*_digits())
@@ -72,9 +98,11 @@ def load_splits(cfg: TrialConfig) -> Splits:
         pool = _load_imagefolder(cfg, inp)
     elif cfg.dataset in CIFAR:
         pool = _load_cifar(cfg)
+    elif cfg.dataset == "fashion_mnist":
+        pool = _load_fashion_mnist(cfg)
     elif cfg.dataset == "parquet":
         raise DataError("dataset parquet streams through Ray Data and is not loaded into memory: use "
-                        "data.ray_datasets(cfg)")
+                        "streaming.parquet_splits(cfg)")
     else:  # config.py validates the name; this guards a new entry without a loader
         raise AssertionError(cfg.dataset)
     rng = np.random.default_rng(cfg.data_seed)
@@ -83,8 +111,9 @@ def load_splits(cfg: TrialConfig) -> Splits:
         keep = _stratified_take(labels, cfg.max_samples, rng) if cfg.max_samples else np.arange(len(labels))
         images, labels = images[keep], labels[keep]
         val = _stratified_take(labels, max(1, round(cfg.val_fraction * len(labels))), rng)
-        train = np.setdiff1d(np.arange(len(labels)), val)
-        x_train, y_train, x_val, y_val = images[train], labels[train], images[val], labels[val]
+        rest = np.setdiff1d(np.arange(len(labels)), val)
+        x_train, y_train, x_val, y_val = images[rest], labels[rest], images[val], labels[val]
+        test_share = cfg.test_fraction * len(labels) / max(1, len(rest))  # test_fraction is of the whole pool
     else:  # the folder's own split; max_samples keeps the train:val proportion
         x_train, y_train, x_val, y_val = images, labels, pool.val_images, pool.val_labels
         if cfg.max_samples and cfg.max_samples < len(y_train) + len(y_val):
@@ -92,11 +121,24 @@ def load_splits(cfg: TrialConfig) -> Splits:
             t = _stratified_take(y_train, max(1, round(share * len(y_train))), rng)
             v = _stratified_take(y_val, max(1, round(share * len(y_val))), rng)
             x_train, y_train, x_val, y_val = x_train[t], y_train[t], x_val[v], y_val[v]
-    _check_memory(len(y_train) + len(y_val), cfg)
+        test_share = cfg.test_fraction
+    if pool.test_images is not None:
+        x_test, y_test = pool.test_images, pool.test_labels
+        if cfg.max_test_samples and cfg.max_test_samples < len(y_test):
+            keep = _stratified_take(y_test, cfg.max_test_samples, np.random.default_rng(cfg.data_seed + 1))
+            x_test, y_test = x_test[keep], y_test[keep]
+    elif cfg.test_fraction > 0:
+        test = _stratified_take(y_train, max(1, round(test_share * len(y_train))), rng)
+        rest = np.setdiff1d(np.arange(len(y_train)), test)
+        x_test, y_test, x_train, y_train = x_train[test], y_train[test], x_train[rest], y_train[rest]
+    else:
+        x_test, y_test = x_train[:0], y_train[:0]
+    _check_memory(len(y_train) + len(y_val) + len(y_test), cfg)
     return Splits(
         _to_model_input(x_train, cfg.image_size, inp), torch.as_tensor(y_train, dtype=torch.int64),
         _to_model_input(x_val, cfg.image_size, inp), torch.as_tensor(y_val, dtype=torch.int64),
         pool.class_names, tuple(pool.skipped), tuple(inp.mean), tuple(inp.std),
+        _to_model_input(x_test, cfg.image_size, inp), torch.as_tensor(y_test, dtype=torch.int64),
     )
 
 
@@ -108,6 +150,8 @@ def check_dataset(cfg: TrialConfig) -> None:
         _scan_imagefolder(cfg.data_root, cfg.on_bad_image, verify=True)
     elif cfg.dataset in CIFAR:
         _cifar_files(cfg)
+    elif cfg.dataset == "fashion_mnist":
+        _fashion_mnist_files(cfg)
     elif cfg.dataset == "parquet":
         from raytune_ft import streaming
 
@@ -189,10 +233,12 @@ class FolderLayout:
     train: list[tuple[Path, int]]
     val: list[tuple[Path, int]] | None  # None: split by val_fraction
     skipped: list[str]
+    test: list[tuple[Path, int]] | None = None  # None: split by test_fraction
 
 
 def _scan_imagefolder(root: str | None, on_bad_image: str, *, verify: bool) -> FolderLayout:
-    """Read the layout of `root`: one sub-folder per class, or `train/` + `val/` each holding them.
+    """Read the layout of `root`: one sub-folder per class, or `train/` (+ `val/`, + `test/`) each
+    holding them.
 
     verify: open every file's header (cheap) to find files that are not images. Empty class
     folders and unreadable files raise DataError (all named) unless on_bad_image == "skip".
@@ -206,20 +252,22 @@ def _scan_imagefolder(root: str | None, on_bad_image: str, *, verify: bool) -> F
     train_root = path / "train"
     if train_root.is_dir() and _subdirs(train_root):
         val_root = next((path / n for n in VAL_DIR_NAMES if (path / n).is_dir()), None)
+        test_root = path / TEST_DIR_NAME if (path / TEST_DIR_NAME).is_dir() else None
     else:
-        train_root, val_root = path, None
+        train_root, val_root, test_root = path, None, None
     train_classes = _class_folders(train_root)
     names = tuple(train_classes)
-    if val_root is not None:
-        val_classes = _class_folders(val_root)
-        if set(val_classes) != set(train_classes):
-            only_train = sorted(set(train_classes) - set(val_classes))
-            only_val = sorted(set(val_classes) - set(train_classes))
-            raise DataError(f"the class folders of {str(train_root)!r} and {str(val_root)!r} differ: only in "
-                            f"train: {only_train}, only in val: {only_val}")
     split_files = {"train": _class_files(train_classes, problems, verify)}
-    if val_root is not None:
-        split_files["val"] = _class_files(val_classes, problems, verify)
+    for split, other_root in (("val", val_root), ("test", test_root)):
+        if other_root is None:
+            continue
+        other = _class_folders(other_root)
+        if set(other) != set(train_classes):
+            only_train = sorted(set(train_classes) - set(other))
+            only_other = sorted(set(other) - set(train_classes))
+            raise DataError(f"the class folders of {str(train_root)!r} and {str(other_root)!r} differ: only in "
+                            f"train: {only_train}, only in {split}: {only_other}")
+        split_files[split] = _class_files(other, problems, verify)
     if problems and on_bad_image != "skip":
         listed = "; ".join(problems[:MAX_LISTED]) + (f"; and {len(problems) - MAX_LISTED} more"
                                                       if len(problems) > MAX_LISTED else "")
@@ -230,10 +278,10 @@ def _scan_imagefolder(root: str | None, on_bad_image: str, *, verify: bool) -> F
     if len(kept) < 2:
         raise DataError(f"data_root {root!r} must hold at least 2 class folders with images, found {len(kept)}")
     problems += [f"{f}: class {c!r} has no training images" for c in names if c not in kept
-                 for f in split_files.get("val", {}).get(c, [])]
+                 for split in ("val", "test") for f in split_files.get(split, {}).get(c, [])]
     label = {c: i for i, c in enumerate(kept)}
     lists = {s: [(f, label[c]) for c in kept for f in files[c]] for s, files in split_files.items()}
-    return FolderLayout(path, tuple(kept), lists["train"], lists.get("val"), problems)
+    return FolderLayout(path, tuple(kept), lists["train"], lists.get("val"), problems, lists.get("test"))
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -302,10 +350,12 @@ def _load_imagefolder(cfg: TrialConfig, inp: models.InputConfig) -> _Pool:
                                         np.random.default_rng(cfg.data_seed))
                 setattr(layout, name, [files[i] for i in keep])
     images, labels = read(layout.train)
-    if layout.val is None:
-        return _Pool(images, labels, layout.class_names, skipped=skipped)
-    val_images, val_labels = read(layout.val)
-    return _Pool(images, labels, layout.class_names, val_images, val_labels, skipped)
+    pool = _Pool(images, labels, layout.class_names, skipped=skipped)
+    if layout.val is not None:
+        pool.val_images, pool.val_labels = read(layout.val)
+    if layout.test is not None:  # the folder's own test split, never capped by max_samples
+        pool.test_images, pool.test_labels = read(layout.test)
+    return pool
 
 
 # --- digits and CIFAR ----------------------------------------------------------------------------
@@ -361,11 +411,22 @@ def _unpickle(path: Path) -> dict:
         raise DataError(f"cannot read CIFAR file {str(path)!r}: {type(err).__name__}: {err}") from err
 
 
+CIFAR_TEST = {"cifar10": "test_batch", "cifar100": "test"}  # the official test batch, next to the training ones
+
+
 def _load_cifar(cfg: TrialConfig) -> _Pool:
-    """The CIFAR training set; validation is a stratified val_fraction of it (the test batch stays unseen)."""
+    """The CIFAR training set, validation a stratified val_fraction of it; test is the official test
+    batch when the root has it, else a stratified test_fraction of the training set."""
     *batches, meta = _cifar_files(cfg)
     _, _, _, name_key, label_key, _ = CIFAR[cfg.dataset]
     names = tuple(_unpickle(meta)[name_key])
+    train = _read_cifar_batches(batches, label_key, names)
+    test_file = batches[0].parent / CIFAR_TEST[cfg.dataset]
+    test = _read_cifar_batches([test_file], label_key, names) if test_file.is_file() else (None, None)
+    return _Pool(*train, names, test_images=test[0], test_labels=test[1])
+
+
+def _read_cifar_batches(batches: list[Path], label_key: str, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for path in batches:
         batch = _unpickle(path)
@@ -379,7 +440,47 @@ def _load_cifar(cfg: TrialConfig) -> _Pool:
     if len(bad):
         raise DataError(f"CIFAR labels out of range [0, {len(names)}) in {str(batches[0].parent)!r} at "
                         f"rows {bad[:MAX_LISTED].tolist()}")
-    return _Pool(np.concatenate(images), y, names)
+    return np.concatenate(images), y
+
+
+def _fashion_mnist_files(cfg: TrialConfig) -> dict[str, tuple[Path, Path]]:
+    """split -> (images, labels) IDX .gz files under data_root (default: Debian's install folder)."""
+    root = Path(cfg.data_root or FASHION_MNIST_ROOT)
+    files = {split: (root / images, root / labels) for split, (images, labels) in FASHION_MNIST_FILES.items()}
+    missing = [str(f) for pair in files.values() for f in pair if not f.is_file()]
+    if missing:
+        raise DataError(f"fashion_mnist not found: {missing[0]!r} is missing. Install it with "
+                        f"`apt-get install dataset-fashion-mnist` (files in {FASHION_MNIST_ROOT}), or set data_root to "
+                        f"a folder holding {', '.join(f for pair in FASHION_MNIST_FILES.values() for f in pair)}")
+    return files
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format, gzip-compressed): big-endian magic 0x0000 08 D (unsigned
+    bytes, D dimensions), D big-endian int32 sizes, then the uint8 data."""
+    try:
+        raw = gzip.decompress(path.read_bytes())
+        zero, dtype, ndim = raw[0:2], raw[2], raw[3]
+        if zero != b"\0\0" or dtype != 0x08:
+            raise ValueError(f"magic {raw[:4].hex()} is not an unsigned-byte IDX file")
+        shape = tuple(int(v) for v in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+        return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()  # writable
+    except (OSError, ValueError, IndexError) as err:
+        raise DataError(f"cannot read IDX file {str(path)!r}: {err}") from err
+
+
+def _load_fashion_mnist(cfg: TrialConfig) -> _Pool:
+    """Fashion-MNIST (Xiao et al. 2017): 60,000 training and 10,000 official test images (t10k),
+    28x28 grayscale, as (n, 1, 28, 28) uint8 (_to_model_input repeats the channel 3 times)."""
+    splits = {}
+    for split, (images_path, labels_path) in _fashion_mnist_files(cfg).items():
+        images, labels = read_idx(images_path), read_idx(labels_path).astype(np.int64)
+        if images.ndim != 3 or len(images) != len(labels) or labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
+            raise DataError(f"{str(images_path)!r} / {str(labels_path)!r}: expected n x 28 x 28 images and n labels "
+                            f"in [0, 10), got {images.shape} and {labels.shape}")
+        splits[split] = (images[:, None], labels)
+    return _Pool(*splits["train"], FASHION_MNIST_CLASSES, test_images=splits["test"][0],
+                 test_labels=splits["test"][1])
 
 
 # --- shared helpers ------------------------------------------------------------------------------
@@ -425,6 +526,7 @@ def _to_model_input(images: np.ndarray, size: int, inp: models.InputConfig) -> t
     for i in range(0, len(images), 4096):  # in chunks: one float copy of the whole set at most
         x = torch.from_numpy(np.ascontiguousarray(images[i : i + 4096]))
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # grayscale -> 3 channels
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                               antialias=size < x.shape[-1])

@@ -97,6 +97,7 @@ def plot_pareto(
                     fontsize=7,
                     color="tab:red",
                 )
+    draw_test_intervals(ax, front, x_name, teacher)
     teacher_x = None
     if teacher is not None:
         teacher_y = float(teacher[y_name])
@@ -157,6 +158,29 @@ def plot_pareto(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, format="png")
     return path
+
+
+def draw_test_intervals(ax: Any, front: pd.DataFrame, x_name: str, teacher: Mapping[str, Any] | None = None) -> None:
+    """Test accuracy of the front points (and the teacher) as hollow diamonds with their Wilson 95 %
+    interval as error bars (holdout.py), next to the val_acc the front was selected on."""
+    rows = [dict(r) for _, r in front.iterrows()] + ([dict(teacher)] if teacher else [])
+    rows = [r for r in rows if _finite(r.get("test_acc")) and _finite(r.get(x_name))]
+    if not rows:
+        return
+    x = np.array([float(r[x_name]) for r in rows])
+    acc = np.array([float(r["test_acc"]) for r in rows])
+    low = np.array([float(r["test_acc_low"]) for r in rows])
+    high = np.array([float(r["test_acc_high"]) for r in rows])
+    ax.errorbar(x, acc, yerr=np.vstack([acc - low, high - acc]), fmt="D", markersize=5, mfc="none",
+                color="tab:green", ecolor="tab:green", elinewidth=1, capsize=3, zorder=4,
+                label="test_acc, Wilson 95 %")
+
+
+def format_interval(row: Mapping[str, Any]) -> str:
+    """"0.9650 [0.9412, 0.9795]": test_acc and its Wilson 95 % interval ("" when missing)."""
+    if not _finite(row.get("test_acc")):
+        return ""
+    return f"{float(row['test_acc']):.4f} [{float(row['test_acc_low']):.4f}, {float(row['test_acc_high']):.4f}]"
 
 
 def format_front(front: pd.DataFrame, columns: Sequence[str], *, max_rows: int = 30) -> str:
@@ -488,6 +512,12 @@ def _no_data(ax: Any, text: str) -> None:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _finite(value: Any) -> bool:
+    """A finite number, numpy scalars included (not bool, not NaN, not a string)."""
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_) \
+        and math.isfinite(float(value))
 
 
 def _padded(values: Sequence[float]) -> tuple[float, float]:

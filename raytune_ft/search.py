@@ -25,8 +25,8 @@ from typing import Any
 
 DEFAULT_STORAGE = "ray_results"  # relative to the current directory
 STORAGE_ENV = "RAYTUNE_FT_STORAGE"  # the default --storage-path where set, e.g. s3://bucket/prefix on a cluster
-DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "max_samples", "data_seed", "download",
-               "on_bad_image")
+DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "test_fraction", "max_samples",
+               "max_test_samples", "data_seed", "download", "on_bad_image")
 TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity", "model_bytes",
                  "model_bytes_compressed", "macs", "flops", "latency_ms_b1", "latency_ms_b32",
                  "latency_ms_b1_iqr", "latency_ms_b32_iqr", "train_loss", "task_loss", "kd_loss", "l2sp_loss")
@@ -129,6 +129,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dashboard-host", default=None, metavar="HOST",
                    help="start the local cluster's dashboard bound to HOST (127.0.0.1: this machine only; "
                    "0.0.0.0 exposes it, and with it job submission, to the network); default: no dashboard")
+    p.add_argument("--confirm", type=int, default=1, metavar="K",
+                   help="after the search, re-run every front recipe with K - 1 more seeds (model init and batch "
+                   "order) in parallel and write confirmed.csv (mean ± std of test_acc and size); default 1: "
+                   "no re-runs")
     p.add_argument("--resume", action="store_true",
                    help="continue the experiment <storage-path>/<name> instead of refusing to touch it; "
                    "this unpickles Tune's saved state: resume only folders you trust")
@@ -139,6 +143,8 @@ def prepare(args: argparse.Namespace):
     """Everything that can fail on user input, checked before Ray starts."""
     from raytune_ft import data, models, spaces
 
+    if getattr(args, "confirm", 1) < 1:
+        raise UserError(f"--confirm must be >= 1 (runs per front recipe), got {args.confirm}")
     try:
         space = spaces.load_space(spaces.resolve_space(args.space))
         overrides = list(args.overrides)
@@ -327,6 +333,7 @@ def run_search(space, where: Location, args: argparse.Namespace):
     # parquet: validation in memory, the training split streams in each trial (Ray Data)
     data = streaming.parquet_splits(teacher_cfg) if teacher_cfg.dataset == "parquet" \
         else data_mod.load_splits(teacher_cfg)
+    data = data.without_test()  # trials, the teacher and the sampler never see the test split (holdout.py)
     if data.skipped:  # what on_bad_image: skip left out; each trial reports the count as `skipped`
         (exp_dir / "skipped.txt").write_text("".join(f"{line}\n" for line in data.skipped))
         print(f"on_bad_image: skip: left out {len(data.skipped)} file(s)/row(s), listed in skipped.txt", flush=True)
@@ -337,12 +344,10 @@ def run_search(space, where: Location, args: argparse.Namespace):
 
     # MO-ASHA ranks every objective at every epoch: measure the exported sizes cheaply each epoch
     epoch_metrics = tuple(m for m in space.objectives if m in trial.EPOCH_SIZE_METRICS) if space.scheduler else ()
-    trainable = tune.with_resources(
-        tune.with_parameters(trial.tune_trial, fixed=space.fixed, data=data, teacher_logits=logits,
-                             teacher_model=teacher_model, epoch_metrics=epoch_metrics,
-                             checkpoint_every=space.search.checkpoint_every),
-        trial.resources_for(space.fixed),
-    )
+    trial_inputs = dict(fixed=space.fixed, data=data, teacher_logits=logits, teacher_model=teacher_model,
+                        epoch_metrics=epoch_metrics, checkpoint_every=space.search.checkpoint_every)
+    trainable = tune.with_resources(tune.with_parameters(trial.tune_trial, **trial_inputs),
+                                    trial.resources_for(space.fixed))
     if args.resume and tune.Tuner.can_restore(where.uri):
         print(f"resuming {where.uri}", flush=True)
         tuner = tune.Tuner.restore(where.uri, trainable, resume_errored=True)  # callbacks are restored too
@@ -377,7 +382,7 @@ def run_search(space, where: Location, args: argparse.Namespace):
                                           epochs=space.fixed.get("epochs", TrialConfig().epochs))],
             ),
         )
-    return tuner.fit(), teacher
+    return tuner.fit(), teacher, trial_inputs
 
 
 def write_results(trials, space, where: Location, teacher: dict[str, Any]):
@@ -405,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"experiment: {where.uri}\nspace: {space.path} ({space.search.num_samples} trials, "
           f"sampler {space.search.sampler}, seed {space.search.seed})", flush=True)
     try:
-        _, teacher = run_search(space, where, args)
+        _, teacher, trial_inputs = run_search(space, where, args)
     except UserError as err:
         print(f"raytune_ft.search: error: {err}", file=sys.stderr)
         return 2
@@ -414,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     # Tune's files are complete once fit() returned
     trials = results_mod.load_experiment(where.uri).trials if where.remote else results_mod.read_trials(where.local)
     front = write_results(trials, space, where, teacher)
+    front, teacher, confirmed = honest_results(trials, front, space, where, teacher, trial_inputs, args.confirm)
 
     from raytune_ft import report
 
@@ -421,24 +427,84 @@ def main(argv: list[str] | None = None) -> int:
     size = next(k for k, v in space.objectives.items() if v == "min")
     print(f"\n{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) in "
           f"{(time.perf_counter() - started) / 60:.1f} min")
-    print(f"dense teacher: val_acc={teacher['val_acc']:.4f}  {size}={teacher.get(size, math.nan):,}")
+    print(f"dense teacher: val_acc={teacher['val_acc']:.4f}  {size}={teacher.get(size, math.nan):,}"
+          + (f"  test_acc={report.format_interval(teacher)}" if "test_acc" in teacher else ""))
     shown = dict.fromkeys([*space.objectives, "val_acc", "model_bytes_compressed", "latency_ms_b1", "latency_ms_b32"])
     for row in (teacher.get("baselines") or {}).values():
         print(f"baseline {row['baseline']}: " + "  ".join(f"{k}={row[k]:.4g}" for k in shown
-                                                          if isinstance(row.get(k), (int, float))))
+                                                          if isinstance(row.get(k), (int, float)))
+              + (f"  test_acc={report.format_interval(row)}" if "test_acc" in row else ""))
     int8 = (teacher.get("baselines") or {}).get("teacher_int8")
     if int8 is not None:
         from raytune_ft import pareto
 
         print(pareto.dominance_line(front, space.objectives, int8, "the int8 teacher"))
     print("\nPareto front (completed trials, sorted by size):")
-    cols = ["trial_id", *space.objectives, "val_acc_fp32", "model_bytes_compressed", "latency_ms_b1", "latency_ms_b32",
-            "params", "sparsity", *[p.name for p in space.params]]
+    cols = ["trial_id", *space.objectives, *(["test_acc_ci"] if "test_acc" in front else []), "val_acc_fp32",
+            "model_bytes_compressed", "latency_ms_b1", "latency_ms_b32", "params", "sparsity",
+            *[p.name for p in space.params]]
+    front = front.assign(test_acc_ci=[report.format_interval(r) for _, r in front.iterrows()]) \
+        if "test_acc" in front else front
     print(report.format_front(front, list(dict.fromkeys(cols))))
     print(f"\nwrote {where.uri}/trials.csv\n      {where.uri}/pareto.csv\n      "
           f"{where.uri}/pareto.png\n      {where.uri}/teacher.json\n"
           f"full report: python -m raytune_ft.analyze {where.uri}")
+    if confirmed is not None:
+        print(f"\nconfirmed with {args.confirm} seeds per front recipe ({where.uri}/confirmed.csv):\n"
+              + report.format_front(confirmed, list(confirmed.columns)))
     return 0
+
+
+def honest_results(trials, front, space, where: Location, teacher: dict[str, Any], trial_inputs: dict[str, Any],
+                   confirm: int):
+    """After the search, once: the test split (holdout.py) on the deployed files of the front and the
+    teacher (pareto.csv, pareto.png and teacher.json get test_acc with its Wilson 95 % interval,
+    test_front.json the McNemar pairs), then `confirm` - 1 more seeds per front recipe (confirmed.csv).
+    Returns (front, teacher, confirmed table or None)."""
+    from raytune_ft import holdout, report
+
+    exp_dir, cfg = where.local, space.teacher_config()
+    started = time.perf_counter()
+    test = holdout.load_test(cfg)
+    if test is None:
+        print("test: no test split (test_fraction 0 and none in the dataset): no test_acc", flush=True)
+    else:
+        print(f"test: {len(test)} held-out images, evaluated once on each front point's deployed file", flush=True)
+        front, correct = holdout.evaluate_front(front, test, threads=cfg.worker_cpus)
+        front.to_csv(exp_dir / "pareto.csv", index=False)
+        if (exp_dir / "teacher" / "export").is_dir():
+            teacher = {**teacher, **holdout.evaluate_export(exp_dir / "teacher" / "export", test,
+                                                            threads=cfg.worker_cpus)[0]}
+            # the baselines a user would ship first (fp32 and int8 teacher files), on the same test images
+            baselines = {name: {**row, **holdout.evaluate_export(
+                             exp_dir / "teacher" / (INT8_EXPORT_DIR if name == "teacher_int8" else "export"), test,
+                             threads=cfg.worker_cpus)[0]}
+                         for name, row in (teacher.get("baselines") or {}).items()}
+            teacher = {**teacher, "baselines": baselines}
+            (exp_dir / "teacher.json").write_text(json.dumps(teacher, indent=2))
+            if baselines:
+                import pandas as pd
+
+                pd.DataFrame(list(baselines.values())).to_csv(exp_dir / "baselines.csv", index=False)
+        pairs = holdout.indistinguishable(correct)
+        (exp_dir / "test_front.json").write_text(pairs.to_json(orient="records", indent=2))
+        marked = trials.merge(front[["trial_id", *holdout.TEST_COLUMNS]], on="trial_id", how="left")
+        report.plot_pareto(marked, space.objectives, exp_dir / "pareto.png", teacher=teacher,
+                           title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front "
+                           "(bars: test_acc, Wilson 95 %)")
+        where.upload("pareto.csv", "pareto.png", "teacher.json", "test_front.json",
+                     *(["baselines.csv"] if (exp_dir / "baselines.csv").exists() else []))
+        print(f"test: {len(front)} front point(s) and the teacher evaluated in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+    confirmed = None
+    if confirm > 1 and len(front):
+        runs = holdout.confirm_runs(front, [p.name for p in space.params], space.fixed, confirm)
+        print(f"confirm: {len(runs)} more runs ({confirm - 1} seeds x {len(front)} front recipes)", flush=True)
+        done = holdout.run_confirmation(runs, exp_dir, trial_inputs, space.fixed)
+        confirmed = holdout.summarize_confirmation(front, done, space.objectives, test, threads=cfg.worker_cpus)
+        confirmed.to_csv(exp_dir / holdout.CONFIRMED_CSV, index=False)
+        where.upload(holdout.CONFIRMED_CSV, holdout.CONFIRM_DIR)
+    return front, teacher, confirmed
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 `parquet_info` checks a shard folder without reading images, `ray_datasets` streams it (decode and
 augment in `map_batches`), `parquet_selection` counts the rows each split yields (max_samples),
-`parquet_splits` materialises the small validation split. Ray is imported only inside these functions.
+`parquet_splits` materialises the small validation split, `parquet_test_batches` streams the test
+split (test/ shards, read only after a search). Ray is imported only inside these functions.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ PARQUET_META = "dataset.json"  # class names and split sizes, next to the train/
 @dataclass(frozen=True)
 class ParquetInfo:
     class_names: tuple[str, ...]
-    files: dict[str, list[str]]  # split ("train", "val") -> shard paths
+    files: dict[str, list[str]]  # split ("train", "val", and "test" when test/ exists) -> shard paths
     num_rows: dict[str, int]
     bad_rows: tuple[str, ...]  # "shard: index i label l" for labels out of range (skipped under skip)
     labels: dict[str, np.ndarray]  # split -> every row's label, shard by shard (read once, for parquet_selection)
@@ -37,7 +38,7 @@ class ParquetInfo:
 
 def parquet_info(cfg: TrialConfig) -> ParquetInfo:
     """Check a Parquet dataset folder (data_root) without reading images: `dataset.json` with
-    class_names, shards in `train/` and `val/` with columns image (binary) and label (integer),
+    class_names, shards in `train/` and `val/` (and optionally `test/`) with columns image (binary) and label (integer),
     every label in range. Reads only the label and index columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -54,7 +55,9 @@ def parquet_info(cfg: TrialConfig) -> ParquetInfo:
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(f"{str(meta_path)!r} must be JSON with a class_names list ({err})") from err
     files, rows, bad, labels, indices = {}, {}, [], {}, {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
+        if split == "test" and not (root / split).is_dir():
+            continue  # written by an older to_parquet or with --test-fraction 0: no test_acc
         split_labels, split_indices = [], []
         shards = sorted(str(p) for p in (root / split).glob("*.parquet"))
         if not shards:
@@ -86,8 +89,9 @@ def parquet_info(cfg: TrialConfig) -> ParquetInfo:
     return ParquetInfo(names, files, rows, tuple(bad), labels, indices)
 
 
-def ray_datasets(cfg: TrialConfig) -> dict[str, Any]:
-    """{"train": ray.data.Dataset, "val": ray.data.Dataset} streaming cfg.data_root's Parquet shards.
+def ray_datasets(cfg: TrialConfig, splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
+    """{"train": ray.data.Dataset, "val": ray.data.Dataset} streaming cfg.data_root's Parquet shards
+    (`splits`: which; "test" only after a search, holdout.py).
 
     Rows after the map: `image` float32 (3, image_size, image_size) normalized with cfg.model's
     mean/std, `label` int64, `index` int64 (the stable sample index written by to_parquet).
@@ -110,7 +114,9 @@ def ray_datasets(cfg: TrialConfig) -> dict[str, Any]:
     selection = parquet_selection(cfg, info)
     inp = models.input_config(cfg.model)
     out = {}
-    for split in ("train", "val"):
+    for split in splits:
+        if split not in info.files:
+            raise DataError(f"data_root {cfg.data_root!r} has no {split}/ shards")
         shuffle = FileShuffleConfig(seed=cfg.data_seed, reseed_after_execution=True) if split == "train" else None
         context = DataContext.get_current()
         use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
@@ -138,7 +144,7 @@ def parquet_selection(cfg: TrialConfig, info: ParquetInfo | None = None) -> dict
     bytes turn out undecodable while streaming are not known here (see `ray_datasets`)."""
     info = info or parquet_info(cfg)
     labels, indices = {}, {}
-    for split in ("train", "val"):
+    for split in ("train", "val"):  # test/ is the dataset's own split: never capped by max_samples
         label, index = info.labels[split], info.indices[split]
         good = (label >= 0) & (label < len(info.class_names))
         labels[split], indices[split] = label[good], index[good]
@@ -151,6 +157,9 @@ def parquet_selection(cfg: TrialConfig, info: ParquetInfo | None = None) -> dict
         n = max(1, round(cfg.max_samples * len(labels[split]) / total))
         take = _stratified_take(labels[split], n, np.random.default_rng(cfg.data_seed))
         out[split] = (len(take), np.sort(indices[split][take]))
+    if "test" in info.labels:
+        label = info.labels["test"]
+        out["test"] = (int(((label >= 0) & (label < len(info.class_names))).sum()), None)
     return out
 
 
@@ -201,3 +210,13 @@ def _decode_batch(batch: dict[str, np.ndarray], *, size: int, inp: models.InputC
     return {"image": ((x - mean) * scale).astype(np.float32),
             "label": np.asarray(batch["label"])[keep].astype(np.int64),
             "index": np.asarray(batch["index"])[keep].astype(np.int64)}
+
+
+def parquet_test_batches(cfg: TrialConfig, batch_size: int = 256) -> Any:
+    """The test/ shards as an iterator of (images, labels) tensor batches (model input, as
+    `ray_datasets`), or None when the dataset has none. Read once, after the search, by holdout.py;
+    needs Ray."""
+    if "test" not in parquet_info(cfg).files:
+        return None
+    stream = ray_datasets(cfg, ("test",))["test"]
+    return ((batch["image"], batch["label"].long()) for batch in stream.iter_torch_batches(batch_size=batch_size))

@@ -8,7 +8,7 @@ from raytune_ft.config import TrialConfig
 
 
 def test_digits_split_is_stratified_disjoint_and_reproducible():
-    cfg = TrialConfig(image_size=16, val_fraction=0.25)
+    cfg = TrialConfig(image_size=16, val_fraction=0.25, test_fraction=0.0)
     a, b = data.load_splits(cfg), data.load_splits(cfg)
     assert a.x_train.shape[1:] == (3, 16, 16) and a.num_classes == 10
     assert len(a.x_train) + len(a.x_val) == 1797
@@ -16,12 +16,12 @@ def test_digits_split_is_stratified_disjoint_and_reproducible():
     assert torch.equal(a.x_val, b.x_val) and torch.equal(a.y_train, b.y_train)
     counts = torch.bincount(a.y_val, minlength=10)
     assert counts.min() >= 40  # every class in validation
-    other = data.load_splits(TrialConfig(image_size=16, val_fraction=0.25, data_seed=1))
+    other = data.load_splits(TrialConfig(image_size=16, val_fraction=0.25, test_fraction=0.0, data_seed=1))
     assert not torch.equal(other.y_val, a.y_val)
 
 
 def test_max_samples_takes_a_stratified_subset():
-    s = data.load_splits(TrialConfig(max_samples=200))
+    s = data.load_splits(TrialConfig(max_samples=200, test_fraction=0.0))
     assert 190 <= len(s.x_train) + len(s.x_val) <= 210
     assert set(s.y_train.tolist()) == set(range(10))
 
@@ -36,7 +36,8 @@ def _write_folder(root, classes, n=4, size=12):
 
 def test_imagefolder_reads_classes_in_sorted_order(tmp_path):
     _write_folder(tmp_path, ["zebra", "ant", "café au lait"])
-    s = data.load_splits(TrialConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=16, val_fraction=0.25))
+    s = data.load_splits(TrialConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=16, val_fraction=0.25,
+                                     test_fraction=0.0))
     assert s.class_names == ("ant", "café au lait", "zebra")
     assert len(s.x_train) + len(s.x_val) == 12 and s.x_train.shape[1:] == (3, 16, 16)
 
@@ -74,7 +75,7 @@ def test_imagefolder_train_val_folders_with_unicode_class_names(tmp_path):
     classes = ["chat noir", "Ähre", "東京"]
     _write_folder(tmp_path / "train", classes, n=5)
     _write_folder(tmp_path / "val", classes, n=2)
-    cfg = TrialConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=16, weights="none")
+    cfg = TrialConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=16, weights="none", test_fraction=0.0)
     data.check_dataset(cfg)
     s = data.load_splits(cfg)
     assert s.class_names == tuple(sorted(classes))
@@ -114,7 +115,7 @@ def test_bad_images_stop_before_training_naming_every_file(tmp_path):
 
 def test_on_bad_image_skip_goes_on_and_lists_what_it_skipped(tmp_path):
     root = _bad_folder(tmp_path)
-    cfg = TrialConfig(dataset="imagefolder", data_root=str(root), image_size=16, on_bad_image="skip")
+    cfg = TrialConfig(dataset="imagefolder", data_root=str(root), image_size=16, on_bad_image="skip", test_fraction=0.0)
     data.check_dataset(cfg)
     s = data.load_splits(cfg)
     assert s.class_names == ("a", "b", "c")  # the empty class is left out
@@ -147,7 +148,7 @@ def _write_cifar(root, name):
 
 @pytest.mark.parametrize("name, classes", [("cifar10", 10), ("cifar100", 100)])
 def test_cifar_reads_a_local_torchvision_root(tmp_path, name, classes):
-    cfg = TrialConfig(dataset=name, data_root=str(tmp_path), image_size=32, val_fraction=0.5)
+    cfg = TrialConfig(dataset=name, data_root=str(tmp_path), image_size=32, val_fraction=0.5, test_fraction=0.0)
     with pytest.raises(data.DataError, match="download=true"):
         data.check_dataset(cfg)
     written = _write_cifar(tmp_path, name)
@@ -211,7 +212,8 @@ def test_to_parquet_writes_shards_with_labels_index_and_class_names(tmp_path):
 
     _colour_folder(tmp_path / "images")
     out = tmp_path / "shards"
-    assert to_parquet.main([str(tmp_path / "images"), str(out), "--rows-per-shard", "4", "--val-fraction", "0.34"]) == 0
+    assert to_parquet.main([str(tmp_path / "images"), str(out), "--rows-per-shard", "4", "--val-fraction", "0.34",
+                            "--test-fraction", "0"]) == 0
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["class_names"] == ["blue sky", "grün", "red"] and meta["num_rows"] == {"train": 12, "val": 6}
     assert len(list((out / "train").glob("*.parquet"))) == 3
@@ -246,7 +248,7 @@ def test_parquet_streams_through_ray_data_as_torch_batches(tmp_path):
 
     _colour_folder(tmp_path / "images")
     root = tmp_path / "shards"
-    to_parquet.convert(str(tmp_path / "images"), str(root), rows_per_shard=5)
+    to_parquet.convert(str(tmp_path / "images"), str(root), rows_per_shard=5, test_fraction=0.0)
     cfg = TrialConfig(dataset="parquet", data_root=str(root), image_size=16, augment=True)
     info = streaming.parquet_info(cfg)
     assert info.class_names == ("blue sky", "grün", "red") and info.num_rows == {"train": 15, "val": 3}
@@ -283,7 +285,8 @@ def test_imagefolder_max_samples_decodes_only_the_subset(tmp_path, monkeypatch):
     decoded = []
     real = data.decode_image
     monkeypatch.setattr(data, "decode_image", lambda f, *a, **k: decoded.append(f) or real(f, *a, **k))
-    s = data.load_splits(TrialConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=8, max_samples=20))
+    s = data.load_splits(TrialConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=8, max_samples=20,
+                                     test_fraction=0.0))
     assert len(s.x_train) + len(s.x_val) == 20 and len(decoded) == 20  # not all 60
     assert torch.bincount(torch.cat([s.y_train, s.y_val])).tolist() == [10, 10]
 

@@ -123,7 +123,8 @@ def test_search_on_parquet_shards_streams_with_an_online_teacher(tmp_path):
 
     _image_folder(tmp_path / "images")
     shards = tmp_path / "shards"
-    assert to_parquet.main([str(tmp_path / "images"), str(shards), "--rows-per-shard", "10"]) == 0
+    assert to_parquet.main([str(tmp_path / "images"), str(shards), "--rows-per-shard", "10",
+                            "--test-fraction", "0"]) == 0
     # a row with a label out of range: skipped, counted and listed
     bad = pa.table({"image": [(tmp_path / "images" / "red" / "0.png").read_bytes()], "label": [9], "index": [999]})
     pq.write_table(bad, shards / "train" / "zz-bad.parquet")
