@@ -94,6 +94,7 @@ def plot_pareto(
                     fontsize=7,
                     color="tab:red",
                 )
+    mark_architectures(ax, trials, x, y, plottable & ~is_failed)
     teacher_x = None
     if teacher is not None:
         teacher_y = float(teacher[y_name])
@@ -147,6 +148,27 @@ def plot_pareto(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, format="png")
     return path
+
+
+ARCHITECTURE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
+def mark_architectures(ax: Any, trials: pd.DataFrame, x: np.ndarray, y: np.ndarray, shown: np.ndarray,
+                       column: str = "model") -> None:
+    """When the plotted trials span several architectures (`column`), ring each point with its
+    architecture's marker (black outline, one legend entry per architecture with its count), so
+    the front shows which architecture every point is. One architecture: nothing drawn."""
+    if column not in trials.columns:
+        return
+    names = trials[column].astype(str).to_numpy()
+    kinds = list(dict.fromkeys(names[shown]))
+    if len(kinds) < 2:
+        return
+    for i, kind in enumerate(kinds):
+        rows = shown & (names == kind)
+        ax.scatter(x[rows], y[rows], s=70, marker=ARCHITECTURE_MARKERS[i % len(ARCHITECTURE_MARKERS)],
+                   facecolors="none", edgecolors="black", linewidths=0.8, zorder=6,
+                   label=f"{kind} ({int(rows.sum())})")
 
 
 def format_front(front: pd.DataFrame, columns: Sequence[str], *, max_rows: int = 30) -> str:
