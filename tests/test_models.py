@@ -171,7 +171,7 @@ def test_search_refuses_missing_pretrained_weights_before_ray_starts(tmp_path, m
     from raytune_ft import search
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-    args = search.parse_args(["--set", "model=torchvision/resnet18", "--storage-path", str(tmp_path)])
+    args = search.parse_args(["--set", "teacher.model=torchvision/resnet18", "--storage-path", str(tmp_path)])
     with pytest.raises(search.UserError, match=r"no local pretrained weights for 'torchvision/resnet18'"):
         search.prepare(args)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -187,3 +188,66 @@ def test_bad_teacher_or_student_input_is_one_line_before_ray(tmp_path, args, mes
     assert message.format(ckpt=ckpt) in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+
+
+# --- end to end: students of two architectures, a Lite2 teacher of its own input size -------------
+
+TWO_ARCH = """\
+name: two_arch
+fixed: {{dataset: digits, max_samples: 400, image_size: 32, epochs: 2, batch_size: 32, lr: 5.0e-3,
+        cpus_per_trial: 2, latency_budget_s: 0.2, crop_min_scale: 0.5, use_kd: true}}
+teacher: {{model: efficientnet_lite2, image_size: 48, epochs: 1}}
+search: {{sampler: random, num_samples: 3, seed: {seed}}}
+params:
+  model: {{type: categorical, choices: [efficientnet_lite0, efficientnet_lite1]}}
+  # Lite0 students are pruned hard (small, less accurate), Lite1 students stay dense and see
+  # augmented batches, so they distil from the online teacher (resized 32 -> 48 px)
+  use_pruning: {{type: categorical, choices: [true], when: {{model: efficientnet_lite0}}}}
+  final_sparsity: {{type: categorical, choices: [0.95], when: {{model: efficientnet_lite0}}}}
+  augment: {{type: categorical, choices: [true], when: {{model: efficientnet_lite1}}}}
+objectives: {{val_acc: max, nonzero_params: min}}
+"""
+
+
+@pytest.mark.e2e
+def test_students_of_two_architectures_share_one_front_and_reload(tmp_path):
+    """One search: a Lite2 teacher at 48 px (its own view, precomputed logits for the Lite0
+    students, the online teacher behind TeacherInput for the augmented Lite1 students); the front
+    holds points of both architectures, each non-dominated, each exported and reloadable."""
+    import pandas as pd
+    import ray
+
+    from raytune_ft import search
+
+    space = tmp_path / "two.yaml"
+    space.write_text(TWO_ARCH.format(seed=0))  # seed 0 samples lite1, lite0, lite1
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert search.main(["--space", str(space), "--storage-path", str(tmp_path), "--name", "x"]) == 0
+    finally:
+        ray.shutdown()
+    exp = tmp_path / "x"
+    trials = pd.read_csv(exp / "trials.csv")
+    assert (trials.status == "completed").all() and len(trials) == 3
+    assert set(trials.model) == {"efficientnet_lite0", "efficientnet_lite1"}
+    info = json.loads((exp / "teacher.json").read_text())
+    assert (info["model"], info["image_size"]) == ("efficientnet_lite2", 48)
+    assert len(torch.load(exp / "teacher" / "train_logits.pt", weights_only=True)) == len(
+        data.load_splits(TrialConfig(max_samples=400)).y_train)
+
+    front = pd.read_csv(exp / "pareto.csv")
+    assert set(front.model) == {"efficientnet_lite0", "efficientnet_lite1"}, front[["model", "val_acc"]]
+    for _, row in front.iterrows():
+        better = trials[(trials.val_acc >= row.val_acc) & (trials.nonzero_params <= row.nonzero_params)
+                        & ((trials.val_acc > row.val_acc) | (trials.nonzero_params < row.nonzero_params))]
+        assert better.empty, f"{row.trial_id} is dominated by {list(better.trial_id)}"
+        model, meta = models.load_checkpoint(row.checkpoint)
+        assert meta["config"]["model"] == row.model
+        assert sum(p.numel() for p in model.parameters()) == row.params
+        splits = data.load_splits(TrialConfig.from_dict(meta["config"]))
+        program = torch.export.load(str(Path(row.export_path) / "model.pt2"))
+        with torch.no_grad():
+            acc = (program.module()(splits.x_val).argmax(1) == splits.y_val).float().mean().item()
+        assert abs(acc - row.val_acc) <= 1 / len(splits.y_val) + 1e-9
+        manifest = json.loads((Path(row.export_path) / "manifest.json").read_text())
+        assert manifest["config"]["model"] == row.model
