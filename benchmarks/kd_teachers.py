@@ -13,7 +13,7 @@ Students: Lite0, `--epochs`, `--seeds` seeds each, no KD / KD (kd_alpha, kd_temp
 each teacher with precomputed logits. Test accuracy per seed, and the Wilson 95 % interval of the
 pooled correct / total over the seeds. Cost: seconds per training step of a no-KD student, a
 precomputed-logits KD student and an online teacher (augment on, teacher forward per batch:
-teachers.online_teacher as trial.training_inputs builds it), over `--timing-steps` steps.
+teachers.build_online_teacher as trial.training_inputs builds it), over `--timing-steps` steps.
 
     PYTHONPATH=. python benchmarks/kd_teachers.py --out benchmarks/kd_teachers.json
 """
@@ -178,7 +178,7 @@ def main() -> None:
                            ("online Lite2 teacher", "efficientnet_lite2")):
         kd = {"use_kd": True} if teacher else {}
         cfg = TrialConfig(**{**timing_cfg, **kd})
-        online = teachers.online_teacher(teacher_models[teacher], cfg, splits.num_classes) if teacher else None
+        online = teachers.build_online_teacher(teacher_models[teacher], cfg, splits.num_classes) if teacher else None
         _, metrics = fit(cfg, splits, teacher=online, max_steps=args.timing_steps)
         out["timing"][label] = {"s_per_step": metrics["wall_s"] / metrics["steps"]}
         print(f"timing {label}: {metrics['wall_s'] / metrics['steps']:.2f} s/step", flush=True)

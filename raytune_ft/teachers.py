@@ -50,7 +50,7 @@ class TeacherInput(nn.Module):
         return self.teacher(x)
 
 
-def online_teacher(teacher_model: dict[str, Any], student_cfg: TrialConfig, num_classes: int) -> nn.Module:
+def build_online_teacher(teacher_model: dict[str, Any], student_cfg: TrialConfig, num_classes: int) -> nn.Module:
     """The teacher of `teacher_model` ({"config", "state_dict"}, as search.obtain_teacher returns it)
     wrapped to take `student_cfg`'s batches (TeacherInput), in eval mode."""
     teacher_cfg = TrialConfig.from_dict(teacher_model["config"])

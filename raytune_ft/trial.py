@@ -132,7 +132,7 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
         return source, teacher_logits, None
     if teacher_model is None:
         raise ValueError("use_kd with augment or dataset parquet needs the teacher model (online teacher)")
-    return source, None, teachers.online_teacher(teacher_model, cfg, data.num_classes)
+    return source, None, teachers.build_online_teacher(teacher_model, cfg, data.num_classes)
 
 
 def _train_stream(cfg: TrialConfig) -> Any:

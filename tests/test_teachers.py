@@ -88,7 +88,7 @@ def test_teacher_splits_are_the_students_rows_in_the_teachers_input_size():
 def test_online_teacher_is_the_teachers_architecture_behind_the_adapter():
     cfg = TrialConfig(model="efficientnet_lite2", image_size=40, weights="none")
     net = models.build_model(cfg.model, 3, weights="none").eval()
-    wrapped = teachers.online_teacher({"config": cfg.to_dict(), "state_dict": net.state_dict()},
+    wrapped = teachers.build_online_teacher({"config": cfg.to_dict(), "state_dict": net.state_dict()},
                                       TrialConfig(model="efficientnet_lite0", image_size=32), 3)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
