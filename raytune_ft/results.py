@@ -73,8 +73,8 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
     `failed` when Tune wrote `error.txt`/`error.pkl` (or its state says ERROR), `early-stopped`
     when Tune's state says TERMINATED before that, otherwise `incomplete` (running or
     interrupted). Columns: trial_id, status, searched params (inactive conditional ones empty),
-    fixed settings, the last reported metrics, epochs_trained, wall_time_s, start_time,
-    end_time (unix s), checkpoint (the newest checkpoint folder), export_path (its `export/`
+    fixed settings (`model`, the architecture, always), the last reported metrics, epochs_trained,
+    wall_time_s, start_time, end_time (unix s), checkpoint (the newest checkpoint folder), export_path (its `export/`
     folder when there is one), pruning_method (pruning.pruning_method), error.
     """
     from raytune_ft.config import TrialConfig
@@ -119,6 +119,8 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
             "checkpoint": str(checkpoints[-1]) if checkpoints else None,
             "export_path": str(export) if export is not None and export.is_dir() else None,
             "pruning_method": pruning_method({**fixed, **config}),
+            # the student architecture of every row, also when it is neither fixed nor searched
+            **({} if "model" in config or "model" in fixed else {"model": TrialConfig.model}),
             "error": error if status == FAILED else None,
         })
     texts = ("trial_id", "status", "checkpoint", "error")

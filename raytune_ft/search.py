@@ -141,7 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace):
     """Everything that can fail on user input, checked before Ray starts."""
-    from raytune_ft import data, models, spaces
+    from raytune_ft import data, models, spaces, teachers
+    from raytune_ft.config import TrialConfig
 
     if getattr(args, "confirm", 1) < 1:
         raise UserError(f"--confirm must be >= 1 (runs per front recipe), got {args.confirm}")
@@ -156,12 +157,8 @@ def prepare(args: argparse.Namespace):
         if searched_data:
             raise UserError(f"{space.path}: params.{searched_data[0]}: data settings "
                             f"({', '.join(DATA_FIELDS)}) must be fixed, not searched")
-        teacher_cfg = space.teacher_config()
-        models.check_model_name(teacher_cfg.model)
-        models.check_weights(teacher_cfg.model, teacher_cfg.weights)
-        data.check_dataset(teacher_cfg)
-        if space.teacher_checkpoint and not Path(space.teacher_checkpoint).exists():
-            raise UserError(f"teacher.checkpoint {space.teacher_checkpoint!r} does not exist")
+        data.check_dataset(TrialConfig.from_dict(space.fixed))  # the students' data, which the teacher shares
+        teachers.check_architectures(space)  # every student choice and the teacher: names, local weights, classes
     except (spaces.SpaceError, models.ModelError, data.DataError, ValueError) as err:
         raise UserError(str(err)) from err
 
@@ -191,11 +188,13 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
     """The dense teacher's metrics, its train-set logits (None when the training split streams,
     dataset parquet) and {"config", "state_dict"} for an online teacher (trial.training_inputs):
     loaded from the experiment folder or space's teacher.checkpoint, else fine-tuned once as a
-    Ray task. `location`: the experiment's address recorded in teacher.json when `exp_dir` is a
-    staging copy of it."""
+    Ray task. The teacher is its own model: it trains, is evaluated and predicts on its own view
+    of the students' split `data` (teachers.teacher_splits: same rows, its normalization and
+    input size), so its logits index the students' rows. `location`: the experiment's address
+    recorded in teacher.json when `exp_dir` is a staging copy of it."""
     import torch
 
-    from raytune_ft import models, train, trial
+    from raytune_ft import models, teachers, train, trial
 
     teacher_dir = exp_dir / "teacher"
     logits_path = teacher_dir / "train_logits.pt"
@@ -203,23 +202,28 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
     cfg = space.teacher_config()
     if source is not None:
         print(f"teacher: loading {source}", flush=True)
+        try:
+            teachers.check_checkpoint_classes(source, data.class_names)
+        except models.ModelError as err:
+            raise UserError(str(err)) from err
         model, meta = models.load_checkpoint(source)
-        if tuple(meta["class_names"]) != data.class_names:
-            raise UserError(f"teacher checkpoint {str(source)!r} has classes {meta['class_names']}, "
-                            f"the dataset has {list(data.class_names)}")
         torch.set_num_threads(cfg.cpus_per_trial)
         config = meta["config"]
-        metrics = {**meta["metrics"], **train.evaluate(model, data.x_val, data.y_val)}
-        if not len(data.x_train):
+        cfg = teachers.view_config(cfg, config)
+        view = teachers.teacher_splits(data, cfg)
+        metrics = {**meta["metrics"], **train.evaluate(model, view.x_val, view.y_val)}
+        if not len(view.x_train):
             logits = None
         elif logits_path.exists() and source == teacher_dir:
             logits = torch.load(logits_path, weights_only=True)
         else:
-            logits = train.predict_logits(model, data.x_train)
+            logits = train.predict_logits(model, view.x_train)
         changed = source != teacher_dir
     else:
-        print(f"teacher: fine-tuning {cfg.model} densely for {cfg.epochs} epochs", flush=True)
-        out = trial.fit_teacher_remote(cfg, data)
+        print(f"teacher: fine-tuning {cfg.model} ({cfg.weights}, {cfg.image_size} px) densely for {cfg.epochs} "
+              "epochs", flush=True)
+        view = teachers.teacher_splits(data, cfg)
+        out = trial.fit_teacher_remote(cfg, view)
         model = models.build_model(cfg.model, data.num_classes, weights="none", dropout=cfg.dropout)
         model.load_state_dict(out["state_dict"])
         config, metrics, logits = cfg.to_dict(), out["metrics"], out["train_logits"]
@@ -228,7 +232,7 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
     if cfg.export and not (export_dir / "manifest.json").exists():
         print("teacher: exporting and measuring", flush=True)
         torch.set_num_threads(cfg.cpus_per_trial)
-        metrics = {**metrics, **trial.export_and_measure(model, cfg, data, metrics, export_dir)}
+        metrics = {**metrics, **trial.export_and_measure(model, cfg, view, metrics, export_dir)}
         changed = True
     baselines = teacher_baselines(model, cfg, data, metrics, teacher_dir, recorded=(
         f"{location}/teacher" if location else str(teacher_dir))) if cfg.export else []
@@ -239,15 +243,18 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
     if changed:  # one write, with the measured sizes in its metrics
         models.save_checkpoint(teacher_dir, model, config=config, class_names=data.class_names, metrics=metrics)
     if logits is not None:
+        assert len(logits) == len(data.y_train), (len(logits), len(data.y_train))  # one row per student sample
         torch.save(logits, logits_path)
     recorded = f"{location}/teacher" if location else str(teacher_dir)
     info = {**{k: metrics[k] for k in TRIAL_METRICS if k in metrics},
+            "model": config["model"], "image_size": config.get("image_size"),
             "epochs_trained": metrics.get("epoch"), "wall_time_s": metrics.get("wall_time_s"),
             "checkpoint": recorded,
             "export_path": f"{recorded}/{trial.EXPORT_DIR}" if export_dir.exists() else None,
             "baselines": {row["baseline"]: row for row in baselines}}
     (exp_dir / "teacher.json").write_text(json.dumps(info, indent=2))
-    print(f"teacher: val_acc={info['val_acc']:.4f}  nonzero_params={info['nonzero_params']:,}", flush=True)
+    print(f"teacher: {info['model']} val_acc={info['val_acc']:.4f}  nonzero_params={info['nonzero_params']:,}",
+          flush=True)
     model.cpu()
     teacher_model = {"config": config, "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     return info, logits, teacher_model
@@ -329,10 +336,12 @@ def run_search(space, where: Location, args: argparse.Namespace):
                                               concurrent=space.search.max_concurrent))
         if missing:
             raise UserError(f"{space.path}: {missing}; lower them or add resources")
-    teacher_cfg = space.teacher_config()
+    # The students' data (a searched model: normalized for the default one, trials convert it,
+    # teachers.student_view); the teacher makes its own view of the same rows (obtain_teacher).
     # parquet: validation in memory, the training split streams in each trial (Ray Data)
-    data = streaming.parquet_splits(teacher_cfg) if teacher_cfg.dataset == "parquet" \
-        else data_mod.load_splits(teacher_cfg)
+    student_cfg = TrialConfig.from_dict(space.fixed)
+    data = streaming.parquet_splits(student_cfg) if student_cfg.dataset == "parquet" \
+        else data_mod.load_splits(student_cfg)
     data = data.without_test()  # trials, the teacher and the sampler never see the test split (holdout.py)
     if data.skipped:  # what on_bad_image: skip left out; each trial reports the count as `skipped`
         (exp_dir / "skipped.txt").write_text("".join(f"{line}\n" for line in data.skipped))
@@ -440,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(pareto.dominance_line(front, space.objectives, int8, "the int8 teacher"))
     print("\nPareto front (completed trials, sorted by size):")
-    cols = ["trial_id", *space.objectives, *(["test_acc_ci"] if "test_acc" in front else []), "val_acc_fp32",
-            "model_bytes_compressed", "latency_ms_b1", "latency_ms_b32", "params", "sparsity",
+    cols = ["trial_id", "model", *space.objectives, *(["test_acc_ci"] if "test_acc" in front else []),
+            "val_acc_fp32", "model_bytes_compressed", "latency_ms_b1", "latency_ms_b32", "params", "sparsity",
             *[p.name for p in space.params]]
     front = front.assign(test_acc_ci=[report.format_interval(r) for _, r in front.iterrows()]) \
         if "test_acc" in front else front

@@ -23,7 +23,7 @@ import torch
 from ray import tune
 
 from raytune_ft import data as data_mod
-from raytune_ft import export, models, streaming, train
+from raytune_ft import export, models, streaming, teachers, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
@@ -108,8 +108,10 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
     dataset parquet: `stream` is the training split, a ray.data.Dataset in one process or this
     worker's `ray.train.get_dataset_shard("train")`; each rank takes batch_size // world_size rows
     per step (ragged ends dropped) for exactly the steps streaming.parquet_selection counts, equal on
-    every rank. KD (cfg.use_kd): the teacher model from `teacher_model` ({"config", "state_dict"})
-    when online_teacher(cfg), else `teacher_logits` (cheaper: no teacher forward per step).
+    every rank. KD (cfg.use_kd): the teacher model from `teacher_model` ({"config", "state_dict"};
+    its own architecture, normalization and input size, behind teachers.TeacherInput: it sees the
+    student's augmented batch in its own view) when online_teacher(cfg), else `teacher_logits`
+    (cheaper: no teacher forward per step; computed on the teacher's view of the same rows).
     """
     if cfg.dataset == "parquet":
         if stream is None:
@@ -139,10 +141,7 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
         return source, teacher_logits, None
     if teacher_model is None:
         raise ValueError("use_kd with augment or dataset parquet needs the teacher model (online teacher)")
-    teacher_cfg = TrialConfig.from_dict(teacher_model["config"])
-    teacher = models.build_model(teacher_cfg.model, data.num_classes, weights="none", dropout=teacher_cfg.dropout)
-    teacher.load_state_dict(teacher_model["state_dict"])
-    return source, None, teacher.eval()
+    return source, None, teachers.build_online_teacher(teacher_model, cfg, data.num_classes)
 
 
 def _train_stream(cfg: TrialConfig) -> Any:
@@ -151,8 +150,10 @@ def _train_stream(cfg: TrialConfig) -> Any:
 
 
 def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
-    """Fine-tune the dense teacher; returns its state dict, final metrics and train-set logits
-    (None for dataset parquet, whose training split is not in memory: trials use the model)."""
+    """Fine-tune the dense teacher `cfg` (its own model, weights and settings) on `data`, its own
+    view of the students' split (teachers.teacher_splits); returns its state dict, final metrics
+    and train-set logits in that row order (None for dataset parquet, whose training split is not
+    in memory: trials use the model)."""
     _setup_torch(cfg, cfg.worker_cpus)
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
     started = time.perf_counter()
@@ -248,6 +249,7 @@ def tune_trial(
     (training_inputs decides between it and teacher_logits).
     """
     cfg = TrialConfig.from_dict({**fixed, **sampled})
+    data = teachers.student_view(data, cfg)  # a searched architecture may normalize differently
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
     if cfg.workers_per_trial > 1:
         _ray_train_trial(cfg, data, teacher_logits if cfg.use_kd else None, epoch_metrics, checkpoint_every,
@@ -378,7 +380,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = TrialConfig.from_dict(config["cfg"])
-    data: Splits = config["data"]
+    data: Splits = teachers.student_view(config["data"], cfg)
     context = ray.train.get_context()
     dist = train.Dist(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
     _setup_torch(cfg, cfg.worker_cpus)

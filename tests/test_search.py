@@ -14,8 +14,10 @@ import torch
 from raytune_ft import data, models, pruning, search, train
 from raytune_ft.config import TrialConfig
 
+# teacher.model: the quickstart's teacher is Lite2; this suite compares the teacher with a dense
+# student of its own architecture (the first trial, nsga2 seed 0, is a Lite1)
 SMALL = ["--set", "max_samples=240", "--set", "epochs=2", "--set", "image_size=32",
-         "--set", "teacher.epochs=2", "--num-samples", "3"]
+         "--set", "teacher.epochs=2", "--set", "teacher.model=efficientnet_lite1", "--num-samples", "3"]
 PARAM_COLUMNS = ["lr", "use_kd", "kd_alpha", "final_sparsity", "pruning_end"]
 
 
@@ -124,7 +126,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     [
         (["--space", "bad.yaml"], lambda d: (d / "bad.yaml").write_text("name: [unclosed\n"), "bad.yaml"),
         (["--set", "epochz=2"], None, "unknown key 'epochz'; did you mean 'epochs'"),
-        (["--set", "model=efficientnet_lite_0"], None, "unknown model 'efficientnet_lite_0'"),
+        (["--set", "teacher.model=efficientnet_lite_0"], None, "unknown model 'efficientnet_lite_0'"),
         (["--set", "dataset=imagefolder", "--set", "data_root=/no/such/folder"], None,
          "data_root '/no/such/folder' does not exist"),
         (["--space", "nope"], None, "space file 'nope' not found; give a path or one of:"),
