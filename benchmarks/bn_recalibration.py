@@ -84,8 +84,8 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", type=int, default=[8, 0], help="bn_recalibration_batches values")
     args = p.parse_args()
     torch.set_num_threads(2)
-    rows = ["| dataset (class-sorted ImageFolder) | " + " | ".join(f"bn_recalibration_batches {r}" for r in args.settings)
-            + " |", "|---" * (1 + len(args.settings)) + "|"]
+    header = " | ".join(f"bn_recalibration_batches {r}" for r in args.settings)
+    rows = [f"| dataset (class-sorted ImageFolder) | {header} |", "|---" * (1 + len(args.settings)) + "|"]
     with tempfile.TemporaryDirectory() as tmp:
         for key, name, make in (("fashion", "Fashion-MNIST, 4,000 train / 1,000 val", fashion_folder),
                                 ("digits", "scikit-learn digits, 1,437 train / 360 val", digits_folder)):

@@ -12,7 +12,7 @@ import torch
 from conftest import TINY_HEAD, TinyClassifier
 from PIL import Image
 
-from raytune_ft import data, models, streaming, train, trial
+from raytune_ft import models, streaming, train, trial
 from raytune_ft.config import TrialConfig
 
 
