@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,10 +128,11 @@ def evaluate_export(export_dir: str | Path, test: TestSplit, *, threads: int = 1
              "test_n": len(correct), "test_file": path.name}, correct)
 
 
-def evaluate_front(front: pd.DataFrame, test: TestSplit, *,
+def evaluate_front(front: pd.DataFrame, test: TestSplit | Callable[[str], TestSplit], *,
                    threads: int = 1) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """`front` with test_acc, test_acc_low, test_acc_high, test_n, test_file for every row that has an
-    export_path (NaN otherwise), and trial_id -> per-image correctness."""
+    export_path (NaN otherwise), and trial_id -> per-image correctness. `test` may be a function of
+    the row's `model` (a searched student architecture gets the test images in its own input view)."""
     front = front.copy()
     rows, correct = [], {}
     for _, row in front.iterrows():
@@ -139,7 +140,8 @@ def evaluate_front(front: pd.DataFrame, test: TestSplit, *,
         if not isinstance(export_path, str) or not Path(export_path).is_dir():
             rows.append({})
             continue
-        metrics, correct[str(row["trial_id"])] = evaluate_export(export_path, test, threads=threads)
+        split = test(str(row.get("model", ""))) if callable(test) else test
+        metrics, correct[str(row["trial_id"])] = evaluate_export(export_path, split, threads=threads)
         rows.append(metrics)
     for column in (*TEST_COLUMNS, "test_n", "test_file"):
         front[column] = [r.get(column, math.nan) for r in rows]

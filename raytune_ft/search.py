@@ -471,23 +471,35 @@ def honest_results(trials, front, space, where: Location, teacher: dict[str, Any
     test_front.json the McNemar pairs), then `confirm` - 1 more seeds per front recipe (confirmed.csv).
     Returns (front, teacher, confirmed table or None)."""
     from raytune_ft import holdout, report
+    from raytune_ft.config import TrialConfig
 
     exp_dir, cfg = where.local, space.teacher_config()
     started = time.perf_counter()
-    test = holdout.load_test(cfg)
+    student_cfg = TrialConfig.from_dict(space.fixed)
+    test = holdout.load_test(student_cfg)  # the students' input view; the teacher's is its own
+    views: dict[str, Any] = {student_cfg.model: test}
+
+    def test_for(model: str) -> Any:
+        """The test images in the input view of a front point's architecture (loaded once each)."""
+        if model and model not in views:
+            views[model] = holdout.load_test(dataclasses.replace(student_cfg, model=model))
+        return views.get(model) or test
+
     if test is None:
         print("test: no test split (test_fraction 0 and none in the dataset): no test_acc", flush=True)
     else:
         print(f"test: {len(test)} held-out images, evaluated once on each front point's deployed file", flush=True)
-        front, correct = holdout.evaluate_front(front, test, threads=cfg.worker_cpus)
+        front, correct = holdout.evaluate_front(front, test_for, threads=cfg.worker_cpus)
+        teacher_test = test if cfg.model == student_cfg.model and cfg.image_size == student_cfg.image_size \
+            else holdout.load_test(cfg)
         front.to_csv(exp_dir / "pareto.csv", index=False)
         if (exp_dir / "teacher" / "export").is_dir():
-            teacher = {**teacher, **holdout.evaluate_export(exp_dir / "teacher" / "export", test,
+            teacher = {**teacher, **holdout.evaluate_export(exp_dir / "teacher" / "export", teacher_test,
                                                             threads=cfg.worker_cpus)[0]}
             # the baselines a user would ship first (fp32 and int8 teacher files), on the same test images
-            baselines = {name: {**row, **holdout.evaluate_export(
-                             exp_dir / "teacher" / (INT8_EXPORT_DIR if name == "teacher_int8" else "export"), test,
-                             threads=cfg.worker_cpus)[0]}
+            folders = {"teacher_fp32": "export", "teacher_int8": INT8_EXPORT_DIR}
+            baselines = {name: {**row, **holdout.evaluate_export(exp_dir / "teacher" / folders[name], teacher_test,
+                                                                 threads=cfg.worker_cpus)[0]}
                          for name, row in (teacher.get("baselines") or {}).items()}
             teacher = {**teacher, "baselines": baselines}
             (exp_dir / "teacher.json").write_text(json.dumps(teacher, indent=2))
