@@ -19,15 +19,16 @@ from pathlib import Path
 
 import torch
 
-from raytune_ft import export, models, pruning, quantization
+from raytune_ft import channel_pruning, export, models, quantization
 
 
 def build(name: str, ratio: float, round_to: int, image_size: int) -> torch.nn.Module:
     torch.manual_seed(0)
     model = models.build_model(name, 10, weights="none").eval()
     if ratio > 0:
-        pruning.ChannelPruner(model, torch.randn(2, 3, image_size, image_size), ratio=ratio, importance="l2",
-                              steps=1, scope="uniform", head=models.classifier(model), round_to=round_to).step()
+        channel_pruning.ChannelPruner(model, torch.randn(2, 3, image_size, image_size), ratio=ratio, importance="l2",
+                                      steps=1, scope="uniform", head=models.classifier(model),
+                                      round_to=round_to).step()
     return model.eval()
 
 

@@ -41,7 +41,8 @@ EXACT = dict(epochs=2, batch_size=16, lr=0.01, channels_last=False, use_pruning=
              pruning_start=0.0, pruning_end=0.6, pruning_frequency=2, use_kd=True, kd_alpha=0.5,
              use_l2sp=True, l2sp_alpha=0.01, use_weight_decay=True, weight_decay=0.01,
              use_label_smoothing=True, bn_recalibration_batches=0, use_channel_pruning=True,
-             channel_pruning_ratio=0.5, channel_importance="taylor", channel_pruning_steps=2)
+             channel_pruning_ratio=0.5, channel_importance="taylor", channel_pruning_steps=2,
+             channel_round_to=1)  # 8-channel tiny convs: unrounded
 # BatchNorm: per-rank batch statistics; recalibrated on the same global batches before evaluation
 WITH_BN = dict(epochs=2, batch_size=16, lr=0.01, channels_last=True, bn_recalibration_batches=4)
 CASES = {"exact": (NormFreeClassifier, EXACT), "batchnorm": (TinyClassifier, WITH_BN)}

@@ -24,7 +24,7 @@ class Tiny(TinyClassifier):
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
 # each family with every switch on: the recipes the hook tests below start from
 ALL_ON = {
-    "channel_pruning": dict(use_channel_pruning=True, channel_pruning_ratio=0.5, channel_pruning_steps=2,
+    "channel_pruning": dict(use_channel_pruning=True, channel_pruning_ratio=0.5, channel_pruning_steps=2, channel_round_to=1,
                             pruning_start=0.0, pruning_end=0.5),
     "magnitude_pruning": dict(use_pruning=True, final_sparsity=0.5, pruning_start=0.0, pruning_end=0.5,
                               pruning_frequency=2),
