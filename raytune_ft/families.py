@@ -14,14 +14,16 @@ from raytune_ft.config import TrialConfig
 from raytune_ft.distillation import Distillation
 from raytune_ft.hooks import Family
 from raytune_ft.magnitude_pruning import MagnitudePruning
+from raytune_ft.quantization import QuantizationFamily
 from raytune_ft.regularization import Regularization
 
 # The order is the order in which the loop calls the families at each moment. Channel pruning
 # comes first: it changes the network's structure after backward, and magnitude masks and weight
 # decay then act on the new parameters. Distillation before regularization gives the loss its
-# order (1 − α)·task_loss + α·kd_loss + l2sp_loss.
+# order (1 − α)·task_loss + α·kd_loss + l2sp_loss. Quantization acts after training, at export.
 FAMILIES: dict[str, type[Family]] = {
-    family.name: family for family in (ChannelPruning, MagnitudePruning, Distillation, Regularization)
+    family.name: family
+    for family in (ChannelPruning, MagnitudePruning, Distillation, Regularization, QuantizationFamily)
 }
 
 

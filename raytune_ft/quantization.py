@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from raytune_ft.config import QUANT_CALIBRATION_METHODS as CALIBRATION_METHODS
+from raytune_ft.config import TrialConfig
 from raytune_ft.export import INT8_FILE, ExportError, _one_line
+from raytune_ft.hooks import Family
 
 
 class TrainingImages:
@@ -116,3 +118,21 @@ class Quantization:
                 raise ExportError(f"int8 quantization failed in {step}: {type(err).__name__}: "
                                   f"{_one_line(err)}") from None
         return output
+
+
+class QuantizationFamily(Family):
+    """The family as the registry (families.py) knows it: switched on by `use_quantization`, it acts
+    at no moment of the training loop; the export glue (trial.export_and_measure) calls `ptq()`'s
+    `at_export` on the exported fp32 file. Quantization-aware fine-tuning would add loop moments here."""
+
+    name = "quantization"
+    switches = ("use_quantization",)
+    fields = ("use_quantization", "quant_calibration_batches", "quant_calibration_method")
+
+    def __init__(self, cfg: TrialConfig) -> None:
+        super().__init__(cfg)
+
+    def ptq(self) -> Quantization:
+        cfg = self.cfg
+        return Quantization(cfg.quant_calibration_batches, cfg.quant_calibration_method, cfg.batch_size, cfg.seed)
+

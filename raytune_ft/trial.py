@@ -47,8 +47,8 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
         "normalization": {"mean": list(inp.mean), "std": list(inp.std)},
     }
     quantize = cfg.use_quantization if quantize is None else quantize
-    family = quantization.Quantization(cfg.quant_calibration_batches, cfg.quant_calibration_method,
-                                       cfg.batch_size, cfg.seed) if quantize else None
+    # the teacher's int8 baseline quantizes a config whose technique switches are off
+    family = quantization.QuantizationFamily(cfg).ptq() if quantize else None
     measured = export.ship(model, directory, image_size=cfg.image_size, manifest=manifest, threads=cfg.worker_cpus,
                            latency_budget_s=cfg.latency_budget_s, val=(data.x_val, data.y_val),
                            val_acc=metrics.get("val_acc"),

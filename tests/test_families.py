@@ -24,13 +24,14 @@ class Tiny(TinyClassifier):
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
 # each family with every switch on: the recipes the hook tests below start from
 ALL_ON = {
-    "channel_pruning": dict(use_channel_pruning=True, channel_pruning_ratio=0.5, channel_pruning_steps=2, channel_round_to=1,
-                            pruning_start=0.0, pruning_end=0.5),
+    "channel_pruning": dict(use_channel_pruning=True, channel_pruning_ratio=0.5, channel_pruning_steps=2,
+                            channel_round_to=1, pruning_start=0.0, pruning_end=0.5),
     "magnitude_pruning": dict(use_pruning=True, final_sparsity=0.5, pruning_start=0.0, pruning_end=0.5,
                               pruning_frequency=2),
     "distillation": dict(use_kd=True, kd_alpha=0.25, kd_temperature=2.0),
     "regularization": dict(use_weight_decay=True, weight_decay=0.1, use_l2sp=True, l2sp_alpha=0.1,
                            use_label_smoothing=True, label_smoothing=0.1),
+    "quantization": dict(use_quantization=True, quant_calibration_batches=2, quant_calibration_method="entropy"),
 }
 
 
@@ -74,7 +75,7 @@ def test_every_technique_switch_belongs_to_exactly_one_family():
 
 def test_unknown_family_lists_the_choices():
     message = ("unknown family 'quantisation'; choose from ['channel_pruning', 'distillation', "
-               "'magnitude_pruning', 'regularization']")
+               "'magnitude_pruning', 'quantization', 'regularization']")
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         families.family("quantisation")
     with pytest.raises(ValueError, match="unknown family 'quantisation'"):

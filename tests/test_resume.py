@@ -17,12 +17,12 @@ RECIPES = {
                                   pruning_frequency=3, use_l2sp=True, l2sp_alpha=0.01, use_kd=True,
                                   use_label_smoothing=True, optimizer="sgd", lr=0.05, use_weight_decay=True,
                                   weight_decay=0.01, dropout=0.2),
-    "channel+magnitude+l2sp": dict(use_channel_pruning=True, channel_round_to=1, channel_pruning_ratio=0.5, channel_pruning_steps=3,
+    "channel+magnitude+l2sp": dict(use_channel_pruning=True, channel_pruning_ratio=0.5, channel_pruning_steps=3,
                                    pruning_start=0.0, pruning_end=0.9, use_pruning=True, final_sparsity=0.5,
-                                   use_l2sp=True, l2sp_alpha=0.01, lr=0.01),
-    "channel-global-taylor": dict(use_channel_pruning=True, channel_round_to=1, channel_pruning_ratio=0.4, channel_pruning_steps=4,
+                                   channel_round_to=1, use_l2sp=True, l2sp_alpha=0.01, lr=0.01),
+    "channel-global-taylor": dict(use_channel_pruning=True, channel_pruning_ratio=0.4, channel_pruning_steps=4,
                                   channel_pruning_scope="global", channel_importance="taylor", pruning_end=1.0,
-                                  lr=0.01),
+                                  channel_round_to=1, lr=0.01),
 }
 
 
