@@ -33,6 +33,18 @@ SMALL = ["--set", "max_samples=240", "--set", "epochs=2", "--set", "image_size=3
 # Exporting + measuring a model costs ~25 s here (tested in test_export.py); analyze only copies
 # the export folder, which test_export_best_prefers_the_exported_folder covers.
 NO_EXPORT = ["--set", "export=false"] if "export" in {f.name for f in dataclasses.fields(TrialConfig)} else []
+
+
+def _quickstart_without_export(folder: Path) -> str:
+    """The quickstart without its quantization family and ranked on nonzero_params: int8 needs the
+    exported file (and model_bytes_compressed is measured on it), which these tests skip for speed."""
+    from raytune_ft import spaces
+
+    text = spaces.builtin_space_path("quickstart").read_text()
+    kept = [line for line in text.splitlines() if "quant" not in line.split(":")[0]]
+    path = folder / "quickstart_no_export.yaml"
+    path.write_text("\n".join(kept).replace("model_bytes_compressed: min", "nonzero_params: min") + "\n")
+    return str(path)
 OBJECTIVES = {"val_acc": "max", "nonzero_params": "min"}
 # the killed search's trials: long enough that the kill lands mid-trial (2 epochs of 240 images
 # can both finish between two looks at result.json)
@@ -59,6 +71,7 @@ def finished(tmp_path_factory) -> tuple[Path, str]:
     try:
         with contextlib.redirect_stdout(printed):
             code = search.main(["--storage-path", str(storage), "--name", "done", *SMALL, *NO_EXPORT,
+                                "--space", _quickstart_without_export(storage),
                                 "--set", "teacher.epochs=1", "--num-samples", "3"])
     finally:
         ray.shutdown()
@@ -79,7 +92,8 @@ def interrupted(finished, tmp_path_factory) -> Path:
     log = open(storage / "search.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "raytune_ft.search", "--storage-path", str(storage), "--name", "killed",
-         *SMALL, *NO_EXPORT, "--set", f"teacher.checkpoint={finished[0] / 'teacher'}",
+         *SMALL, *NO_EXPORT, "--space", _quickstart_without_export(storage),
+         "--set", f"teacher.checkpoint={finished[0] / 'teacher'}",
          "--set", f"epochs={KILLED_EPOCHS}", "--num-samples", "6", "--address", "local"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
