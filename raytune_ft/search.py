@@ -511,6 +511,7 @@ def honest_results(trials, front, space, where: Location, teacher: dict[str, Any
         (exp_dir / "test_front.json").write_text(pairs.to_json(orient="records", indent=2))
         marked = trials.merge(front[["trial_id", *holdout.TEST_COLUMNS]], on="trial_id", how="left")
         report.plot_pareto(marked, space.objectives, exp_dir / "pareto.png", teacher=teacher,
+                           baselines=list((teacher.get("baselines") or {}).values()),
                            title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front "
                            "(bars: test_acc, Wilson 95 %)")
         where.upload("pareto.csv", "pareto.png", "teacher.json", "test_front.json",
