@@ -13,7 +13,6 @@ EfficientNet-Lite0 (ImageNet weights), 32 px, lr 5e-3, batch 64, 2 epochs, `trai
 from __future__ import annotations
 
 import argparse
-import gzip
 import tempfile
 import time
 from pathlib import Path
@@ -22,17 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from raytune_ft import data, models, train
+from raytune_ft import data, holdout, models, train
 from raytune_ft.config import TrialConfig
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
-
-def _idx(path: Path) -> np.ndarray:
-    raw = gzip.decompress(path.read_bytes())
-    dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def _write(root: Path, images: np.ndarray, labels: np.ndarray, val: set[int]) -> None:
@@ -43,7 +36,8 @@ def _write(root: Path, images: np.ndarray, labels: np.ndarray, val: set[int]) ->
 
 
 def fashion_folder(root: Path) -> None:
-    images, labels = _idx(FASHION / "train-images-idx3-ubyte.gz"), _idx(FASHION / "train-labels-idx1-ubyte.gz")
+    images = data.read_idx(FASHION / "train-images-idx3-ubyte.gz")
+    labels = data.read_idx(FASHION / "train-labels-idx1-ubyte.gz")
     rng = np.random.default_rng(0)
     keep = data._stratified_take(labels, 5000, rng)
     images, labels = images[keep], labels[keep]
@@ -71,11 +65,6 @@ def val_acc(root: Path, recalibration: int) -> tuple[float, int, float]:
     return metrics["val_acc"], len(splits.y_val), time.perf_counter() - started
 
 
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,7 +85,7 @@ def main() -> None:
             cells = []
             for recal in args.settings:
                 acc, n, seconds = val_acc(root, recal)
-                low, high = wilson(acc, n)
+                low, high = holdout.wilson_interval(round(acc * n), n)
                 cells.append(f"{acc:.3f} [{low:.3f}, {high:.3f}]")
                 print(f"{name}: bn_recalibration_batches={recal}: val_acc {acc:.4f} ({seconds:.0f} s)", flush=True)
             rows.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gzip
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -34,21 +32,13 @@ import numpy as np
 import torch
 
 from raytune_ft import data as data_mod
-from raytune_ft import models, teachers, train
+from raytune_ft import holdout, models, teachers, train
 from raytune_ft.config import TrialConfig
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
            "ankle boot")
 
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzip): magic (2 zero bytes, dtype 0x08 = uint8, ndim), ndim big-endian int32 sizes, data."""
-    raw = gzip.decompress(path.read_bytes())
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    assert raw[2] == 0x08, f"{path}: not uint8 IDX"
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def stratified(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -66,24 +56,19 @@ def to_input(images: np.ndarray, size: int) -> torch.Tensor:
 
 def load(args: argparse.Namespace) -> tuple[data_mod.Splits, torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(0)
-    x, y = read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz")
+    x = data_mod.read_idx(FASHION / "train-images-idx3-ubyte.gz")
+    y = data_mod.read_idx(FASHION / "train-labels-idx1-ubyte.gz")
     keep = stratified(y, args.train + args.val, rng)
     x, y = x[keep], y[keep]
     val = stratified(y, args.val, rng)
     tr = np.setdiff1d(np.arange(len(y)), val)
-    xt, yt = read_idx(FASHION / "t10k-images-idx3-ubyte.gz"), read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    xt = data_mod.read_idx(FASHION / "t10k-images-idx3-ubyte.gz")
+    yt = data_mod.read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
     test = stratified(yt, args.test, rng)
     splits = data_mod.Splits(to_input(x[tr], args.size), torch.as_tensor(y[tr], dtype=torch.int64),
                              to_input(x[val], args.size), torch.as_tensor(y[val], dtype=torch.int64), CLASSES)
     return splits, to_input(xt[test], args.size), torch.as_tensor(yt[test], dtype=torch.int64)
 
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (Wilson 1927)."""
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def fit(cfg: TrialConfig, splits: data_mod.Splits, *, logits: torch.Tensor | None = None,
@@ -147,7 +132,7 @@ def main() -> None:
         logits[name] = train.predict_logits(model, view.x_train)
         teacher_models[name] = {"config": cfg.to_dict(),
                                 "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        out["teachers"][name] = {"test_acc": correct / n_test, "wilson95": wilson(correct, n_test),
+        out["teachers"][name] = {"test_acc": correct / n_test, "wilson95": holdout.wilson_interval(correct, n_test),
                                  "wall_s": metrics["wall_s"], "s_per_step": metrics["wall_s"] / metrics["steps"],
                                  "params": sum(t.numel() for t in model.parameters())}
         print(f"teacher {name}: test_acc={correct / n_test:.4f}  {metrics['wall_s']:.0f}s", flush=True)
@@ -166,7 +151,7 @@ def main() -> None:
             print(f"  test_acc={correct / n_test:.4f}  {metrics['wall_s']:.0f}s", flush=True)
         total = sum(r["correct"] for r in rows)
         out["students"][arm] = {"per_seed": rows, "mean_test_acc": statistics.mean(r["test_acc"] for r in rows),
-                                "pooled_wilson95": wilson(total, n_test * len(rows)),
+                                "pooled_wilson95": holdout.wilson_interval(total, n_test * len(rows)),
                                 "median_s_per_step": statistics.median(r["s_per_step"] for r in rows)}
         json.dump(out, open(args.out, "w"), indent=2)
 
