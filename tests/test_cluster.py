@@ -279,12 +279,16 @@ def test_s3_storage_on_two_nodes(cluster, space, teacher, tmp_path):
 def test_killed_trial_process_and_removed_node_retry_from_their_checkpoints(cluster, space, teacher, tmp_path):
     storage, log = tmp_path / "results", tmp_path / "faults.log"
     exp = storage / "f"
+    # More epochs than the other tests: both kills must land while both trials are still training.
+    # With 3 tiny epochs an idle machine finishes a trial between the check and the kill, and the
+    # SIGKILL then hits an idle, reusable actor: no trial fails (seen in CI).
+    epochs_here = 10
     proc = _search(cluster, space, "--storage-path", str(storage), "--name", "f", "--num-samples", "2",
-                   *_reuse_teacher(teacher), cwd=tmp_path, log=log)
+                   "--set", f"epochs={epochs_here}", *_reuse_teacher(teacher), cwd=tmp_path, log=log)
 
     def both_checkpointed():
         trials = sorted(exp.glob("trial_*"))
-        ready = [t for t in trials if 1 <= len(_epochs(t)) < EPOCHS and any(t.glob("checkpoint_*"))]
+        ready = [t for t in trials if 1 <= len(_epochs(t)) <= epochs_here - 4 and any(t.glob("checkpoint_*"))]
         return ready if len(ready) == 2 else None
 
     trials = _wait_until(both_checkpointed, proc, log)
@@ -293,6 +297,7 @@ def test_killed_trial_process_and_removed_node_retry_from_their_checkpoints(clus
     assert set(where) == {"node_a", "node_b"}
     os.kill(pids[where["node_a"]], signal.SIGKILL)  # the process training a trial
     cluster.remove_node(cluster.named_nodes["node_b"], allow_graceful=False)  # with its trial
+    assert all(len(_epochs(t)) < epochs_here for t in trials), "a trial finished before the kills"
     _finish(proc, log)
 
     table = pd.read_csv(exp / "trials.csv")
@@ -300,6 +305,6 @@ def test_killed_trial_process_and_removed_node_retry_from_their_checkpoints(clus
     failures = _failures(exp)
     for trial_dir in trials:
         epochs = _epochs(trial_dir)
-        assert epochs.count(1) == 1 and epochs[-1] == EPOCHS, (trial_dir.name, epochs)  # resumed, not restarted
+        assert epochs.count(1) == 1 and epochs[-1] == epochs_here, (trial_dir.name, epochs)  # resumed, not restarted
         assert failures[trial_dir.name.removeprefix("trial_")] >= 1
         assert _last_pid(trial_dir) != pids[trial_dir]  # finished by a new process (node_a is the only one left)
