@@ -85,7 +85,7 @@ def test_dense_teacher_on_a_class_sorted_imagefolder_matches_the_digits_path(tmp
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).convert("RGB").save(folder / f"{i:04d}.png")
 
-    common = dict(epochs=5, batch_size=64, lr=5e-3, image_size=32, channels_last=False,  # the quickstart teacher
+    common = dict(epochs=3, batch_size=64, lr=5e-3, image_size=32, channels_last=False, cpus_per_trial=2,
                   test_fraction=0.0)
     accs = {}
     for name, cfg in {"digits": TrialConfig(dataset="digits", **common),
