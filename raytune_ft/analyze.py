@@ -28,15 +28,22 @@ from raytune_ft.results import COMPLETED, Experiment, load_experiment, local_pat
 # Size and speed columns shown in the front table when a trial reports them (in this order).
 SIZE_COLUMNS = ("nonzero_params", "params", "sparsity", "model_bytes", "model_bytes_compressed",
                 "macs", "flops", "latency_ms_b1", "latency_ms_b32")
-FAMILY_OF = {
-    **dict.fromkeys(("use_weight_decay", "weight_decay", "use_l2sp", "l2sp_alpha", "l2sp_beta",
-                     "use_label_smoothing", "label_smoothing", "dropout"), "regularization"),
-    **dict.fromkeys(("use_kd", "kd_alpha", "kd_temperature"), "distillation"),
-    **dict.fromkeys(("use_pruning", "final_sparsity", "pruning_start", "pruning_end",
-                     "pruning_frequency", "pruning_scope", "pruning_method", "use_channel_pruning",
-                     "channel_pruning_ratio", "channel_importance", "channel_pruning_steps",
-                     "channel_pruning_scope", "channel_round_to"), "pruning"),
-}
+# How the report groups parameters: each family's own TrialConfig fields (hooks.Family.fields), the
+# two pruning families as one; the rest (lr, model, ...) is "optimization".
+REPORT_FAMILY = {"channel_pruning": "pruning", "magnitude_pruning": "pruning"}
+EXTRA_FIELDS = {"dropout": "regularization", "pruning_method": "pruning"}  # read outside the families
+
+
+def family_of() -> dict[str, str]:
+    """TrialConfig field -> report family, from the family registry (imported here: it needs torch)."""
+    from raytune_ft.families import FAMILIES
+
+    out = dict(EXTRA_FIELDS)
+    for name, cls in FAMILIES.items():
+        out.update(dict.fromkeys(cls.fields, REPORT_FAMILY.get(name, name)))
+    return out
+
+
 MIN_IMPORTANCE_TRIALS = 3  # Optuna refuses one trial; with two every split is a guess
 
 
@@ -194,13 +201,14 @@ def family_effects(exp: Experiment) -> tuple[pd.DataFrame, int]:
     adjusted = acc - pd.Series(acc).groupby(np.asarray(bin_of)).transform("mean").to_numpy()
     extra = [c for c in ("pruning_method",) if c in done.columns and c not in exp.params]
     rows = []
+    families = family_of()
     for name in [*exp.params, *extra]:
         if name not in done.columns:
             continue
         values = done[name]
         active = ~values.map(_missing).to_numpy(dtype=bool)
         levels = sorted({_py(v) for v in values[active]}, key=str)
-        family = FAMILY_OF.get(name, "optimization")
+        family = families.get(name, "optimization")
         if len(levels) < 2:
             continue
         if all(isinstance(v, bool | str) for v in levels):
@@ -217,7 +225,7 @@ def family_effects(exp: Experiment) -> tuple[pd.DataFrame, int]:
             rows.append({"family": family, "parameter": name, "comparison": "higher value",
                          "n": str(int(active.sum())), "effect": rho, "measure": "Spearman ρ"})
     table = pd.DataFrame(rows, columns=columns)
-    order = {"regularization": 0, "distillation": 1, "pruning": 2, "optimization": 3}
+    order = {"regularization": 0, "distillation": 1, "pruning": 2, "quantization": 3, "optimization": 4}
     table = table.sort_values("family", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
     return table, bins
 
