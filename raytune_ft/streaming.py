@@ -83,6 +83,13 @@ def parquet_info(cfg: TrialConfig) -> ParquetInfo:
                     bad.append(f"{shard}: index {index[i]} label {label[i]}")
         labels[split] = np.concatenate(split_labels) if split_labels else np.zeros(0, np.int64)
         indices[split] = np.concatenate(split_indices) if split_indices else np.zeros(0, np.int64)
+    train = labels["train"]
+    if len(np.unique(train)) > 1 and (np.diff(train) >= 0).all():
+        # Streams read rows in storage order within a shard: training batches and the BatchNorm
+        # calibration batches would each hold one class (an older to_parquet wrote them so).
+        raise DataError(f"the training rows of {str(root)!r} are stored class by class (labels sorted); "
+                        "rewrite the folder with python -m raytune_ft.to_parquet IMAGEFOLDER OUT_DIR, "
+                        "which stores each split's rows in a seeded random order")
     if bad and cfg.on_bad_image != "skip":
         raise DataError(f"{len(bad)} label(s) out of range [0, {len(names)}) in {str(root)!r}: "
                         + "; ".join(bad[:MAX_LISTED]) + ". Fix the shards, or set on_bad_image: skip")

@@ -111,3 +111,26 @@ def test_to_parquet_shards_mix_the_classes(tmp_path):
     assert to_parquet.main([str(tmp_path / "images"), str(tmp_path / "out"), "--rows-per-shard", "8"]) == 0
     first = pq.read_table(sorted((tmp_path / "out" / "train").glob("*.parquet"))[0])
     assert len(set(first.column("label").to_pylist())) >= 3
+
+
+def test_class_sorted_parquet_shards_are_refused_with_the_fix(tmp_path):
+    """Shards written class by class (an older to_parquet) would stream one-class batches."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from raytune_ft import streaming, to_parquet
+    from raytune_ft.data import DataError
+
+    for c in range(3):
+        (tmp_path / "images" / f"c{c}").mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (4, 4), (60 * c, 0, 0)).save(tmp_path / "images" / f"c{c}" / f"{i}.png")
+    out = tmp_path / "out"
+    assert to_parquet.main([str(tmp_path / "images"), str(out)]) == 0
+    cfg = TrialConfig(dataset="parquet", data_root=str(out))
+    assert len(streaming.parquet_info(cfg).labels["train"]) > 0  # as written: accepted
+    for shard in (out / "train").glob("*.parquet"):
+        table = pq.read_table(shard)
+        pq.write_table(table.sort_by("label"), shard)
+    with pytest.raises(DataError, match=r"stored class by class.*raytune_ft\.to_parquet"):
+        streaming.parquet_info(cfg)
