@@ -281,11 +281,20 @@ class HonestOptunaSearch(OptunaSearch):
     told PRUNED, without values (Optuna takes none for a pruned multi-objective trial), its last
     epoch and metrics kept as user attributes; a trial that errored is FAIL. After every trial the
     study's table (`study.trials_dataframe()`) is written to `table_path` (CSV) when given.
+    When the define-by-run `space` has an `active` method (spaces._DefineByRun), a trial's config
+    is `space.active(params)`: a flat space samples every param, the config keeps the active ones.
+    `points_to_evaluate` (the space's `search.initial` recipes) are enqueued in the study by Ray's
+    OptunaSearch and asked for first, in order.
     """
 
     def __init__(self, *args: Any, epochs: int, table_path: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.epochs, self.table_path = epochs, table_path
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        active = getattr(self._space, "active", None)
+        return active(config) if config is not None and active is not None else config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

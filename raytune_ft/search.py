@@ -363,9 +363,11 @@ def run_search(space, where: Location, args: argparse.Namespace):
     else:
         metrics, modes = space.metric_and_mode()
         epochs = space.fixed.get("epochs", TrialConfig().epochs)
-        # early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv
+        # early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv.
+        # The search.initial recipes are enqueued in the study and run first (recipes.py).
         searcher = mo_asha.HonestOptunaSearch(space=space.define_by_run(), metric=metrics, mode=modes,
                                               sampler=space.make_sampler(), epochs=epochs,
+                                              points_to_evaluate=[dict(r) for r in space.search.initial] or None,
                                               table_path=str(exp_dir / "optuna_trials.csv"))
         scheduler = None
         if space.scheduler:

@@ -32,7 +32,7 @@ PARAM_KEYS = {
     "int": ("type", "low", "high", "log", "step", "when"),
     "categorical": ("type", "choices", "when"),
 }
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("tpe", "gp", "nsga2", "random")  # spaces.Space.make_sampler builds them
 MODES = ("max", "min")
 # The teacher is a plain dense fine-tune: these switches are forced off for it (use_gpu is
 # where it runs, not a technique: the teacher keeps it).
@@ -62,11 +62,18 @@ class ParamSpec:
 class SearchSettings:
     """How the experiment samples: the `search:` block of a space file."""
 
-    sampler: str = "nsga2"  # one of SAMPLERS
+    # one of SAMPLERS. tpe by default: at 8-64 trials it beat NSGA-II and random in the replay
+    # benchmark (docs/benchmarks.md), and it models conditional params jointly (group=True)
+    sampler: str = "tpe"
     num_samples: int = 12  # trials in the experiment
     max_concurrent: int = 1  # trials running at the same time
     seed: int = 0  # sampler seed
     population_size: int = 6  # NSGA-II generation size (ignored by the other samplers)
+    # finished trials (the `initial` recipes included) before tpe / gp stop sampling at random;
+    # Optuna's default of 10 would spend most of a 12-trial budget at random
+    n_startup_trials: int = 4
+    # expert-seeded starts: complete recipes (param -> value), run first in this order (recipes.py)
+    initial: tuple[dict[str, Any], ...] = ()
     max_failures: int = 0  # retries of a failed trial (each from its newest checkpoint)
     checkpoint_every: int = 1  # epochs between two trial checkpoints (the last epoch always checkpoints)
     keep_checkpoints: int = 2  # newest checkpoints kept per trial; older ones are deleted
@@ -97,6 +104,7 @@ SEARCH_MINIMUM = {
     "max_concurrent": 1,
     "seed": 0,
     "population_size": 2,
+    "n_startup_trials": 1,
     "max_failures": 0,
     "checkpoint_every": 1,
     "keep_checkpoints": 1,
@@ -200,6 +208,9 @@ def parse_space(where: str, data: Any) -> dict[str, Any]:
     if data.get("scheduler") is not None:
         scheduler = parse_scheduler(where, _mapping(where, "scheduler", data["scheduler"]))
     check_scheduler(where, scheduler, fixed, params, objectives)
+    from raytune_ft import recipes  # imports this module
+
+    search = recipes.check_initial(where, search, params, fixed)
     return dict(
         name=name,
         description=description,
@@ -301,8 +312,16 @@ def parse_checkpoint(where: str, key: str, value: Any) -> str | None:
 
 def parse_search(where: str, raw: dict[str, Any]) -> SearchSettings:
     _check_keys(where, "search", raw, search_fields())
+    raw = dict(raw)
     for key, value in raw.items():
-        if key == "sampler":
+        if key == "initial":  # each recipe is checked against the params later (recipes.check_initial)
+            if value is None:
+                raw[key] = ()
+            elif not isinstance(value, (list, tuple)):
+                fail(where, "search.initial", f"must be a list of recipes (mappings param: value), got {value!r}")
+            else:
+                raw[key] = tuple(value)
+        elif key == "sampler":
             if value not in SAMPLERS:
                 fail(
                     where, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, got {value!r}"

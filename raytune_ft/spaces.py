@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from raytune_ft import recipes
 from raytune_ft.config import FIELD_TYPES, TrialConfig, unknown_key_message
 from raytune_ft.space_parsing import (  # noqa: F401  (re-exported: the public names of a space)
     INT8_CHANGES,
@@ -104,7 +105,7 @@ class Space:
                 raw = dataclasses.asdict(scheduler) if scheduler else {}
                 scheduler = parse_scheduler(where, {**raw, sub: value})
             elif dot and section == "search":
-                if sub not in SEARCH_MINIMUM and sub != "sampler":
+                if sub not in SEARCH_MINIMUM and sub not in ("sampler", "initial"):
                     fail(where, key, unknown_key_message(sub, search_fields()))
                 search = parse_search(where, {**dataclasses.asdict(search), sub: value})
             elif key in FIELD_TYPES:
@@ -126,6 +127,7 @@ class Space:
         check_against_config(where, fixed, teacher_overrides, self.params)
         check_teacher(where, fixed, teacher_overrides, checkpoint, self.params)
         check_scheduler(where, scheduler, fixed, self.params, self.objectives)
+        search = recipes.check_initial(where, search, self.params, fixed)  # e.g. --set search.initial=[]
         return dataclasses.replace(
             self,
             fixed=fixed,
@@ -143,30 +145,39 @@ class Space:
         """The config of the dense teacher: fixed + teacher overrides, every technique off."""
         return TrialConfig.from_dict(teacher_values(self.fixed, self.teacher_overrides))
 
-    def define_by_run(self) -> Callable[[optuna.trial.Trial], None]:
-        """An Optuna define-by-run function sampling `params` (for Tune's OptunaSearch)."""
-        return _DefineByRun(self.params)
+    def define_by_run(self) -> _DefineByRun:
+        """An Optuna define-by-run function sampling `params` (for Tune's OptunaSearch). For the
+        gp sampler it samples every param in every trial (a flat space, `_DefineByRun`)."""
+        return _DefineByRun(self.params, flat=self.search.sampler == "gp")
 
     def make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
-        """The Optuna sampler named in `search`; `seed` replaces `search.seed` when given."""
+        """The Optuna sampler named in `search`; `seed` replaces `search.seed` when given.
+
+        tpe: multivariate TPE over groups of params that occur together (so conditional params
+        are modelled jointly with their parents), constant liar (concurrent trials do not all
+        propose the same point). gp: GPSampler, a Gaussian process with log expected (hypervolume)
+        improvement, LogEHVI for several objectives (Optuna >= 4.4). Both sample at random until
+        `n_startup_trials` trials have finished, the `initial` recipes included. nsga2: NSGA-II
+        with generations of `population_size` (the recipes are part of the first one).
+        """
         import warnings
 
         import optuna
 
         seed = self.search.seed if seed is None else seed
-        if self.search.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(
-                population_size=self.search.population_size, seed=seed
-            )
-        if self.search.sampler == "tpe":
-            # multivariate + group model conditional params jointly; constant_liar keeps
-            # concurrent trials from all proposing the same point. `group` is marked
-            # experimental in Optuna, which is known and accepted here.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.samplers.TPESampler(
-                    seed=seed, multivariate=True, group=True, constant_liar=True
-                )
+        startup = self.search.n_startup_trials
+        with warnings.catch_warnings():  # `group` and GPSampler are marked experimental: known, accepted
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if self.search.sampler == "nsga2":
+                return optuna.samplers.NSGAIISampler(population_size=self.search.population_size, seed=seed)
+            if self.search.sampler == "tpe":
+                return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                                  n_startup_trials=startup)
+            if self.search.sampler == "gp":
+                # every param is in every trial (flat define-by-run), so none falls back to the
+                # independent random sampler, which is what GPSampler does for a param missing
+                # from some finished trials (its relative space is their intersection)
+                return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
         assert self.search.sampler == "random", self.search.sampler
         return optuna.samplers.RandomSampler(seed=seed)
 
@@ -178,18 +189,21 @@ class Space:
 @dataclass(frozen=True)
 class _DefineByRun:
     """Samples each param whose `when` conditions hold; a module-level class so it pickles
-    (Tune checkpoints its searcher with pickle, which cannot store a closure)."""
+    (Tune checkpoints its searcher with pickle, which cannot store a closure).
+
+    flat: sample every param in every trial, active or not, in the same order. GPSampler models
+    only the params present in all finished trials and draws the others at random; flat, it
+    models them all. The value of an inactive param has no effect: `active` drops it from the
+    trial's config (mo_asha.HonestOptunaSearch applies it), while the study keeps it.
+    """
 
     params: tuple[ParamSpec, ...]
+    flat: bool = False
 
     def __call__(self, trial: optuna.trial.Trial) -> None:
         sampled: dict[str, Any] = {}
         for p in self.params:
-            active = all(
-                parent in sampled and sampled[parent] in allowed
-                for parent, allowed in p.when.items()
-            )
-            if not active:
+            if not self.flat and recipes.inactive_reason(p, sampled) is not None:
                 continue
             if p.type == "float":
                 value = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
@@ -198,6 +212,14 @@ class _DefineByRun:
             else:
                 value = trial.suggest_categorical(p.name, list(p.choices))
             sampled[p.name] = value
+
+    def active(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """`sampled` without the params that its own categorical choices switch off."""
+        kept: dict[str, Any] = {}
+        for p in self.params:
+            if p.name in sampled and recipes.inactive_reason(p, kept) is None:
+                kept[p.name] = sampled[p.name]
+        return kept
 
 
 def load_space(path: str | os.PathLike) -> Space:
