@@ -5,6 +5,8 @@ Halving": ASHA (Li et al. 2020) whose rung ranking is NSGA-II's — non-dominate
 all objectives, ties inside a front broken by crowding distance (Deb et al. 2002; the paper's
 other option, an epsilon-net, is not implemented). The ranking is plain numpy on
 "lower is better" points, separate from the Tune glue, so it is tested on hand-made rungs.
+Size objectives are ranked on the trial's planned final values where it reports them
+(`planned_<m>`, planned.py), accuracy as measured at the rung.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raytune_ft import results
+from raytune_ft.planned import PREFIX as PLANNED_PREFIX
 
 MODES = ("max", "min")
 
@@ -166,8 +169,10 @@ class MOASHAScheduler(FIFOScheduler):
 
     At every report whose `time_attr` (default `epoch`) reaches a rung not yet recorded for the
     trial, the trial's objective vector is recorded there and `continues_at_rung` decides
-    CONTINUE or STOP against the trials already recorded at that rung. A trial reaching `max_t`
-    is stopped (its training is over). Every objective must be in every report.
+    CONTINUE or STOP against the trials already recorded at that rung. For a size objective m the
+    vector holds `planned_<m>` when the trial reports it (its planned final size, planned.py:
+    a pruning schedule that has not finished is ranked on where it ends), else m as measured. A
+    trial reaching `max_t` is stopped (its training is over). Every objective must be in every report.
 
     state_path: a file where the rung records are written after each change and read back on the
     first event after a restore (`Tuner.restore` unpickles the scheduler as it was at the start),
@@ -237,7 +242,9 @@ class MOASHAScheduler(FIFOScheduler):
             raise ValueError(f"MO-ASHA: trial {trial_id} reported no {', '.join(missing)} at "
                              f"{self.time_attr}={result.get(self.time_attr)}; every objective must be "
                              "reported at every epoch")
-        return to_minimization(np.array([[result[m] for m in self.metrics]], dtype=float), self.modes)[0]
+        # a size the trial plans (planned.py) is ranked as what the trial will be, not what it is now
+        values = [result.get(f"{PLANNED_PREFIX}{m}", result[m]) for m in self.metrics]
+        return to_minimization(np.array([values], dtype=float), self.modes)[0]
 
     def _save_state(self) -> None:
         if not self.state_path:

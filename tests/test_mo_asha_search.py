@@ -67,6 +67,7 @@ def test_early_stopped_trials_are_pruned_and_off_the_front(tmp_path):
         argv = ["--space", "quickstart_mo_asha", "--storage-path", str(tmp_path), "--name", "mo",
                 "--num-samples", "6", "--set", "max_samples=200", "--set", "epochs=3", "--set", "weights=none",
                 "--set", "export=false", "--set", "teacher.epochs=1", "--set", "scheduler.reduction_factor=4",
+                "--set", "search.sampler=nsga2", "--set", "search.initial=[]",  # as written before issue 16
                 "--set", "search.population_size=3", "--set", "bn_recalibration_batches=1",
                 "--set", "cpus_per_trial=1"]
         assert search.main(argv) == 0
