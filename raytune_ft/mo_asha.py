@@ -299,7 +299,11 @@ class HonestOptunaSearch(OptunaSearch):
         self.epochs, self.table_path = epochs, table_path
 
     def suggest(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
+        import warnings
+
+        with warnings.catch_warnings():  # the time is the sampler's (GPSampler fits its model here)
+            warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+            config = super().suggest(trial_id)
         active = getattr(self._space, "active", None)
         return active(config) if config is not None and active is not None else config
 

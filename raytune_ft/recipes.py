@@ -16,6 +16,7 @@ import dataclasses
 import math
 from typing import Any
 
+from raytune_ft.config import unknown_key_message
 from raytune_ft.space_parsing import (
     ParamSpec,
     SearchSettings,
@@ -25,7 +26,6 @@ from raytune_ft.space_parsing import (
     _is_number,
     fail,
 )
-from raytune_ft.config import unknown_key_message
 
 
 def check_initial(where: str, search: SearchSettings, params: tuple[ParamSpec, ...],

@@ -1,8 +1,8 @@
-"""Reading search-space YAML: the records a space file is made of and their validation.
+"""The records a search-space file is made of and their validation.
 
-`parse_space` turns the loaded YAML of one file into the fields of `spaces.Space`; every mistake
-raises SpaceError naming the file, the key and the bad value. The `--set` overrides of
-`Space.with_overrides` go through the same checks. No Optuna here (spaces.py bridges to it).
+`parse_space` turns the loaded YAML of one file (spaces.parse_value reads it) into the fields of
+`spaces.Space`; every mistake raises SpaceError naming the file, the key and the bad value. The
+`--set` overrides of `Space.with_overrides` go through the same checks. No Optuna here (spaces.py bridges to it).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
-
-import yaml
 
 from raytune_ft.config import FIELD_TYPES, TrialConfig, coerce, unknown_key_message
 
@@ -62,16 +60,12 @@ class ParamSpec:
 class SearchSettings:
     """How the experiment samples: the `search:` block of a space file."""
 
-    # one of SAMPLERS. tpe by default: at 8-64 trials it beat NSGA-II and random in the replay
-    # benchmark (docs/benchmarks.md), and it models conditional params jointly (group=True)
-    sampler: str = "tpe"
+    sampler: str = "tpe"  # one of SAMPLERS; tpe: the best at a small budget (docs/benchmarks.md)
     num_samples: int = 12  # trials in the experiment
     max_concurrent: int = 1  # trials running at the same time
     seed: int = 0  # sampler seed
     population_size: int = 6  # NSGA-II generation size (ignored by the other samplers)
-    # finished trials (the `initial` recipes included) before tpe / gp stop sampling at random;
-    # Optuna's default of 10 would spend most of a 12-trial budget at random
-    n_startup_trials: int = 4
+    n_startup_trials: int = 4  # finished trials (recipes included) before tpe / gp stop sampling at random
     # expert-seeded starts: complete recipes (param -> value), run first in this order (recipes.py)
     initial: tuple[dict[str, Any], ...] = ()
     max_failures: int = 0  # retries of a failed trial (each from its newest checkpoint)
@@ -113,45 +107,6 @@ SEARCH_MINIMUM = {
 
 
 # --- parsing -----------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reads `1e-4` as a float.
-
-    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent (`1.0e-4`);
-    `lr: 1e-4` or `--set lr=1e-3` would otherwise arrive as the string '1e-4'.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, collections.abc.Hashable):
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def parse_value(where: str, text: str, what: str = "value") -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpaceError(f"{where}: {at}invalid YAML {what}: {problem}") from exc
 
 
 def parse_space(where: str, data: Any) -> dict[str, Any]:
@@ -208,10 +163,7 @@ def parse_space(where: str, data: Any) -> dict[str, Any]:
     if data.get("scheduler") is not None:
         scheduler = parse_scheduler(where, _mapping(where, "scheduler", data["scheduler"]))
     check_scheduler(where, scheduler, fixed, params, objectives)
-    from raytune_ft import recipes  # imports this module
-
-    search = recipes.check_initial(where, search, params, fixed)
-    return dict(
+    return dict(  # search.initial: checked against the params by spaces.load_space (recipes.py)
         name=name,
         description=description,
         fixed=fixed,
@@ -314,13 +266,10 @@ def parse_search(where: str, raw: dict[str, Any]) -> SearchSettings:
     _check_keys(where, "search", raw, search_fields())
     raw = dict(raw)
     for key, value in raw.items():
-        if key == "initial":  # each recipe is checked against the params later (recipes.check_initial)
-            if value is None:
-                raw[key] = ()
-            elif not isinstance(value, (list, tuple)):
+        if key == "initial":  # each recipe is checked against the params by recipes.check_initial
+            if value is not None and not isinstance(value, (list, tuple)):
                 fail(where, "search.initial", f"must be a list of recipes (mappings param: value), got {value!r}")
-            else:
-                raw[key] = tuple(value)
+            raw[key] = tuple(value or ())
         elif key == "sampler":
             if value not in SAMPLERS:
                 fail(

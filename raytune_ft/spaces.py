@@ -3,19 +3,23 @@
 A space says which `TrialConfig` fields are fixed, which are searched (with Optuna
 distributions, optionally conditional on a categorical parent), how the distillation teacher is
 obtained (its own model, weights and fine-tuning settings, or a checkpoint), the sampler
-settings and the objectives. Parsing and validation live in space_parsing.py; every mistake
-fails at load time, naming the file, the key and the bad value.
+settings, the `initial` recipes (recipes.py) and the objectives. YAML is read here, the records
+are validated in space_parsing.py; every mistake fails at load time, naming the file, the key
+and the bad value.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import importlib.resources
 import os
-from collections.abc import Callable
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from raytune_ft import recipes
 from raytune_ft.config import FIELD_TYPES, TrialConfig, unknown_key_message
@@ -44,7 +48,6 @@ from raytune_ft.space_parsing import (  # noqa: F401  (re-exported: the public n
     parse_scheduler,
     parse_search,
     parse_space,
-    parse_value,
     search_fields,
     teacher_values,
 )
@@ -222,6 +225,48 @@ class _DefineByRun:
         return kept
 
 
+# --- reading YAML ---------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and reads `1e-4` as a float.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent (`1.0e-4`);
+    `lr: 1e-4` or `--set lr=1e-3` would otherwise arrive as the string '1e-4'.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, collections.abc.Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_value(where: str, text: str, what: str = "value") -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpaceError(f"{where}: {at}invalid YAML {what}: {problem}") from exc
+
+
 def load_space(path: str | os.PathLike) -> Space:
     """Read and validate one space file; raises SpaceError naming the file, key and value."""
     where = str(path)
@@ -230,7 +275,9 @@ def load_space(path: str | os.PathLike) -> Space:
     except OSError as exc:
         raise SpaceError(f"{where}: cannot read the file: {exc.strerror or exc}") from exc
     data = parse_value(where, text, what="file")
-    return Space(path=where, **parse_space(where, data))
+    fields = parse_space(where, data)
+    fields["search"] = recipes.check_initial(where, fields["search"], fields["params"], fields["fixed"])
+    return Space(path=where, **fields)
 
 
 def builtin_space_names() -> list[str]:
