@@ -92,6 +92,9 @@ def test_early_stopped_trials_are_pruned_and_off_the_front(tmp_path):
     complete = study[study["state"] == "COMPLETE"]
     assert sorted(complete["values_0"]) == pytest.approx(sorted(done["val_acc"]))
     assert sorted(complete["values_1"]) == pytest.approx(sorted(done["nonzero_params"]))
+    # issue 16: the rungs ranked planned final sizes, reported every epoch and exact at the end
+    assert (done["planned_nonzero_params"] == done["nonzero_params"]).all()
+    assert (stopped["planned_nonzero_params"] < stopped["params"]).all()
     # the rung history was kept for --resume
     assert (exp / "mo_asha_state.pkl").stat().st_size > 0
 
