@@ -5,6 +5,8 @@ Halving": ASHA (Li et al. 2020) whose rung ranking is NSGA-II's — non-dominate
 all objectives, ties inside a front broken by crowding distance (Deb et al. 2002; the paper's
 other option, an epsilon-net, is not implemented). The ranking is plain numpy on
 "lower is better" points, separate from the Tune glue, so it is tested on hand-made rungs.
+Size objectives are ranked on the trial's planned final values where it reports them
+(`planned_<m>`, planned.py), accuracy as measured at the rung.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raytune_ft import results
+from raytune_ft.planned import PREFIX as PLANNED_PREFIX
 
 MODES = ("max", "min")
 
@@ -166,8 +169,10 @@ class MOASHAScheduler(FIFOScheduler):
 
     At every report whose `time_attr` (default `epoch`) reaches a rung not yet recorded for the
     trial, the trial's objective vector is recorded there and `continues_at_rung` decides
-    CONTINUE or STOP against the trials already recorded at that rung. A trial reaching `max_t`
-    is stopped (its training is over). Every objective must be in every report.
+    CONTINUE or STOP against the trials already recorded at that rung. For a size objective m the
+    vector holds `planned_<m>` when the trial reports it (its planned final size, planned.py:
+    a pruning schedule that has not finished is ranked on where it ends), else m as measured. A
+    trial reaching `max_t` is stopped (its training is over). Every objective must be in every report.
 
     state_path: a file where the rung records are written after each change and read back on the
     first event after a restore (`Tuner.restore` unpickles the scheduler as it was at the start),
@@ -237,7 +242,9 @@ class MOASHAScheduler(FIFOScheduler):
             raise ValueError(f"MO-ASHA: trial {trial_id} reported no {', '.join(missing)} at "
                              f"{self.time_attr}={result.get(self.time_attr)}; every objective must be "
                              "reported at every epoch")
-        return to_minimization(np.array([[result[m] for m in self.metrics]], dtype=float), self.modes)[0]
+        # a size the trial plans (planned.py) is ranked as what the trial will be, not what it is now
+        values = [result.get(f"{PLANNED_PREFIX}{m}", result[m]) for m in self.metrics]
+        return to_minimization(np.array([values], dtype=float), self.modes)[0]
 
     def _save_state(self) -> None:
         if not self.state_path:
@@ -281,11 +288,24 @@ class HonestOptunaSearch(OptunaSearch):
     told PRUNED, without values (Optuna takes none for a pruned multi-objective trial), its last
     epoch and metrics kept as user attributes; a trial that errored is FAIL. After every trial the
     study's table (`study.trials_dataframe()`) is written to `table_path` (CSV) when given.
+    When the define-by-run `space` has an `active` method (spaces._DefineByRun), a trial's config
+    is `space.active(params)`: a flat space samples every param, the config keeps the active ones.
+    `points_to_evaluate` (the space's `search.initial` recipes) are enqueued in the study by Ray's
+    OptunaSearch and asked for first, in order.
     """
 
     def __init__(self, *args: Any, epochs: int, table_path: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.epochs, self.table_path = epochs, table_path
+
+    def suggest(self, trial_id: str) -> dict | None:
+        import warnings
+
+        with warnings.catch_warnings():  # the time is the sampler's (GPSampler fits its model here)
+            warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+            config = super().suggest(trial_id)
+        active = getattr(self._space, "active", None)
+        return active(config) if config is not None and active is not None else config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

@@ -301,7 +301,7 @@ def run_search(space, where: Location, args: argparse.Namespace):
     from ray.tune.search import ConcurrencyLimiter
 
     from raytune_ft import data as data_mod
-    from raytune_ft import mo_asha, streaming, trial
+    from raytune_ft import mo_asha, planned, streaming, trial
     from raytune_ft.config import TrialConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -351,8 +351,10 @@ def run_search(space, where: Location, args: argparse.Namespace):
     where.upload("space.json", "teacher", "teacher.json", *(["baselines.csv"] if (exp_dir / "baselines.csv").exists()
                                                              else []))  # before any trial: a resumed run finds them
 
-    # MO-ASHA ranks every objective at every epoch: measure the exported sizes cheaply each epoch
-    epoch_metrics = tuple(m for m in space.objectives if m in trial.EPOCH_SIZE_METRICS) if space.scheduler else ()
+    # MO-ASHA ranks every objective at every epoch: measure the exported sizes cheaply each epoch,
+    # and report the planned final ones (planned_<m>, planned.py), which it ranks where present
+    sizes = (*trial.EPOCH_SIZE_METRICS, *planned.PLANNED_METRICS)
+    epoch_metrics = tuple(m for m in space.objectives if m in sizes) if space.scheduler else ()
     trial_inputs = dict(fixed=space.fixed, data=data, teacher_logits=logits, teacher_model=teacher_model,
                         epoch_metrics=epoch_metrics, checkpoint_every=space.search.checkpoint_every)
     trainable = tune.with_resources(tune.with_parameters(trial.tune_trial, **trial_inputs),
@@ -363,9 +365,11 @@ def run_search(space, where: Location, args: argparse.Namespace):
     else:
         metrics, modes = space.metric_and_mode()
         epochs = space.fixed.get("epochs", TrialConfig().epochs)
-        # early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv
+        # early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv.
+        # The search.initial recipes are enqueued in the study and run first (recipes.py).
         searcher = mo_asha.HonestOptunaSearch(space=space.define_by_run(), metric=metrics, mode=modes,
                                               sampler=space.make_sampler(), epochs=epochs,
+                                              points_to_evaluate=[dict(r) for r in space.search.initial] or None,
                                               table_path=str(exp_dir / "optuna_trials.csv"))
         scheduler = None
         if space.scheduler:

@@ -1,8 +1,8 @@
-"""Reading search-space YAML: the records a space file is made of and their validation.
+"""The records a search-space file is made of and their validation.
 
-`parse_space` turns the loaded YAML of one file into the fields of `spaces.Space`; every mistake
-raises SpaceError naming the file, the key and the bad value. The `--set` overrides of
-`Space.with_overrides` go through the same checks. No Optuna here (spaces.py bridges to it).
+`parse_space` turns the loaded YAML of one file (spaces.parse_value reads it) into the fields of
+`spaces.Space`; every mistake raises SpaceError naming the file, the key and the bad value. The
+`--set` overrides of `Space.with_overrides` go through the same checks. No Optuna here (spaces.py bridges to it).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
-
-import yaml
 
 from raytune_ft.config import FIELD_TYPES, TrialConfig, coerce, unknown_key_message
 
@@ -32,7 +30,7 @@ PARAM_KEYS = {
     "int": ("type", "low", "high", "log", "step", "when"),
     "categorical": ("type", "choices", "when"),
 }
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("tpe", "gp", "nsga2", "random")  # spaces.Space.make_sampler builds them
 MODES = ("max", "min")
 # The teacher is a plain dense fine-tune: these switches are forced off for it (use_gpu is
 # where it runs, not a technique: the teacher keeps it).
@@ -62,11 +60,14 @@ class ParamSpec:
 class SearchSettings:
     """How the experiment samples: the `search:` block of a space file."""
 
-    sampler: str = "nsga2"  # one of SAMPLERS
+    sampler: str = "tpe"  # one of SAMPLERS; tpe: the best at a small budget (docs/benchmarks.md)
     num_samples: int = 12  # trials in the experiment
     max_concurrent: int = 1  # trials running at the same time
     seed: int = 0  # sampler seed
     population_size: int = 6  # NSGA-II generation size (ignored by the other samplers)
+    n_startup_trials: int = 4  # finished trials (recipes included) before tpe / gp stop sampling at random
+    # expert-seeded starts: complete recipes (param -> value), run first in this order (recipes.py)
+    initial: tuple[dict[str, Any], ...] = ()
     max_failures: int = 0  # retries of a failed trial (each from its newest checkpoint)
     checkpoint_every: int = 1  # epochs between two trial checkpoints (the last epoch always checkpoints)
     keep_checkpoints: int = 2  # newest checkpoints kept per trial; older ones are deleted
@@ -97,6 +98,7 @@ SEARCH_MINIMUM = {
     "max_concurrent": 1,
     "seed": 0,
     "population_size": 2,
+    "n_startup_trials": 1,
     "max_failures": 0,
     "checkpoint_every": 1,
     "keep_checkpoints": 1,
@@ -105,45 +107,6 @@ SEARCH_MINIMUM = {
 
 
 # --- parsing -----------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reads `1e-4` as a float.
-
-    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent (`1.0e-4`);
-    `lr: 1e-4` or `--set lr=1e-3` would otherwise arrive as the string '1e-4'.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, collections.abc.Hashable):
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def parse_value(where: str, text: str, what: str = "value") -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpaceError(f"{where}: {at}invalid YAML {what}: {problem}") from exc
 
 
 def parse_space(where: str, data: Any) -> dict[str, Any]:
@@ -200,7 +163,7 @@ def parse_space(where: str, data: Any) -> dict[str, Any]:
     if data.get("scheduler") is not None:
         scheduler = parse_scheduler(where, _mapping(where, "scheduler", data["scheduler"]))
     check_scheduler(where, scheduler, fixed, params, objectives)
-    return dict(
+    return dict(  # search.initial: checked against the params by spaces.load_space (recipes.py)
         name=name,
         description=description,
         fixed=fixed,
@@ -301,8 +264,13 @@ def parse_checkpoint(where: str, key: str, value: Any) -> str | None:
 
 def parse_search(where: str, raw: dict[str, Any]) -> SearchSettings:
     _check_keys(where, "search", raw, search_fields())
+    raw = dict(raw)
     for key, value in raw.items():
-        if key == "sampler":
+        if key == "initial":  # each recipe is checked against the params by recipes.check_initial
+            if value is not None and not isinstance(value, (list, tuple)):
+                fail(where, "search.initial", f"must be a list of recipes (mappings param: value), got {value!r}")
+            raw[key] = tuple(value or ())
+        elif key == "sampler":
             if value not in SAMPLERS:
                 fail(
                     where, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, got {value!r}"

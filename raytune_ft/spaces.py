@@ -3,20 +3,25 @@
 A space says which `TrialConfig` fields are fixed, which are searched (with Optuna
 distributions, optionally conditional on a categorical parent), how the distillation teacher is
 obtained (its own model, weights and fine-tuning settings, or a checkpoint), the sampler
-settings and the objectives. Parsing and validation live in space_parsing.py; every mistake
-fails at load time, naming the file, the key and the bad value.
+settings, the `initial` recipes (recipes.py) and the objectives. YAML is read here, the records
+are validated in space_parsing.py; every mistake fails at load time, naming the file, the key
+and the bad value.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import importlib.resources
 import os
-from collections.abc import Callable
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from raytune_ft import recipes
 from raytune_ft.config import FIELD_TYPES, TrialConfig, unknown_key_message
 from raytune_ft.space_parsing import (  # noqa: F401  (re-exported: the public names of a space)
     INT8_CHANGES,
@@ -43,7 +48,6 @@ from raytune_ft.space_parsing import (  # noqa: F401  (re-exported: the public n
     parse_scheduler,
     parse_search,
     parse_space,
-    parse_value,
     search_fields,
     teacher_values,
 )
@@ -104,7 +108,7 @@ class Space:
                 raw = dataclasses.asdict(scheduler) if scheduler else {}
                 scheduler = parse_scheduler(where, {**raw, sub: value})
             elif dot and section == "search":
-                if sub not in SEARCH_MINIMUM and sub != "sampler":
+                if sub not in SEARCH_MINIMUM and sub not in ("sampler", "initial"):
                     fail(where, key, unknown_key_message(sub, search_fields()))
                 search = parse_search(where, {**dataclasses.asdict(search), sub: value})
             elif key in FIELD_TYPES:
@@ -126,6 +130,7 @@ class Space:
         check_against_config(where, fixed, teacher_overrides, self.params)
         check_teacher(where, fixed, teacher_overrides, checkpoint, self.params)
         check_scheduler(where, scheduler, fixed, self.params, self.objectives)
+        search = recipes.check_initial(where, search, self.params, fixed)  # e.g. --set search.initial=[]
         return dataclasses.replace(
             self,
             fixed=fixed,
@@ -143,30 +148,39 @@ class Space:
         """The config of the dense teacher: fixed + teacher overrides, every technique off."""
         return TrialConfig.from_dict(teacher_values(self.fixed, self.teacher_overrides))
 
-    def define_by_run(self) -> Callable[[optuna.trial.Trial], None]:
-        """An Optuna define-by-run function sampling `params` (for Tune's OptunaSearch)."""
-        return _DefineByRun(self.params)
+    def define_by_run(self) -> _DefineByRun:
+        """An Optuna define-by-run function sampling `params` (for Tune's OptunaSearch). For the
+        gp sampler it samples every param in every trial (a flat space, `_DefineByRun`)."""
+        return _DefineByRun(self.params, flat=self.search.sampler == "gp")
 
     def make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
-        """The Optuna sampler named in `search`; `seed` replaces `search.seed` when given."""
+        """The Optuna sampler named in `search`; `seed` replaces `search.seed` when given.
+
+        tpe: multivariate TPE over groups of params that occur together (so conditional params
+        are modelled jointly with their parents), constant liar (concurrent trials do not all
+        propose the same point). gp: GPSampler, a Gaussian process with log expected (hypervolume)
+        improvement, LogEHVI for several objectives (Optuna >= 4.4). Both sample at random until
+        `n_startup_trials` trials have finished, the `initial` recipes included. nsga2: NSGA-II
+        with generations of `population_size` (the recipes are part of the first one).
+        """
         import warnings
 
         import optuna
 
         seed = self.search.seed if seed is None else seed
-        if self.search.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(
-                population_size=self.search.population_size, seed=seed
-            )
-        if self.search.sampler == "tpe":
-            # multivariate + group model conditional params jointly; constant_liar keeps
-            # concurrent trials from all proposing the same point. `group` is marked
-            # experimental in Optuna, which is known and accepted here.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.samplers.TPESampler(
-                    seed=seed, multivariate=True, group=True, constant_liar=True
-                )
+        startup = self.search.n_startup_trials
+        with warnings.catch_warnings():  # `group` and GPSampler are marked experimental: known, accepted
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if self.search.sampler == "nsga2":
+                return optuna.samplers.NSGAIISampler(population_size=self.search.population_size, seed=seed)
+            if self.search.sampler == "tpe":
+                return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                                  n_startup_trials=startup)
+            if self.search.sampler == "gp":
+                # every param is in every trial (flat define-by-run), so none falls back to the
+                # independent random sampler, which is what GPSampler does for a param missing
+                # from some finished trials (its relative space is their intersection)
+                return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
         assert self.search.sampler == "random", self.search.sampler
         return optuna.samplers.RandomSampler(seed=seed)
 
@@ -178,18 +192,21 @@ class Space:
 @dataclass(frozen=True)
 class _DefineByRun:
     """Samples each param whose `when` conditions hold; a module-level class so it pickles
-    (Tune checkpoints its searcher with pickle, which cannot store a closure)."""
+    (Tune checkpoints its searcher with pickle, which cannot store a closure).
+
+    flat: sample every param in every trial, active or not, in the same order. GPSampler models
+    only the params present in all finished trials and draws the others at random; flat, it
+    models them all. The value of an inactive param has no effect: `active` drops it from the
+    trial's config (mo_asha.HonestOptunaSearch applies it), while the study keeps it.
+    """
 
     params: tuple[ParamSpec, ...]
+    flat: bool = False
 
     def __call__(self, trial: optuna.trial.Trial) -> None:
         sampled: dict[str, Any] = {}
         for p in self.params:
-            active = all(
-                parent in sampled and sampled[parent] in allowed
-                for parent, allowed in p.when.items()
-            )
-            if not active:
+            if not self.flat and recipes.inactive_reason(p, sampled) is not None:
                 continue
             if p.type == "float":
                 value = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
@@ -198,6 +215,56 @@ class _DefineByRun:
             else:
                 value = trial.suggest_categorical(p.name, list(p.choices))
             sampled[p.name] = value
+
+    def active(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """`sampled` without the params that its own categorical choices switch off."""
+        kept: dict[str, Any] = {}
+        for p in self.params:
+            if p.name in sampled and recipes.inactive_reason(p, kept) is None:
+                kept[p.name] = sampled[p.name]
+        return kept
+
+
+# --- reading YAML ---------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and reads `1e-4` as a float.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent (`1.0e-4`);
+    `lr: 1e-4` or `--set lr=1e-3` would otherwise arrive as the string '1e-4'.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, collections.abc.Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_value(where: str, text: str, what: str = "value") -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpaceError(f"{where}: {at}invalid YAML {what}: {problem}") from exc
 
 
 def load_space(path: str | os.PathLike) -> Space:
@@ -208,7 +275,9 @@ def load_space(path: str | os.PathLike) -> Space:
     except OSError as exc:
         raise SpaceError(f"{where}: cannot read the file: {exc.strerror or exc}") from exc
     data = parse_value(where, text, what="file")
-    return Space(path=where, **parse_space(where, data))
+    fields = parse_space(where, data)
+    fields["search"] = recipes.check_initial(where, fields["search"], fields["params"], fields["fixed"])
+    return Space(path=where, **fields)
 
 
 def builtin_space_names() -> list[str]:

@@ -305,7 +305,7 @@ class Run:
 def fit(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str], report: Report,
         teacher_logits: torch.Tensor | None = None, teacher: nn.Module | None = None,
         batches: BatchSource | None = None, dist: Dist | None = None, resume: dict[str, Any] | None = None,
-        ) -> dict[str, Any]:
+        observers: list[Family] | None = None) -> dict[str, Any]:
     """Fine-tune `model` in place for cfg.epochs with the recipe's families; returns the last epoch's metrics.
 
     teacher_logits: (n_train, num_classes) logits of the teacher on the training samples, by sample
@@ -316,10 +316,11 @@ def fit(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str
     calls fit() with the same arguments and `report` gets the same metrics on every rank. resume: a
     `state()` that `report` got from an earlier run of the same config, with `model` holding that
     epoch's weights (models.resize_to_state_dict): training goes on as if it had never stopped.
+    observers: families outside the registry, called after the recipe's (planned.PlannedSizes).
     Raises FloatingPointError when the loss stops being finite.
     """
     run = start_run(cfg, model, data, head_names=head_names, teacher_logits=teacher_logits, teacher=teacher,
-                    batches=batches, dist=dist)
+                    batches=batches, dist=dist, observers=observers)
     if resume is not None:
         _load_state(run, resume)
     x_val = data.x_val.contiguous(memory_format=run.memory_format)  # laid out once for every evaluation
@@ -381,7 +382,8 @@ def fit(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str
 
 def start_run(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str],
               teacher_logits: torch.Tensor | None = None, teacher: nn.Module | None = None,
-              batches: BatchSource | None = None, dist: Dist | None = None) -> Run:
+              batches: BatchSource | None = None, dist: Dist | None = None,
+              observers: list[Family] | None = None) -> Run:
     """The Run that fit() trains: the loop's plumbing (seed, device, memory format, rank 0's weights,
     precision, batches), then the active families' `start`, then the optimizer and DDP wrapper."""
     dist = dist or Dist()
@@ -401,7 +403,7 @@ def start_run(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: s
                                       dist=dist)
     run = Run(cfg, model, head_names, source, dist, memory_format, dtype, scaler,
               total_steps=cfg.epochs * source.steps_per_epoch, teacher_logits=teacher_logits, teacher=teacher,
-              families=families.build(cfg))
+              families=[*families.build(cfg), *(observers or [])])
     for family in run.families:
         family.start(run)
     run.optimizer = _optimizer(cfg, model)

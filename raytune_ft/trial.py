@@ -23,7 +23,7 @@ import torch
 from ray import tune
 
 from raytune_ft import data as data_mod
-from raytune_ft import export, models, streaming, teachers, train
+from raytune_ft import export, models, planned, streaming, teachers, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
@@ -243,8 +243,10 @@ def tune_trial(
 
     A retried or restored trial (`max_failures`, `--resume`) continues after the epoch of its
     newest checkpoint: weights, optimizer, masks, schedules and RNG states as they were.
-    epoch_metrics: exported-model sizes (EPOCH_SIZE_METRICS) to measure cheaply at every epoch, for
-    an early-stopping scheduler; the final epoch's export measurement replaces them when export is on.
+    epoch_metrics: the size objectives an early-stopping scheduler ranks at every epoch: those in
+    EPOCH_SIZE_METRICS are measured cheaply, those in planned.PLANNED_METRICS are also reported as
+    planned_<m> (the final model's, planned.py); the final epoch's export measurement replaces the
+    measured ones when export is on.
     teacher_model: {"config", "state_dict"} of the dense teacher, for KD with an online teacher
     (training_inputs decides between it and teacher_logits).
     """
@@ -288,6 +290,7 @@ def tune_trial(
         batches=batches,
         dist=dist,
         resume=resume,
+        observers=planned.observers(cfg, epoch_metrics),
     )
 
 
@@ -409,7 +412,8 @@ def _train_worker(config: dict[str, Any]) -> None:
                                                teacher_logits=config["teacher_logits"],
                                                teacher_model=config.get("teacher_model"))
     train.fit(cfg, model, data, head_names=models.head_parameter_names(model), report=report,
-              teacher_logits=logits, teacher=teacher, batches=batches, dist=dist, resume=resume)
+              teacher_logits=logits, teacher=teacher, batches=batches, dist=dist, resume=resume,
+              observers=planned.observers(cfg, config["epoch_metrics"]))
 
 
 def _report_to_tune_callback():

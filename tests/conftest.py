@@ -42,3 +42,19 @@ def tiny_splits():
     x_train, y_train = make(96)
     x_val, y_val = make(48)
     return Splits(x_train, y_train, x_val, y_val, ("a", "b", "c"))
+
+
+def without_initial(text: str) -> str:
+    """A shipped space file's text without its `search.initial` recipes: for tests that derive
+    another space from it by editing lines (removing or adding params), which the complete
+    recipes would then no longer fit."""
+    out, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("  initial:"):
+            skipping = True
+            continue
+        if skipping and (line.startswith("    ") or not line.strip()):
+            continue
+        skipping = False
+        out.append(line)
+    return "".join(out)

@@ -67,6 +67,7 @@ def test_early_stopped_trials_are_pruned_and_off_the_front(tmp_path):
         argv = ["--space", "quickstart_mo_asha", "--storage-path", str(tmp_path), "--name", "mo",
                 "--num-samples", "6", "--set", "max_samples=200", "--set", "epochs=3", "--set", "weights=none",
                 "--set", "export=false", "--set", "teacher.epochs=1", "--set", "scheduler.reduction_factor=4",
+                "--set", "search.sampler=nsga2", "--set", "search.initial=[]",  # as written before issue 16
                 "--set", "search.population_size=3", "--set", "bn_recalibration_batches=1",
                 "--set", "cpus_per_trial=1"]
         assert search.main(argv) == 0
@@ -91,6 +92,9 @@ def test_early_stopped_trials_are_pruned_and_off_the_front(tmp_path):
     complete = study[study["state"] == "COMPLETE"]
     assert sorted(complete["values_0"]) == pytest.approx(sorted(done["val_acc"]))
     assert sorted(complete["values_1"]) == pytest.approx(sorted(done["nonzero_params"]))
+    # issue 16: the rungs ranked planned final sizes, reported every epoch and exact at the end
+    assert (done["planned_nonzero_params"] == done["nonzero_params"]).all()
+    assert (stopped["planned_nonzero_params"] < stopped["params"]).all()
     # the rung history was kept for --resume
     assert (exp / "mo_asha_state.pkl").stat().st_size > 0
 

@@ -164,9 +164,11 @@ def test_a_model_onnx_cannot_export_fails_its_trial_with_a_one_line_reason(tmp_p
 
 
 def test_mo_asha_with_quantization_refuses_a_size_objective_the_int8_file_changes(tmp_path):
+    from conftest import without_initial
+
     from raytune_ft.spaces import SpaceError, builtin_space_path, load_space
 
-    text = builtin_space_path("quickstart_mo_asha").read_text()
+    text = without_initial(builtin_space_path("quickstart_mo_asha").read_text())
     quantized = text.replace("  use_kd: {type: categorical", "  use_quantization: {type: categorical, choices: "
                              "[true, false]}\n  use_kd: {type: categorical", 1)
     (tmp_path / "ok.yaml").write_text(quantized)  # nonzero_params... is what the int8 file changes too

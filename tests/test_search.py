@@ -15,8 +15,9 @@ from raytune_ft import data, models, pruning, search, train
 from raytune_ft.config import TrialConfig
 
 # teacher.model: the quickstart's teacher is Lite2; this suite compares the teacher with a dense
-# student of its own architecture (the first trial, nsga2 seed 0, is a Lite1)
+# student of its own architecture (the first trial, nsga2 seed 0 without the seeded recipes, is a Lite1)
 SMALL = ["--set", "max_samples=240", "--set", "epochs=2", "--set", "image_size=32",
+         "--set", "search.sampler=nsga2", "--set", "search.initial=[]",
          "--set", "teacher.epochs=2", "--set", "teacher.model=efficientnet_lite1", "--num-samples", "3"]
 PARAM_COLUMNS = ["lr", "use_kd", "kd_alpha", "final_sparsity", "pruning_end"]
 
