@@ -199,20 +199,26 @@ def measure_deployed(path: str | Path, model: nn.Module, *, image_size: int, thr
 
 
 def ort_latency_ms(path: str | Path | Any, *, image_size: int, threads: int, budget_s: float = 2.0,
-                   batches: tuple[int, ...] = LATENCY_BATCHES, warmup: int = 3, min_rounds: int = 5,
-                   max_rounds: int = 200) -> dict[str, float]:
+                   batches: tuple[int, ...] = LATENCY_BATCHES, warmup: int = 3, warmup_s: float | None = None,
+                   min_rounds: int = 5, max_rounds: int = 200) -> dict[str, float]:
     """Median and interquartile range (ms) of one ONNX Runtime forward pass per batch size.
 
-    Each batch size gets `warmup` untimed runs; then rounds run every batch size once, in turn
-    (interleaved, so drift in machine load hits all of them alike), until `budget_s` is spent
-    (at least `min_rounds`, at most `max_rounds`)."""
+    Warm-up: untimed interleaved rounds until each batch size ran `warmup` times and `warmup_s`
+    seconds passed (default: a quarter of `budget_s`) — the first fraction of a second after a
+    session starts (its thread pool waking, caches, the clock ramping) runs slower, and a fixed
+    count of 3 runs left a ±10-20 % spread between repeated measurements of one file here.
+    Then rounds run every batch size once, in turn (interleaved, so drift in machine load hits
+    all of them alike), until `budget_s` is spent (at least `min_rounds`, at most `max_rounds`)."""
     session = ort_session(path, threads) if isinstance(path, (str, Path)) else path
     name = session.get_inputs()[0].name
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, 3, image_size, image_size)).astype(np.float32) for b in batches}
-    for b in batches:
-        for _ in range(warmup):
+    warm_until = time.perf_counter() + (budget_s / 4 if warmup_s is None else warmup_s)
+    runs = 0
+    while runs < warmup or time.perf_counter() < warm_until:
+        for b in batches:
             session.run(None, {name: inputs[b]})
+        runs += 1
     times: dict[int, list[float]] = {b: [] for b in batches}
     deadline = time.perf_counter() + budget_s
     rounds = 0

@@ -16,6 +16,8 @@ TensorRT-style), percentile (99.999th percentile of |x|).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +110,12 @@ class Quantization:
             try:
                 quant_pre_process(str(onnx_path), str(prepared))
                 step = "quantize_static"
-                quantize_static(str(prepared), str(output), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                                reduce_range=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                                calibrate_method=method, calibration_providers=["CPUExecutionProvider"],
-                                extra_options={"CalibTensorRangeSymmetric": False})
+                with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print() their progress
+                    quantize_static(str(prepared), str(output), reader, quant_format=QuantFormat.QDQ,
+                                    per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
+                                    activation_type=QuantType.QUInt8, calibrate_method=method,
+                                    calibration_providers=["CPUExecutionProvider"],
+                                    extra_options={"CalibTensorRangeSymmetric": False})
             except ExportError:
                 raise
             except Exception as err:

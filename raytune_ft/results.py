@@ -106,6 +106,7 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
                    if k not in RAY_KEYS and k not in config and k not in fixed and _is_scalar(v)}
         checkpoints = sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir())  # not Train's .json
         export = checkpoints[-1] / EXPORT_DIR if checkpoints else None
+        metrics.update(_retimed_latency(export, metrics))
         end_time = last.get("timestamp")
         start_time = state.get("start_time") or (
             end_time - last["time_total_s"] if end_time and "time_total_s" in last else None)
@@ -133,6 +134,19 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
     if len(trials):
         trials = trials.sort_values(["start_time", "trial_id"], kind="stable", na_position="last")
     return trials.reset_index(drop=True)
+
+
+def _retimed_latency(export: Path | None, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The latencies re-timed after the search (remeasure.py) from the export's manifest, with the
+    trial's own measurement kept as latency_ms_b*_search; {} when it was not re-timed."""
+    path = export / "manifest.json" if export is not None else None
+    if path is None or not path.is_file():
+        return {}
+    measured = json.loads(path.read_text()).get("metrics") or {}
+    if not measured.get("latency_retimed"):
+        return {}
+    out = {f"{k}_search": metrics[k] for k in ("latency_ms_b1", "latency_ms_b32") if k in metrics}
+    return {**out, **{k: v for k, v in measured.items() if k.startswith("latency_ms_")}}
 
 
 def load_experiment(location: str | Path, *, with_checkpoints: bool = False) -> Experiment:

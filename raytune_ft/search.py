@@ -195,6 +195,7 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
     import torch
 
     from raytune_ft import models, teachers, train, trial
+    from raytune_ft.config import TrialConfig
 
     teacher_dir = exp_dir / "teacher"
     logits_path = teacher_dir / "train_logits.pt"
@@ -229,12 +230,15 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
         config, metrics, logits = cfg.to_dict(), out["metrics"], out["train_logits"]
         changed = True
     export_dir = teacher_dir / trial.EXPORT_DIR
+    # measured with the students' threads: the baselines' latencies compare with the trials'
+    measure_cfg = dataclasses.replace(cfg, cpus_per_trial=TrialConfig.from_dict(space.fixed).worker_cpus,
+                                      cpus_per_worker=None)
     if cfg.export and not (export_dir / "manifest.json").exists():
         print("teacher: exporting and measuring", flush=True)
-        torch.set_num_threads(cfg.cpus_per_trial)
-        metrics = {**metrics, **trial.export_and_measure(model, cfg, view, metrics, export_dir)}
+        torch.set_num_threads(measure_cfg.cpus_per_trial)
+        metrics = {**metrics, **trial.export_and_measure(model, measure_cfg, view, metrics, export_dir)}
         changed = True
-    baselines = teacher_baselines(model, cfg, data, metrics, teacher_dir, recorded=(
+    baselines = teacher_baselines(model, measure_cfg, data, metrics, teacher_dir, recorded=(
         f"{location}/teacher" if location else str(teacher_dir))) if cfg.export else []
     if baselines:
         import pandas as pd
@@ -413,6 +417,9 @@ def write_results(trials, space, where: Location, teacher: dict[str, Any]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # before Ray is imported: Ray folds log lines of concurrent trials that differ only in numbers
+    # ("[repeated 2x across cluster]"), so one trial's epoch line would hide the other's
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     args = parse_args(argv)
     try:
         space, where = prepare(args)
@@ -431,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Tune's files are complete once fit() returned
     trials = results_mod.load_experiment(where.uri).trials if where.remote else results_mod.read_trials(where.local)
+    from raytune_ft import remeasure
+
+    trials, teacher = remeasure.after_search(trials, teacher, space.fixed, where.local, where.upload)
     front = write_results(trials, space, where, teacher)
     front, teacher, confirmed = honest_results(trials, front, space, where, teacher, trial_inputs, args.confirm)
 

@@ -88,6 +88,7 @@ def epoch_size_metrics(model: torch.nn.Module, names: tuple[str, ...], image_siz
 
 def _setup_torch(cfg: TrialConfig, threads: int) -> None:
     torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)  # before build_model: the new head's initial weights follow the seed
     torch.set_flush_denormal(True)  # tiny weights late in a cosine schedule slow CPU math otherwise
 
 

@@ -1,0 +1,103 @@
+"""Latency you can compare: every shipped file re-timed after the search, in the driver, while
+nothing trains.
+
+During a search a trial times its deployed file right after training, on a machine where other
+trials may be training (max_concurrent > 1) — on 2 cores that moved the b32 latency of one int8
+graph by ±18 % between trials. Once the trials are done, `remeasure` times every completed
+trial's deployed ONNX file and the baselines' files again, one ONNX Runtime session at a time, in
+this process, with the trials' threads (`cpus_per_trial`) and export.ort_latency_ms (time-based
+warm-up, interleaved b1/b32 rounds, median and IQR). Those values replace `latency_ms_b1/b32`
+(and their `_iqr`) in trials.csv, the front, the baselines and each file's manifest; what the
+trial measured during the search stays as `latency_ms_b1_search` / `latency_ms_b32_search` —
+the values the sampler saw when a space optimises latency.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from raytune_ft import export
+from raytune_ft.config import TrialConfig
+
+COLUMNS = ("latency_ms_b1", "latency_ms_b32", "latency_ms_b1_iqr", "latency_ms_b32_iqr")
+SEARCH_SUFFIX = "_search"
+RETIMED = "latency_retimed"  # manifest metrics flag: the latency there was re-timed after the search
+
+
+def deployed_file(export_dir: str | Path) -> tuple[Path, int] | None:
+    """(the file the manifest ships, its input size) of an export folder, or None without a manifest."""
+    manifest_path = Path(export_dir) / export.MANIFEST
+    if not manifest_path.is_file():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    path = Path(export_dir) / manifest.get("deployed", export.ONNX_FILE)
+    if path.suffix != ".onnx" or not path.is_file():
+        return None
+    return path, int(manifest.get("input_size", [3, 32, 32])[-1])
+
+
+def time_file(export_dir: str | Path, *, threads: int, budget_s: float) -> dict[str, float] | None:
+    """ORT latency of an export folder's deployed file (also written into its manifest's metrics)."""
+    found = deployed_file(export_dir)
+    if found is None:
+        return None
+    path, size = found
+    latency = export.ort_latency_ms(path, image_size=size, threads=threads, budget_s=budget_s)
+    export.update_manifest(export_dir, metrics={**latency, RETIMED: True})  # results.read_trials reads it back
+    return latency
+
+
+def remeasure(trials: pd.DataFrame, teacher: dict[str, Any], *, threads: int,
+              budget_s: float) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(trials, teacher) with the latencies of every completed trial's and every baseline's deployed
+    file re-timed now; prints one line with the count and the time it took."""
+    started = time.perf_counter()
+    trials = trials.copy()
+    timed = 0
+    if "export_path" in trials and "latency_ms_b32" in trials:
+        for column in ("latency_ms_b1", "latency_ms_b32"):
+            if column + SEARCH_SUFFIX not in trials:
+                trials[column + SEARCH_SUFFIX] = trials[column]
+        for i, row in trials.iterrows():
+            if row.get("status") != "completed" or not isinstance(row.get("export_path"), str):
+                continue
+            latency = time_file(row["export_path"], threads=threads, budget_s=budget_s)
+            if latency is not None:
+                for column in COLUMNS:
+                    trials.at[i, column] = latency[column]
+                timed += 1
+    baselines = dict(teacher.get("baselines") or {})
+    for name, row in baselines.items():
+        file = Path(str(row.get("file", "")))
+        latency = time_file(file.parent, threads=threads, budget_s=budget_s) if file.is_file() else None
+        if latency is not None:
+            baselines[name] = {**row, **latency}
+            timed += 1
+    teacher = {**teacher, "baselines": baselines} if baselines else dict(teacher)
+    if "teacher_fp32" in baselines:  # the teacher's own row is its fp32 file
+        teacher.update({c: baselines["teacher_fp32"][c] for c in COLUMNS if c in baselines["teacher_fp32"]})
+    if timed:
+        print(f"latency: {timed} deployed file(s) re-timed after the search, nothing training "
+              f"({threads} thread(s), {time.perf_counter() - started:.1f} s)", flush=True)
+    return trials, teacher
+
+
+def after_search(trials: pd.DataFrame, teacher: dict[str, Any], fixed: Mapping[str, Any], exp_dir: Path,
+                 upload: Callable[..., Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """`remeasure` with the trials' threads and latency budget (the space's fixed settings); rewrites
+    teacher.json and baselines.csv in `exp_dir` and hands them to `upload` (remote storage)."""
+    cfg = TrialConfig.from_dict(dict(fixed))
+    if not cfg.export:
+        return trials, teacher
+    trials, teacher = remeasure(trials, teacher, threads=cfg.worker_cpus, budget_s=cfg.latency_budget_s)
+    if teacher.get("baselines"):
+        (exp_dir / "teacher.json").write_text(json.dumps(teacher, indent=2))
+        pd.DataFrame(list(teacher["baselines"].values())).to_csv(exp_dir / "baselines.csv", index=False)
+        upload("teacher.json", "baselines.csv")
+    return trials, teacher
