@@ -317,6 +317,25 @@ def hypervolume(done: list[tuple[float, float]], nz_scale: float) -> float:
     return pareto.hypervolume(pts, np.ones(2))
 
 
+def new_study(strategy: Strategy, seed: int) -> optuna.Study:
+    """A (val_acc max, nonzero_params min) study with the strategy's sampler; +seeded: RECIPES enqueued."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(strategy.sampler, seed))
+    if strategy.seeded:
+        for _, recipe in RECIPES:
+            study.enqueue_trial(recipe)
+    return study
+
+
+def rung_point(acc: float, nz: np.ndarray, epoch: int, planned: bool) -> np.ndarray:
+    """The (−val_acc, nonzero_params) point MO-ASHA ranks at a rung: nonzero_params now (nz[epoch − 1])
+    or, planned, the final one the trial's schedule ends at (nz[−1])."""
+    return np.array([-float(acc), float(nz[-1] if planned else nz[epoch - 1])])
+
+
 def simulate(strategy: Strategy, seed: int, *, space: spaces.Space, curve_of, budget: int, workers: int,
              nz_scale: float, grace_period: int = 1, reduction_factor: float = 3) -> pd.DataFrame:
     """Run one strategy until `budget` epochs are spent; one row per finished epoch event:
@@ -324,13 +343,7 @@ def simulate(strategy: Strategy, seed: int, *, space: spaces.Space, curve_of, bu
     stopped), hypervolume (of the fully trained trials)."""
     import optuna
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        study = optuna.create_study(directions=["maximize", "minimize"],
-                                    sampler=make_sampler(strategy.sampler, seed))
-    if strategy.seeded:
-        for _, recipe in RECIPES:
-            study.enqueue_trial(recipe)
+    study = new_study(strategy, seed)
     define = (flattened(space) if strategy.sampler == "gp_flat" else space).define_by_run()
     epochs = space.max_epochs()
     milestones = mo_asha.rung_milestones(grace_period, epochs, reduction_factor) if strategy.scheduler else []
@@ -357,7 +370,7 @@ def simulate(strategy: Strategy, seed: int, *, space: spaces.Space, curve_of, bu
         spent += 1
         a, n = float(acc[epoch - 1]), float(nz[epoch - 1])
         if epoch < epochs and epoch in rungs:  # MO-ASHA decision at this rung
-            point = np.array([-a, float(nz[-1]) if planned else n])
+            point = rung_point(a, nz, epoch, planned)
             keep = mo_asha.continues_at_rung(np.array(rungs[epoch]).reshape(-1, 2), point, reduction_factor)
             rungs[epoch].append(point)
             if not keep:
@@ -403,7 +416,7 @@ def table_replay(curves: pd.DataFrame, seed: int, *, budget: int, nz_scale: floa
             if e == epochs:
                 done.append((acc[-1], nz[-1]))
             elif e in rungs:
-                point = np.array([-acc[e - 1], nz[-1] if scheduler == "mo_asha_planned" else nz[e - 1]])
+                point = rung_point(acc[e - 1], nz, e, scheduler == "mo_asha_planned")
                 keep = mo_asha.continues_at_rung(np.array(rungs[e]).reshape(-1, 2), point, reduction_factor)
                 rungs[e].append(point)
                 if not keep:
