@@ -307,6 +307,32 @@ def surrogate_quality(space: spaces.Space, curves: pd.DataFrame, nz_scale: float
     return pd.DataFrame(rows)
 
 
+# The method part of the docs snippet (benchmarks/search_strategies.md); the numbers follow it.
+METHOD = """\
+**Strategies compared (issue 16).** The replay searches `benchmarks/curves_space.yaml`, the
+quickstart space as it was when the curves were recorded (Lite0 only, objectives `val_acc` and
+`nonzero_params`); the shipped quickstart has since gained the student architecture and int8,
+which the 28 curves never vary, so searching it would add dimensions the surrogate cannot see.
+Samplers are built in the benchmark (`make_sampler`, mirroring `spaces.Space.make_sampler`), so
+a name keeps its meaning when the shipped defaults change:
+`random`; `tpe` = TPE multivariate + group + constant liar as shipped, with Optuna's default 10
+start-up trials, `tpe4` the same with 4; `gp` = GPSampler (LogEHVI, qLogEHVI over running
+trials; 4 start-up trials) on the conditional space, where Optuna samples every conditional
+param at random; `gp_flat` the same on the flattened space (every param suggested in every
+trial, the inactive ones ignored); `nsga2` = population 4 (the old default), `nsga2_p8` =
+population 8 (5 generations in the 40-trial budget; Optuna's default population is 50, and its
+sampler table recommends NSGA-II for 100-10,000 trials). `+seeded`: the three recipes listed
+below are enqueued (`study.enqueue_trial`) before the first ask, so they are the first trials
+and count as the sampler's start-up trials. `+mo_asha`: MO-ASHA (`mo_asha.continues_at_rung`,
+grace 1 epoch, eta 3) ranks (val_acc, nonzero_params at the rung's epoch);
+`+mo_asha_planned` ranks (val_acc, the nonzero_params the trial will end with), known from the
+config before training (the sparsity schedule is exact). Same budget (200 training epochs) and
+same simulated cluster (4 workers, the surrogate's epoch times) for every strategy.
+The GP strategies are run with fewer seeds (`--gp-seeds`): GPSampler's acquisition
+optimisation costs seconds per trial on this CPU (per-strategy compute below), which would make
+10 seeds take hours of the shared machine; the other strategies use all seeds. The machine was
+loaded by other jobs: compute times are indicative only."""
+
 # --- the simulated cluster --------------------------------------------------------------------
 
 def hypervolume(done: list[tuple[float, float]], nz_scale: float) -> float:
@@ -460,7 +486,8 @@ def summarize(table: pd.DataFrame, names: list[str], default: str, budget: int) 
     grids = {"grid_n": np.arange(0, max_trials + 1), "grid_t": np.linspace(0, tmax, 80)}
     for s in names:
         grids[s] = {"trials": np.stack([on_grid(r, "trials", grids["grid_n"]) for r in runs[s]]),
-                    "time": np.stack([on_grid(r, "time_s", grids["grid_t"]) for r in runs[s]])}
+                    "time": np.stack([on_grid(r, "time_s", grids["grid_t"]) for r in runs[s]]),
+                    "n_max": max(int(r["trials"].iloc[-1]) for r in runs[s])}
     at = {s: {n: float(np.median([on_grid(r, "trials", np.array([n]))[0] for r in runs[s]])) for n in (8, 16)}
           for s in names}
     random_final = float(np.median(finals["random"])) if "random" in finals else math.nan
@@ -538,6 +565,7 @@ def plot(grids: dict, names: list[str], default: str, path: str, title: str, wor
                           ("Seeded starts and MO-ASHA (full-training references dashed)", refs + variants)) if g[1]]
     if not variants:
         groups = groups[:1]
+    colors = {s: plt.get_cmap("tab20" if len(names) > 10 else "tab10")(i) for i, s in enumerate(names)}
     fig, axes = plt.subplots(len(groups), 2, figsize=(13, 4.8 * len(groups)), squeeze=False)
     for row, (label, members) in zip(axes, groups, strict=True):
         for s in members:
@@ -545,8 +573,9 @@ def plot(grids: dict, names: list[str], default: str, path: str, title: str, wor
             for ax, key, grid, scale in ((row[0], "trials", grids["grid_n"], 1.0),
                                          (row[1], "time", grids["grid_t"], 60.0)):
                 hv = grids[s][key]
-                line, = ax.plot(grid / scale, np.median(hv, axis=0), style, label=s)
-                ax.fill_between(grid / scale, hv.min(axis=0), hv.max(axis=0), color=line.get_color(), alpha=0.08)
+                ax.plot(grid / scale, np.median(hv, axis=0), style, color=colors[s], label=s)
+                ax.fill_between(grid / scale, hv.min(axis=0), hv.max(axis=0), color=colors[s], alpha=0.07)
+        row[0].set_xlim(0, max(grids[s]["n_max"] for s in members))
         lo = min(np.median(grids[s]["trials"], axis=0)[min(8, len(grids["grid_n"]) - 1)] for s in members)
         hi = max(grids[s]["trials"].max() for s in members)
         for ax in row:
@@ -635,9 +664,18 @@ def main() -> None:
         return cache[key]
 
     settings = f"budget {args.budget}, workers {args.workers}, eta {args.reduction_factor:g}, {args.surrogate}"
-    reuse = pd.read_csv(args.reuse) if args.reuse and Path(args.reuse).exists() else None
-    if reuse is not None:
-        reuse = reuse[reuse["settings"] == settings]
+    earlier = pd.read_csv(args.reuse) if args.reuse and Path(args.reuse).exists() else None
+    reuse = None if earlier is None else earlier[earlier["settings"] == settings]
+
+    def save(runs: list[pd.DataFrame]) -> pd.DataFrame:
+        """This call's runs, plus the earlier file's other runs when writing over it (kept for later calls)."""
+        table = pd.concat(runs, ignore_index=True)
+        if earlier is not None and Path(args.out).resolve() == Path(args.reuse).resolve():
+            mine = set(zip(table.strategy, table.seed, table.settings, strict=True))
+            keep = [k not in mine for k in zip(earlier.strategy, earlier.seed, earlier.settings, strict=True)]
+            table = pd.concat([table, earlier[keep]], ignore_index=True)
+        table.to_csv(args.out, index=False)
+        return table
     runs, seconds = [], {}
     for name in names:
         strategy = parse_strategy(name)
@@ -651,12 +689,12 @@ def main() -> None:
             run = simulate(strategy, seed, space=space, curve_of=curve_of, budget=args.budget,
                            workers=args.workers, nz_scale=nz_scale, reduction_factor=args.reduction_factor)
             runs.append(run.assign(settings=settings, run_s=time.perf_counter() - t0))
-            pd.concat(runs, ignore_index=True).to_csv(args.out, index=False)  # an interrupted run keeps its seeds
+            save(runs)  # an interrupted call keeps the seeds it finished
         mine = pd.concat(runs[-seeds:])
         seconds[name] = float(mine.groupby("seed")["run_s"].first().sum())
         print(f"  {name}: {seeds} seeds, {seconds[name]:.0f}s of compute", flush=True)
+    save(runs)
     table = pd.concat(runs, ignore_index=True)
-    table.to_csv(args.out, index=False)
     summary, grids, goals = summarize(table, names, args.default, args.budget)
     rungs = mo_asha.rung_milestones(1, epochs, args.reduction_factor)
     say(f"\nReplay: {args.workers} simulated workers, budget {args.budget} epochs "
@@ -688,10 +726,11 @@ def main() -> None:
     command = "PYTHONPATH=. python benchmarks/search_strategies.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("seeds", args.seeds), ("gp_seeds", args.gp_seeds),
                                                       ("budget", args.budget), ("workers", args.workers),
-                                                      ("strategies", args.strategies)) if v)
+                                                      ("strategies", args.strategies), ("default", args.default),
+                                                      ("reuse", args.reuse and os.path.relpath(args.reuse, ROOT))) if v)
     Path(args.markdown).write_text(
         "<!-- written by benchmarks/search_strategies.py; paste into docs/benchmarks.md -->\n\n"
-        f"Command: `{command}` ({time.strftime('%Y-%m-%d')}). Plot: docs/search_strategies.png.\n"
+        f"{METHOD}\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d')}). Plot: docs/search_strategies.png.\n"
         + "\n".join(out) + "\n", encoding="utf-8")
     print(f"\nwrote {args.out}, {args.plot} and {args.markdown} ({total:.0f}s)")
 
