@@ -599,9 +599,9 @@ def main() -> None:
                    help="curve files of record_curves.py (two recorders ran side by side, different seeds)")
     p.add_argument("--space", default=str(HERE / "curves_space.yaml"), help="the space the curves were recorded in")
     p.add_argument("--strategies", default=None,
-                   help="comma-separated SAMPLER[+seeded][+mo_asha|+mo_asha_planned]; samplers: "
-                        f"{', '.join(SAMPLERS)}; default: every sampler, the default seeded, MO-ASHA on random "
-                        "and the default")
+                   help="comma-separated SAMPLER[+seeded][+mo_asha|+mo_asha_planned][:SEEDS]; samplers: "
+                        f"{', '.join(SAMPLERS)}; :SEEDS overrides --seeds/--gp-seeds for that strategy; "
+                        "default: every sampler, gp and tpe4 seeded, MO-ASHA on random, gp and tpe4")
     p.add_argument("--default", default=DEFAULT_SAMPLER, choices=SAMPLERS, help="the sampler the goals are checked for")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--gp-seeds", type=int, default=None, help="fewer seeds for the gp samplers (they are slow)")
@@ -618,8 +618,14 @@ def main() -> None:
     p.add_argument("--markdown", default=str(HERE / "search_strategies.md"), help="results snippet for the docs")
     args = p.parse_args()
     try:
-        names = [parse_strategy(s).name for s in (args.strategies.split(",") if args.strategies
-                                                   else default_strategies(args.default))]
+        wanted = args.strategies.split(",") if args.strategies else default_strategies(args.default)
+        own_seeds = {}
+        for item in wanted:
+            name, _, count = item.partition(":")
+            if count and not (count.isdigit() and int(count) > 0):
+                raise ValueError(f"--strategies: {item!r}: SEEDS after ':' must be a positive int")
+            own_seeds[parse_strategy(name).name] = int(count) if count else None
+        names = list(own_seeds)
     except ValueError as exc:
         p.error(str(exc))
 
@@ -681,7 +687,8 @@ def main() -> None:
     runs, seconds = [], {}
     for name in names:
         strategy = parse_strategy(name)
-        seeds = args.gp_seeds if (args.gp_seeds and strategy.sampler.startswith("gp")) else args.seeds
+        seeds = own_seeds[name] or (args.gp_seeds if (args.gp_seeds and strategy.sampler.startswith("gp"))
+                                    else args.seeds)
         for seed in range(seeds):
             old = None if reuse is None else reuse[(reuse.strategy == name) & (reuse.seed == seed)]
             if old is not None and len(old):
@@ -719,7 +726,9 @@ def main() -> None:
             f"{np.max(hv):.4f} | {np.median([r['epochs'].iloc[-1] for r in real]):.0f} |")
 
     title = (f"Replay on the quickstart (surrogate of {len(curves)} real curves), budget {args.budget} epochs, "
-             f"{args.workers} workers, {args.seeds} seeds")
+             f"{args.workers} workers, {args.seeds} seeds" + (" (fewer for some: see the table)" if
+                                                              table.groupby("strategy")["seed"].nunique().min()
+                                                              < args.seeds else ""))
     plot(grids, names, args.default, args.plot, title, args.workers)
     total = time.perf_counter() - started
     say(f"\nRuntime {total:.0f} s on {os.cpu_count()} cores, load average {load[0]:.1f} at the start "
