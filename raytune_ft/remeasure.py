@@ -4,10 +4,10 @@ nothing trains.
 During a search a trial times its deployed file right after training, on a machine where other
 trials may be training (max_concurrent > 1) — on 2 cores that moved the b32 latency of one int8
 graph by ±18 % between trials. Once the trials are done, `remeasure` times every completed
-trial's deployed ONNX file and the baselines' files again, one ONNX Runtime session at a time, in
-this process, with the trials' threads (`cpus_per_trial`) and export.ort_latency_ms (time-based
-warm-up, interleaved b1/b32 rounds, median and IQR). Those values replace `latency_ms_b1/b32`
-(and their `_iqr`) in trials.csv, the front, the baselines and each file's manifest; what the
+trial's deployed ONNX file and the baselines' files again, in this process, with the trials'
+threads (`cpus_per_trial`), up to GROUP files together in interleaved rounds (`time_files`:
+warm-up, every file at b1 and b32 in each round, median and IQR). Those values replace
+`latency_ms_b1/b32` (and their `_iqr`) in trials.csv, the front, the baselines and each file's manifest; what the
 trial measured during the search stays as `latency_ms_b1_search` / `latency_ms_b32_search` —
 the values the sampler saw when a space optimises latency.
 """
@@ -15,6 +15,7 @@ the values the sampler saw when a space optimises latency.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ from raytune_ft.config import TrialConfig
 
 COLUMNS = ("latency_ms_b1", "latency_ms_b32", "latency_ms_b1_iqr", "latency_ms_b32_iqr")
 SEARCH_SUFFIX = "_search"
+GROUP = 16  # files timed together (sessions open at once)
 RETIMED = "latency_retimed"  # manifest metrics flag: the latency there was re-timed after the search
 
 
@@ -42,48 +44,95 @@ def deployed_file(export_dir: str | Path) -> tuple[Path, int] | None:
     return path, int(manifest.get("input_size", [3, 32, 32])[-1])
 
 
+def time_files(export_dirs: list[str | Path], *, threads: int, budget_s: float,
+               group: int = GROUP) -> list[dict[str, float] | None]:
+    """ORT latency of each export folder's deployed file (None: nothing deployed), also written into
+    its manifest's metrics. Files are timed together, `group` at a time (`time_group`), so drift
+    in the machine's load hits all files of a group alike (files timed one after another differed
+    by ±15 % at b32 here)."""
+    found = [deployed_file(d) for d in export_dirs]
+    out: list[dict[str, float] | None] = [None] * len(export_dirs)
+    todo = [i for i, f in enumerate(found) if f is not None]
+    for start in range(0, len(todo), group):
+        members = todo[start:start + group]
+        for i, latency in zip(members, time_group([found[i] for i in members], threads=threads, budget_s=budget_s),
+                              strict=True):
+            export.update_manifest(export_dirs[i], metrics={**latency, RETIMED: True})  # read back by read_trials
+            out[i] = latency
+    return out
+
+
+def time_group(files: list[tuple[Path, int]], *, threads: int, budget_s: float,
+               batches: tuple[int, ...] = export.LATENCY_BATCHES, min_rounds: int = 5) -> list[dict[str, float]]:
+    """Median and IQR (ms) per (file, input size) and batch size, in interleaved rounds: each round
+    runs every file at every batch size once. Warm-up: untimed rounds for a quarter of the
+    group's budget (at least 3); then rounds until `budget_s` × files has passed (≥ `min_rounds`)."""
+    import numpy as np
+
+    sessions = [export.ort_session(path, threads) for path, _ in files]
+    names = [s.get_inputs()[0].name for s in sessions]
+    rng = np.random.default_rng(0)
+    inputs = [{b: rng.standard_normal((b, 3, size, size)).astype(np.float32) for b in batches} for _, size in files]
+    times: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in files]
+    total = budget_s * len(files)
+    for phase, seconds, least in (("warm-up", total / 4, 3), ("timed", total, min_rounds)):
+        until, rounds = time.perf_counter() + seconds, 0
+        while rounds < least or time.perf_counter() < until:
+            for k, session in enumerate(sessions):
+                for b in batches:
+                    began = time.perf_counter()
+                    session.run(None, {names[k]: inputs[k][b]})
+                    if phase == "timed":
+                        times[k][b].append((time.perf_counter() - began) * 1000)
+            rounds += 1
+    out = []
+    for k in range(len(files)):
+        latency: dict[str, float] = {}
+        for b in batches:
+            q1, _, q3 = statistics.quantiles(times[k][b], n=4, method="inclusive")
+            latency[f"latency_ms_b{b}"] = statistics.median(times[k][b])
+            latency[f"latency_ms_b{b}_iqr"] = q3 - q1
+        out.append(latency)
+    return out
+
+
 def time_file(export_dir: str | Path, *, threads: int, budget_s: float) -> dict[str, float] | None:
-    """ORT latency of an export folder's deployed file (also written into its manifest's metrics)."""
-    found = deployed_file(export_dir)
-    if found is None:
-        return None
-    path, size = found
-    latency = export.ort_latency_ms(path, image_size=size, threads=threads, budget_s=budget_s)
-    export.update_manifest(export_dir, metrics={**latency, RETIMED: True})  # results.read_trials reads it back
-    return latency
+    """ORT latency of one export folder's deployed file (time_files of one)."""
+    return time_files([export_dir], threads=threads, budget_s=budget_s)[0]
 
 
 def remeasure(trials: pd.DataFrame, teacher: dict[str, Any], *, threads: int,
               budget_s: float) -> tuple[pd.DataFrame, dict[str, Any]]:
     """(trials, teacher) with the latencies of every completed trial's and every baseline's deployed
-    file re-timed now; prints one line with the count and the time it took."""
+    file re-timed now, together (time_files); prints one line with the count and the time it took."""
     started = time.perf_counter()
     trials = trials.copy()
-    timed = 0
+    rows = []  # (trial row index or baseline name, export folder)
     if "export_path" in trials and "latency_ms_b32" in trials:
         for column in ("latency_ms_b1", "latency_ms_b32"):
             if column + SEARCH_SUFFIX not in trials:
                 trials[column + SEARCH_SUFFIX] = trials[column]
-        for i, row in trials.iterrows():
-            if row.get("status") != "completed" or not isinstance(row.get("export_path"), str):
-                continue
-            latency = time_file(row["export_path"], threads=threads, budget_s=budget_s)
-            if latency is not None:
-                for column in COLUMNS:
-                    trials.at[i, column] = latency[column]
-                timed += 1
+        rows += [(i, row["export_path"]) for i, row in trials.iterrows()
+                 if row.get("status") == "completed" and isinstance(row.get("export_path"), str)]
     baselines = dict(teacher.get("baselines") or {})
-    for name, row in baselines.items():
-        file = Path(str(row.get("file", "")))
-        latency = time_file(file.parent, threads=threads, budget_s=budget_s) if file.is_file() else None
-        if latency is not None:
-            baselines[name] = {**row, **latency}
-            timed += 1
+    rows += [(name, Path(str(row.get("file", ""))).parent) for name, row in baselines.items()
+             if Path(str(row.get("file", ""))).is_file()]
+    latencies = time_files([folder for _, folder in rows], threads=threads, budget_s=budget_s)
+    timed = 0
+    for (key, _), latency in zip(rows, latencies, strict=True):
+        if latency is None:
+            continue
+        timed += 1
+        if isinstance(key, str) and key in baselines:
+            baselines[key] = {**baselines[key], **latency}
+        else:
+            for column in COLUMNS:
+                trials.at[key, column] = latency[column]
     teacher = {**teacher, "baselines": baselines} if baselines else dict(teacher)
     if "teacher_fp32" in baselines:  # the teacher's own row is its fp32 file
         teacher.update({c: baselines["teacher_fp32"][c] for c in COLUMNS if c in baselines["teacher_fp32"]})
     if timed:
-        print(f"latency: {timed} deployed file(s) re-timed after the search, nothing training "
+        print(f"latency: {timed} deployed file(s) re-timed together after the search, nothing training "
               f"({threads} thread(s), {time.perf_counter() - started:.1f} s)", flush=True)
     return trials, teacher
 
