@@ -199,40 +199,50 @@ def measure_deployed(path: str | Path, model: nn.Module, *, image_size: int, thr
 
 
 def ort_latency_ms(path: str | Path | Any, *, image_size: int, threads: int, budget_s: float = 2.0,
-                   batches: tuple[int, ...] = LATENCY_BATCHES, warmup: int = 3, warmup_s: float | None = None,
-                   min_rounds: int = 5, max_rounds: int = 200) -> dict[str, float]:
-    """Median and interquartile range (ms) of one ONNX Runtime forward pass per batch size.
+                   batches: tuple[int, ...] = LATENCY_BATCHES, min_rounds: int = 5,
+                   max_rounds: int = 200) -> dict[str, float]:
+    """Median and interquartile range (ms) of one ONNX Runtime forward pass per batch size, of one
+    file or session (`ort_latency_many` of one)."""
+    return ort_latency_many([path], [image_size], threads=threads, budget_s=budget_s, batches=batches,
+                            min_rounds=min_rounds, max_rounds=max_rounds)[0]
 
-    Warm-up: untimed interleaved rounds until each batch size ran `warmup` times and `warmup_s`
-    seconds passed (default: a quarter of `budget_s`) — the first fraction of a second after a
-    session starts (its thread pool waking, caches, the clock ramping) runs slower, and a fixed
-    count of 3 runs left a ±10-20 % spread between repeated measurements of one file here.
-    Then rounds run every batch size once, in turn (interleaved, so drift in machine load hits
-    all of them alike), until `budget_s` is spent (at least `min_rounds`, at most `max_rounds`)."""
-    session = ort_session(path, threads) if isinstance(path, (str, Path)) else path
-    name = session.get_inputs()[0].name
+
+def ort_latency_many(models: list[str | Path | Any], image_sizes: list[int], *, threads: int, budget_s: float = 2.0,
+                     batches: tuple[int, ...] = LATENCY_BATCHES, warmup: int = 3, min_rounds: int = 5,
+                     max_rounds: int = 200) -> list[dict[str, float]]:
+    """Median and interquartile range (ms) of one ONNX Runtime forward pass per batch size, for each
+    ONNX file (or session) in `models`, timed together in interleaved rounds: each round runs
+    every model at every batch size once, so drift in machine load hits all of them alike.
+
+    Warm-up: untimed rounds until `warmup` rounds ran and a quarter of the budget passed — the
+    first fraction of a second after a session starts (its thread pool waking, caches, the clock
+    ramping) runs slower; 3 fixed runs left a ±10-20 % spread between repeated measurements of one
+    file here. Then timed rounds until `budget_s` × len(models) is spent (at least `min_rounds`,
+    at most `max_rounds`)."""
+    sessions = [ort_session(m, threads) if isinstance(m, (str, Path)) else m for m in models]
+    names = [s.get_inputs()[0].name for s in sessions]
     rng = np.random.default_rng(0)
-    inputs = {b: rng.standard_normal((b, 3, image_size, image_size)).astype(np.float32) for b in batches}
-    warm_until = time.perf_counter() + (budget_s / 4 if warmup_s is None else warmup_s)
-    runs = 0
-    while runs < warmup or time.perf_counter() < warm_until:
+    inputs = [{b: rng.standard_normal((b, 3, size, size)).astype(np.float32) for b in batches} for size in image_sizes]
+    times: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in sessions]
+    total = budget_s * len(sessions)
+    for timed, seconds, least in ((False, total / 4, warmup), (True, total, min_rounds)):
+        until, rounds = time.perf_counter() + seconds, 0
+        while rounds < least or (time.perf_counter() < until and (not timed or rounds < max_rounds)):
+            for k, session in enumerate(sessions):
+                for b in batches:
+                    started = time.perf_counter()
+                    session.run(None, {names[k]: inputs[k][b]})
+                    if timed:
+                        times[k][b].append((time.perf_counter() - started) * 1000)
+            rounds += 1
+    out = []
+    for per_batch in times:
+        latency: dict[str, float] = {}
         for b in batches:
-            session.run(None, {name: inputs[b]})
-        runs += 1
-    times: dict[int, list[float]] = {b: [] for b in batches}
-    deadline = time.perf_counter() + budget_s
-    rounds = 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() < deadline):
-        for b in batches:
-            started = time.perf_counter()
-            session.run(None, {name: inputs[b]})
-            times[b].append((time.perf_counter() - started) * 1000)
-        rounds += 1
-    out: dict[str, float] = {}
-    for b in batches:
-        q1, median, q3 = statistics.quantiles(times[b], n=4, method="inclusive")
-        out[f"latency_ms_b{b}"] = statistics.median(times[b])
-        out[f"latency_ms_b{b}_iqr"] = q3 - q1
+            q1, _, q3 = statistics.quantiles(per_batch[b], n=4, method="inclusive")
+            latency[f"latency_ms_b{b}"] = statistics.median(per_batch[b])
+            latency[f"latency_ms_b{b}_iqr"] = q3 - q1
+        out.append(latency)
     return out
 
 

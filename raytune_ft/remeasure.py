@@ -15,7 +15,6 @@ the values the sampler saw when a space optimises latency.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -47,52 +46,19 @@ def deployed_file(export_dir: str | Path) -> tuple[Path, int] | None:
 def time_files(export_dirs: list[str | Path], *, threads: int, budget_s: float,
                group: int = GROUP) -> list[dict[str, float] | None]:
     """ORT latency of each export folder's deployed file (None: nothing deployed), also written into
-    its manifest's metrics. Files are timed together, `group` at a time (`time_group`), so drift
-    in the machine's load hits all files of a group alike (files timed one after another differed
-    by ±15 % at b32 here)."""
+    its manifest's metrics. Files are timed together, `group` at a time, so drift
+    in the machine's load hits all files of a group alike (export.ort_latency_many; files timed
+    one after another differed by ±15 % at b32 here)."""
     found = [deployed_file(d) for d in export_dirs]
     out: list[dict[str, float] | None] = [None] * len(export_dirs)
     todo = [i for i, f in enumerate(found) if f is not None]
     for start in range(0, len(todo), group):
         members = todo[start:start + group]
-        for i, latency in zip(members, time_group([found[i] for i in members], threads=threads, budget_s=budget_s),
-                              strict=True):
+        timed = export.ort_latency_many([found[i][0] for i in members], [found[i][1] for i in members],
+                                        threads=threads, budget_s=budget_s)
+        for i, latency in zip(members, timed, strict=True):
             export.update_manifest(export_dirs[i], metrics={**latency, RETIMED: True})  # read back by read_trials
             out[i] = latency
-    return out
-
-
-def time_group(files: list[tuple[Path, int]], *, threads: int, budget_s: float,
-               batches: tuple[int, ...] = export.LATENCY_BATCHES, min_rounds: int = 5) -> list[dict[str, float]]:
-    """Median and IQR (ms) per (file, input size) and batch size, in interleaved rounds: each round
-    runs every file at every batch size once. Warm-up: untimed rounds for a quarter of the
-    group's budget (at least 3); then rounds until `budget_s` × files has passed (≥ `min_rounds`)."""
-    import numpy as np
-
-    sessions = [export.ort_session(path, threads) for path, _ in files]
-    names = [s.get_inputs()[0].name for s in sessions]
-    rng = np.random.default_rng(0)
-    inputs = [{b: rng.standard_normal((b, 3, size, size)).astype(np.float32) for b in batches} for _, size in files]
-    times: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in files]
-    total = budget_s * len(files)
-    for phase, seconds, least in (("warm-up", total / 4, 3), ("timed", total, min_rounds)):
-        until, rounds = time.perf_counter() + seconds, 0
-        while rounds < least or time.perf_counter() < until:
-            for k, session in enumerate(sessions):
-                for b in batches:
-                    began = time.perf_counter()
-                    session.run(None, {names[k]: inputs[k][b]})
-                    if phase == "timed":
-                        times[k][b].append((time.perf_counter() - began) * 1000)
-            rounds += 1
-    out = []
-    for k in range(len(files)):
-        latency: dict[str, float] = {}
-        for b in batches:
-            q1, _, q3 = statistics.quantiles(times[k][b], n=4, method="inclusive")
-            latency[f"latency_ms_b{b}"] = statistics.median(times[k][b])
-            latency[f"latency_ms_b{b}_iqr"] = q3 - q1
-        out.append(latency)
     return out
 
 
