@@ -18,6 +18,9 @@ from raytune_ft.config import TrialConfig
 # student of its own architecture (the first trial, nsga2 seed 0 without the seeded recipes, is a Lite1)
 SMALL = ["--set", "max_samples=240", "--set", "epochs=2", "--set", "image_size=32",
          "--set", "search.sampler=nsga2", "--set", "search.initial=[]",
+         # one trial at a time: trials.csv lists trials by start time, and two trials started
+         # together (the quickstart's max_concurrent 2) may swap rows between two runs
+         "--set", "search.max_concurrent=1", "--set", "cpus_per_trial=2",
          "--set", "teacher.epochs=2", "--set", "teacher.model=efficientnet_lite1", "--num-samples", "3"]
 PARAM_COLUMNS = ["lr", "use_kd", "kd_alpha", "final_sparsity", "pruning_end"]
 
