@@ -58,3 +58,30 @@ def without_initial(text: str) -> str:
         skipping = False
         out.append(line)
     return "".join(out)
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid` (a search started with start_new_session=True:
+    its driver and the local Ray cluster it started)."""
+    import subprocess
+
+    out = subprocess.run(["ps", "-o", "pid=,stat=", "-s", str(sid)], capture_output=True, text=True).stdout
+    return [int(pid) for pid, stat in (line.split() for line in out.splitlines()) if not stat.startswith("Z")]
+
+
+def kill_session(proc) -> None:
+    """SIGKILL every process of `proc`'s session, again while Ray starts new workers, then reap `proc`."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    for _ in range(50):
+        pids = session_pids(proc.pid)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    proc.wait(timeout=30)

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import pytest
 from raytune_ft import analyze, pareto, results, search
 from raytune_ft.config import TrialConfig
 from raytune_ft.trial import Progress
-from tests.conftest import without_initial
+from tests.conftest import kill_session, session_pids, without_initial
 
 # the sampler these tests were written for (the shipped default is tpe since issue 16)
 SMALL = ["--set", "max_samples=240", "--set", "epochs=2", "--set", "image_size=32", "--set", "search.sampler=nsga2"]
@@ -53,12 +52,6 @@ OBJECTIVES = {"val_acc": "max", "nonzero_params": "min"}
 KILLED_EPOCHS = 20
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def _session_pids(sid: int) -> list[int]:
-    """Live (not zombie) processes of session `sid`."""
-    out = subprocess.run(["ps", "-o", "pid=,stat=", "-s", str(sid)], capture_output=True, text=True).stdout
-    return [int(pid) for pid, stat in (line.split() for line in out.splitlines()) if not stat.startswith("Z")]
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +99,11 @@ def interrupted(finished, tmp_path_factory) -> Path:
                 break
             time.sleep(0.2)
     finally:
-        for _ in range(50):  # Ray may start workers while we kill; they share the session
-            pids = _session_pids(proc.pid)
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
-        proc.wait(timeout=30)
+        kill_session(proc)  # Ray may start workers while we kill; they share the session
         log.close()
     assert any(p.read_text().strip() for p in exp.glob("trial_*/result.json")), \
         (storage / "search.log").read_text()[-3000:]
-    assert not _session_pids(proc.pid), "processes of the killed search are still alive"
+    assert not session_pids(proc.pid), "processes of the killed search are still alive"
     return exp
 
 

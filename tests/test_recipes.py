@@ -4,10 +4,8 @@ search killed while a recipe trains."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ import pytest
 
 from raytune_ft import mo_asha, results, spaces
 from raytune_ft.spaces import SpaceError, load_space
+from tests.conftest import kill_session
 
 SPACE = """\
 name: seeded
@@ -218,11 +217,6 @@ objectives: {{val_acc: max, nonzero_params: min}}
 """
 
 
-def _session_pids(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=,stat=", "-s", str(sid)], capture_output=True, text=True).stdout
-    return [int(pid) for pid, stat in (line.split() for line in out.splitlines()) if not stat.startswith("Z")]
-
-
 def _epochs(trial_dir: Path) -> list[int]:
     return [r["epoch"] for r in results._read_results(trial_dir / "result.json")]
 
@@ -259,15 +253,7 @@ def test_resume_of_a_seeded_search_does_not_run_a_started_recipe_again(tmp_path)
             unfinished = second_recipe_training()
             time.sleep(0.2)
     finally:
-        for _ in range(50):  # the driver and the local Ray cluster it started share its session
-            pids = _session_pids(proc.pid)
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
-        proc.wait(timeout=30)
+        kill_session(proc)  # the driver and the local Ray cluster it started share its session
     assert unfinished is not None, log.read_text()[-4000:]
     epochs_before = len(_epochs(unfinished))
     recipes = load_space(space).search.initial
