@@ -27,8 +27,12 @@ The surrogate's held-out quality is measured by 5-fold cross-validation over con
 and the MO-ASHA comparison is cross-checked on the recorded curves themselves (no surrogate:
 random order of the measured configurations, with and without MO-ASHA).
 
-    PYTHONPATH=. python benchmarks/search_strategies.py --seeds 10 --budget 200 --workers 4
-    PYTHONPATH=. python benchmarks/search_strategies.py --strategies random,tpe4,tpe4+seeded --seeds 3
+    PYTHONPATH=. python benchmarks/search_strategies.py --seeds 10 --gp-seeds 5 \
+        --reuse benchmarks/search_strategies_runs.csv     # the docs' run; GP is slow (~3-4 s per ask)
+    PYTHONPATH=. python benchmarks/search_strategies.py --strategies random,tpe4,tpe4+seeded,gp:1
+
+`--reuse` reads the runs an earlier call wrote (`--out`), so a long run can be built up in
+pieces and the tables redrawn without simulating again.
 """
 
 from __future__ import annotations
