@@ -26,22 +26,33 @@ class TinyClassifier(nn.Module):
 TINY_HEAD = {"fc.weight", "fc.bias"}
 
 
-@pytest.fixture
-def tiny_splits():
-    """A learnable 3-class problem: the class sets the mean of one colour channel."""
+def class_splits(size: int, n_train: int = 96, n_val: int = 48):
+    """A learnable 3-class problem of `size` px images: the class sets the mean of one colour channel."""
     from raytune_ft.data import Splits
 
     g = torch.Generator().manual_seed(0)
 
     def make(n: int):
         y = torch.arange(n) % 3
-        x = torch.randn(n, 3, 8, 8, generator=g) * 0.5
+        x = torch.randn(n, 3, size, size, generator=g) * 0.5
         x[torch.arange(n), y] += 2.0
         return x, y
 
-    x_train, y_train = make(96)
-    x_val, y_val = make(48)
-    return Splits(x_train, y_train, x_val, y_val, ("a", "b", "c"))
+    return Splits(*make(n_train), *make(n_val), ("a", "b", "c"))
+
+
+@pytest.fixture
+def tiny_splits():
+    return class_splits(8)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as a trial with cpus_per_trial=1 (and far faster on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def without_initial(text: str) -> str:

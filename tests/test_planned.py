@@ -14,6 +14,7 @@ from raytune_ft import export, models, planned, pruning, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 from raytune_ft.mo_asha import MOASHAScheduler
+from tests.conftest import class_splits
 
 BASE = dict(model="test_efficientnet", weights="none", epochs=3, batch_size=16, channels_last=False,
             image_size=16, bn_recalibration_batches=2)
@@ -32,25 +33,12 @@ RECIPES = {
 METRICS = ("params", "nonzero_params", "model_bytes", "macs", "flops")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def splits() -> Splits:
-    g = torch.Generator().manual_seed(0)
-
-    def make(n: int):
-        y = torch.arange(n) % 3
-        x = torch.randn(n, 3, 16, 16, generator=g) * 0.5
-        x[torch.arange(n), y] += 2.0
-        return x, y
-
-    return Splits(*make(96), *make(48), ("a", "b", "c"))
+    return class_splits(16)
 
 
 def _fit(cfg: TrialConfig, splits: Splits, metrics=METRICS, model=None, resume=None, keep_state=None):

@@ -26,13 +26,7 @@ RECIPES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as a trial with cpus_per_trial=1 (and far faster on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(cfg: TrialConfig, splits, teacher, *, model=None, resume=None, save_after=None, folder=None):
