@@ -85,6 +85,8 @@ class TrialConfig:
     use_quantization: bool = False  # ship model.int8.onnx; val_acc is then that file's accuracy in ORT
     quant_calibration_batches: int = 4  # calibration images: this many x batch_size, random training rows
     quant_calibration_method: str = "minmax"  # one of QUANT_CALIBRATION_METHODS
+    quant_aware_fraction: float = 0.0  # the last fraction of training steps run with fake int8 quantization
+    # (quantization-aware fine-tuning, quantization.FakeQuantization); 0 = post-training quantization only
     # --- size measurement on the exported model ---------------------------------------
     export: bool = True  # export (model.pt2 + model.onnx + manifest) and measure the deployed file
     latency_budget_s: float = 5.0  # seconds of interleaved b1/b32 ONNX Runtime runs (median reported)
@@ -107,6 +109,10 @@ class TrialConfig:
         _check_choice("channel_importance", self.channel_importance, CHANNEL_IMPORTANCE)
         _check_choice("quant_calibration_method", self.quant_calibration_method, QUANT_CALIBRATION_METHODS)
         _check_range("quant_calibration_batches", self.quant_calibration_batches, low=1)
+        _check_range("quant_aware_fraction", self.quant_aware_fraction, low=0.0, high=1.0)
+        if self.quant_aware_fraction > 0 and not self.use_quantization:
+            raise ValueError(f"quant_aware_fraction is {self.quant_aware_fraction} but use_quantization is false; "
+                             "quantization-aware fine-tuning trains for the int8 file: set use_quantization: true")
         if self.use_quantization and not self.export:
             raise ValueError("use_quantization needs export: true (the int8 file is made from the exported ONNX model)")
         _check_choice("channel_pruning_scope", self.channel_pruning_scope, CHANNEL_SCOPES)

@@ -47,6 +47,7 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
         "normalization": {"mean": list(inp.mean), "std": list(inp.std)},
     }
     quantize = cfg.use_quantization if quantize is None else quantize
+    quantization.FakeQuantization.remove(model)  # ship the float network; at_export makes the int8 file
     # the teacher's int8 baseline quantizes a config whose technique switches are off
     family = quantization.QuantizationFamily(cfg).ptq() if quantize else None
     measured = export.ship(model, directory, image_size=cfg.image_size, manifest=manifest, threads=cfg.worker_cpus,

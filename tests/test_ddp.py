@@ -45,7 +45,9 @@ EXACT = dict(epochs=2, batch_size=16, lr=0.01, channels_last=False, use_pruning=
              channel_round_to=1)  # 8-channel tiny convs: unrounded
 # BatchNorm: per-rank batch statistics; recalibrated on the same global batches before evaluation
 WITH_BN = dict(epochs=2, batch_size=16, lr=0.01, channels_last=True, bn_recalibration_batches=4)
-CASES = {"exact": (NormFreeClassifier, EXACT), "batchnorm": (TinyClassifier, WITH_BN)}
+# quantization-aware for the second epoch: each rank observes its own half-batch ranges, averaged after each step
+QAT = dict(EXACT, use_quantization=True, quant_aware_fraction=0.5)
+CASES = {"exact": (NormFreeClassifier, EXACT), "batchnorm": (TinyClassifier, WITH_BN), "qat": (NormFreeClassifier, QAT)}
 
 
 def _splits():

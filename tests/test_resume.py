@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raytune_ft import models, train, trial
+from raytune_ft import models, quantization, train, trial
 from raytune_ft.config import TrialConfig
 
 BASE = dict(model="test_efficientnet", weights="none", epochs=3, batch_size=16, channels_last=False,
@@ -23,6 +23,9 @@ RECIPES = {
     "channel-global-taylor": dict(use_channel_pruning=True, channel_pruning_ratio=0.4, channel_pruning_steps=4,
                                   channel_pruning_scope="global", channel_importance="taylor", pruning_end=1.0,
                                   channel_round_to=1, lr=0.01),
+    # quantization-aware from 20 % of training: the epoch-1 checkpoint is taken mid fake quantization
+    "qat+magnitude": dict(use_quantization=True, export=True, quant_aware_fraction=0.8, use_pruning=True,
+                          final_sparsity=0.5, pruning_end=0.5, pruning_frequency=2, lr=0.01),
 }
 
 
@@ -69,6 +72,9 @@ def test_resumed_fit_matches_the_uninterrupted_run_exactly(tiny_splits, tmp_path
         assert torch.equal(expected[name], got[name]), name
     if cfg.use_channel_pruning:
         assert resumed_reports[-1]["params"] < whole_reports[0]["params"]  # the schedule went on pruning
+    if cfg.quant_aware_fraction:  # fake quantization was on at the checkpoint and is off at the end
+        assert [r["quant_aware"] for r in whole_reports] == [1.0, 1.0, 1.0]
+        assert not quantization.FakeQuantization.installed(resumed)
     if cfg.use_pruning:
         assert whole_reports[-1]["sparsity"] == pytest.approx(cfg.final_sparsity, abs=1e-3)
 
