@@ -1,0 +1,145 @@
+"""Search strategies on real runs (issue 16): the product's own search, several samplers x seeds.
+
+Each (strategy, seed) is one `python -m raytune_ft.search --space SPACE --seed SEED` run with
+`search.sampler` set to the strategy (`+unseeded` appended: `search.initial=[]`), every run in its
+own experiment folder under `--storage-path`, one after another (the machine's cores go to one
+search at a time, as a user would run it). A run whose folder already holds a finished search is
+read, not repeated, so the study can be built up in pieces (`--strategies tpe --seeds 3 4`).
+
+Quality: the dominated hypervolume of the completed trials in analyze's normalised space (sizes /
+the dense teacher's, 1 - val_acc; reference (1, 1)), after each completed trial (ordered by end
+time) and against wall time from the search's start. Reported per strategy: the median and range of
+the final hypervolume over seeds, and the budget at which each seed first reaches the median final
+hypervolume of `random` (the issue's "budget to reach random search's final hypervolume"), as a
+fraction of the trials; a seed that never reaches it counts as "never". The plot has HV against
+completed trials and against minutes, the median over seeds and the min-max band per strategy.
+
+    PYTHONPATH=. python benchmarks/search_strategies_real.py --strategies random tpe gp --seeds 0 1 2 3 4 \
+        --num-samples 16 --storage-path runs/strategies
+    # a smoke test of the machinery (minutes): --num-samples 4 --set epochs=1 --set max_samples=300
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from raytune_ft import analyze, results
+
+
+def run_name(strategy: str, seed: int) -> str:
+    return f"{strategy.replace('+', '_')}-s{seed}"
+
+
+def run_search(strategy: str, seed: int, args: argparse.Namespace) -> Path:
+    folder = Path(args.storage_path) / run_name(strategy, seed)
+    if folder.is_dir():
+        exp = results.load_experiment(folder)
+        if exp.state == "finished":
+            print(f"{folder.name}: finished earlier, read", flush=True)
+            return folder
+    sampler, _, variant = strategy.partition("+")
+    cmd = [sys.executable, "-m", "raytune_ft.search", "--space", args.space, "--seed", str(seed),
+           "--num-samples", str(args.num_samples), "--storage-path", str(args.storage_path),
+           "--name", folder.name, "--set", f"search.sampler={sampler}"]
+    if variant == "unseeded":
+        cmd += ["--set", "search.initial=[]"]
+    if folder.is_dir():
+        cmd.append("--resume")
+    for override in args.set:
+        cmd += ["--set", override]
+    started = time.perf_counter()
+    print(f"{folder.name}: {' '.join(cmd[1:])}", flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if args.quiet else None)
+    print(f"{folder.name}: {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    return folder
+
+
+def curves(folders: dict[tuple[str, int], Path]) -> pd.DataFrame:
+    """Hypervolume after each completed trial of every run, on one common normalisation (the first
+    run's dense teacher: the teacher is trained with the same seed-independent config each time)."""
+    exps = {key: results.load_experiment(folder) for key, folder in folders.items()}
+    first = next(iter(exps.values()))
+    scales = analyze.hv_scales(pd.concat([e.trials for e in exps.values()]), first.objectives, first.teacher)
+    frames = []
+    for (strategy, seed), exp in exps.items():
+        curve = analyze.hypervolume_curve(exp.trials, exp.objectives, scales, exp.start_time)
+        frames.append(curve.assign(strategy=strategy, seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def summary(table: pd.DataFrame, budget: int) -> pd.DataFrame:
+    finals = table.sort_values("completed").groupby(["strategy", "seed"])["hypervolume"].last()
+    target = float(finals.loc["random"].median()) if "random" in finals.index.get_level_values(0) else np.nan
+    rows = []
+    for strategy, group in table.groupby("strategy", sort=False):
+        reach = []
+        for _, run in group.groupby("seed"):
+            hit = run[run["hypervolume"] >= target - 1e-12]["completed"]
+            reach.append(hit.min() / budget if len(hit) else np.inf)
+        final = finals.loc[strategy]
+        finite = [r for r in reach if np.isfinite(r)]
+        rows.append({"strategy": strategy, "seeds": len(final), "final_hv_median": final.median(),
+                     "final_hv_min": final.min(), "final_hv_max": final.max(),
+                     "reach_random_median": float(np.median(reach)),
+                     "reached": f"{len(finite)}/{len(reach)}",
+                     "minutes_median": group.groupby("seed")["elapsed_s"].max().median() / 60})
+    return pd.DataFrame(rows)
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for strategy, group in table.groupby("strategy", sort=False):
+        by_k = group.pivot_table(index="completed", columns="seed", values="hypervolume").ffill()
+        line = axes[0].plot(by_k.index, by_k.median(axis=1), label=strategy)[0]
+        axes[0].fill_between(by_k.index, by_k.min(axis=1), by_k.max(axis=1), color=line.get_color(), alpha=0.15)
+        grid = np.linspace(0, group["elapsed_s"].max(), 60)
+        per_seed = [np.interp(grid, run["elapsed_s"], run["hypervolume"], left=0.0)
+                    for _, run in group.sort_values("elapsed_s").groupby("seed")]
+        stack = np.vstack(per_seed)
+        axes[1].plot(grid / 60, np.median(stack, axis=0), color=line.get_color(), label=strategy)
+        axes[1].fill_between(grid / 60, stack.min(axis=0), stack.max(axis=0), color=line.get_color(), alpha=0.15)
+    axes[0].set(xlabel="completed trials", ylabel="hypervolume (normalised)")
+    axes[1].set(xlabel="wall time (min)", ylabel="hypervolume (normalised)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Real searches: hypervolume, median over seeds and min-max band")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", default="quickstart")
+    p.add_argument("--strategies", nargs="+", default=["random", "tpe", "gp"],
+                   help="sampler names (random, tpe, gp, nsga2), optionally with +unseeded")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--num-samples", type=int, default=16)
+    p.add_argument("--storage-path", default="runs/strategies")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every search")
+    p.add_argument("--plot", default="docs/search_strategies_real.png")
+    p.add_argument("--quiet", action="store_true", help="hide the searches' own output")
+    args = p.parse_args()
+    folders = {(s, seed): run_search(s, seed, args) for s in args.strategies for seed in args.seeds}
+    table = curves(folders)
+    out = Path(args.storage_path) / "hypervolume_curves.csv"
+    table.to_csv(out, index=False)
+    print(summary(table, args.num_samples).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    plot(table, Path(args.plot))
+    print(f"wrote {out} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
