@@ -195,9 +195,9 @@ def test_bad_teacher_or_student_input_is_one_line_before_ray(tmp_path, args, mes
 TWO_ARCH = """\
 name: two_arch
 fixed: {{dataset: digits, max_samples: 400, image_size: 32, epochs: 2, batch_size: 32, lr: 5.0e-3,
-        cpus_per_trial: 2, latency_budget_s: 0.2, crop_min_scale: 0.5, use_kd: true}}
+        cpus_per_trial: 2, latency_budget_s: 0.05, crop_min_scale: 0.5, use_kd: true}}
 teacher: {{model: efficientnet_lite2, image_size: 48, epochs: 1}}
-search: {{sampler: random, num_samples: 3, seed: {seed}}}
+search: {{sampler: random, num_samples: 2, seed: {seed}}}
 params:
   model: {{type: categorical, choices: [efficientnet_lite0, efficientnet_lite1]}}
   # Lite0 students are pruned hard (small, less accurate), Lite1 students stay dense and see
@@ -220,7 +220,9 @@ def test_students_of_two_architectures_share_one_front_and_reload(tmp_path):
     from raytune_ft import search
 
     space = tmp_path / "two.yaml"
-    space.write_text(TWO_ARCH.format(seed=0))  # seed 0 samples lite1, lite0, lite1
+    # seed 0 samples lite1, then lite0: one student of each architecture is all the front needs
+    # (a third trial, lite1 again, added ~30 s and nothing the assertions use)
+    space.write_text(TWO_ARCH.format(seed=0))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert search.main(["--space", str(space), "--storage-path", str(tmp_path), "--name", "x"]) == 0
@@ -228,7 +230,7 @@ def test_students_of_two_architectures_share_one_front_and_reload(tmp_path):
         ray.shutdown()
     exp = tmp_path / "x"
     trials = pd.read_csv(exp / "trials.csv")
-    assert (trials.status == "completed").all() and len(trials) == 3
+    assert (trials.status == "completed").all() and len(trials) == 2  # num_samples
     assert set(trials.model) == {"efficientnet_lite0", "efficientnet_lite1"}
     info = json.loads((exp / "teacher.json").read_text())
     assert (info["model"], info["image_size"]) == ("efficientnet_lite2", 48)
