@@ -409,12 +409,14 @@ def check_against_config(
     teacher_overrides: dict[str, Any],
     params: tuple[ParamSpec, ...],
 ) -> None:
-    """Build TrialConfigs to catch bad values: fixed, the teacher, and every param's extremes."""
+    """Build TrialConfigs to catch bad values: fixed, the teacher, and every param's extremes (a
+    conditional param with its parents set to the first value that switches it on)."""
     _build(where, "fixed", fixed)
     _build(where, "teacher.overrides", teacher_values(fixed, teacher_overrides))
     for p in params:
+        parents = {parent: values[0] for parent, values in p.when.items()}
         for value in p.choices if p.type == "categorical" else (p.low, p.high):
-            _build(where, f"params.{p.name}", {**fixed, p.name: value})
+            _build(where, f"params.{p.name}", {**fixed, **parents, p.name: value})
 
 
 def check_teacher(where: str, fixed: dict[str, Any], teacher_overrides: dict[str, Any], checkpoint: str | None,
