@@ -205,10 +205,14 @@ def test_structured_space_ships_a_smaller_exported_model(first_run, tmp_path):
                         "--set", "channel_pruning_ratio=0.5", "--num-samples", "2"]) == 2  # searched: refused
     assert search.main(["--space", "quickstart_structured", "--storage-path", str(tmp_path), "--name", "s",
                         "--set", "max_samples=240", "--set", "epochs=2", "--set", f"teacher.checkpoint={teacher}",
-                        "--set", f"latency_budget_s={LATENCY_BUDGET_S}", "--num-samples", "2"]) == 0
+                        "--set", f"latency_budget_s={LATENCY_BUDGET_S}", "--num-samples", "3"]) == 0
     trials = pd.read_csv(tmp_path / "s" / "trials.csv")
     info = json.loads((tmp_path / "s" / "teacher.json").read_text())
     assert (trials.status == "completed").all()
+    # the space's third recipe: quantization-aware fine-tuning, shipped as the int8 file it trained for
+    qat = trials[trials.quant_aware_fraction == 0.25]
+    assert len(qat) == 1 and qat.use_quantization.all() and qat.val_acc_fp32.notna().all()  # int8 val_acc in ORT
+    assert (qat.model_bytes < 0.5 * trials[~trials.use_quantization].model_bytes.min()).all()
     assert trials.pruning_method.str.startswith("channel").all()
     assert (trials.model_bytes < 0.7 * info["model_bytes"]).all()
     assert (trials.macs < 0.7 * info["macs"]).all()
