@@ -99,3 +99,27 @@ def test_mo_asha_planned_ranks_the_final_size(bench, space):
     assert runs["random"]["trials_done"].iloc[0] == runs["random"]["trials"].iloc[-1]  # nothing stopped
     planned = runs["random+mo_asha_planned"]
     assert planned["trials"].iloc[-1] > planned["trials_done"].iloc[0]  # MO-ASHA stopped some trials
+
+
+def test_real_runs_summary_measures_the_budget_to_reach_random_searchs_final_hypervolume():
+    """benchmarks/search_strategies_real.py: the fraction of trials at which each seed first reaches
+    the median final HV of random search (unseeded when it ran), and 'never' as infinity."""
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("search_strategies_real",
+                                                  ROOT / "benchmarks" / "search_strategies_real.py")
+    real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real)
+    rows = []
+    for strategy, seed, curve in (("random+unseeded", 0, [0.1, 0.3, 0.5, 0.5]),
+                                  ("random+unseeded", 1, [0.2, 0.4, 0.6, 0.7]),  # target: median(0.5, 0.7) = 0.6
+                                  ("random", 0, [0.9, 0.9, 0.9, 0.9]),  # seeded random: not the baseline
+                                  ("tpe", 0, [0.2, 0.6, 0.6, 0.8]),  # reaches it at trial 2 of 4
+                                  ("tpe", 1, [0.3, 0.4, 0.5, 0.55])):  # never
+        rows += [{"strategy": strategy, "seed": seed, "completed": k + 1, "elapsed_s": 60.0 * (k + 1),
+                  "hypervolume": hv} for k, hv in enumerate(curve)]
+    table = real.summary(pd.DataFrame(rows), budget=4).set_index("strategy")
+    assert table.loc["tpe", "reached"] == "1/2" and np.isinf(table.loc["tpe", "reach_random_median"])
+    assert table.loc["random+unseeded", "reached"] == "1/2"  # seed 0 ends at 0.5 < 0.6
+    assert table.loc["random", "reach_random_median"] == pytest.approx(0.25)
+    assert table.loc["tpe", "final_hv_median"] == pytest.approx(0.675)
