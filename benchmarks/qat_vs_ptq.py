@@ -50,7 +50,6 @@ def run(base: dict[str, Any], recipe: dict[str, Any], fraction: float, test: hol
     cfg = TrialConfig.from_dict({**base, **recipe, "use_quantization": True, "quant_aware_fraction": fraction})
     torch.manual_seed(cfg.seed)
     model = models.build_model(cfg.model, splits.num_classes, weights=cfg.weights)
-    steps: list[float] = []
     reports: list[dict[str, Any]] = []
     started = time.perf_counter()
     metrics = train.fit(cfg, model, splits, head_names=models.head_parameter_names(model),
