@@ -42,6 +42,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 DATASETS: dict[str, dict[str, Any]] = {
     "digits": dict(dataset="digits", test_fraction=0.2),
     "fashion": dict(dataset="fashion_mnist"),
+    # the same 5,000 images written class by class as an ImageFolder (train/ + val/, bn_recalibration.py);
+    # test: a stratified 20 % of train/
+    "fashion_folder": dict(dataset="imagefolder", test_fraction=0.2),
 }
 
 
@@ -128,6 +131,12 @@ def main() -> None:
                     latency_budget_s=0.5, **DATASETS[name])
         if name == "fashion":
             base.update(max_samples=args.fashion_samples, max_test_samples=args.fashion_test)
+        if name == "fashion_folder":
+            from bn_recalibration import fashion_folder  # benchmarks/ is on sys.path when run as a script
+
+            root = Path(tempfile.mkdtemp(prefix="fashion_folder_"))
+            fashion_folder(root)
+            base.update(data_root=str(root))
         splits = data.load_splits(TrialConfig.from_dict(base))
         test = holdout.TestSplit(splits.x_test, splits.y_test)
         print(f"{name}: {len(splits.y_train)} train / {len(splits.y_val)} val / {len(test)} test", flush=True)

@@ -238,7 +238,8 @@ class QuantizationFamily(Family):
             self.first_step = min(run.total_steps - 1, round((1 - self.cfg.quant_aware_fraction) * run.total_steps))
 
     def before_forward(self, run: Run) -> None:
-        if self.first_step is not None and run.step >= self.first_step and not self.fake.installed(run.model):
+        # self.fake.bounds is filled by install and emptied at the end: no walk over the modules every step
+        if self.first_step is not None and run.step >= self.first_step and not self.fake.bounds:
             self.fake.install(run.model)
 
     def after_step(self, run: Run) -> None:
