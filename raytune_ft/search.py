@@ -291,6 +291,26 @@ def teacher_baselines(model: Any, cfg: Any, data: Any, metrics: dict[str, Any], 
     return rows
 
 
+def make_searcher(space: Any, exp_dir: Path) -> Any:
+    """The search algorithm Tune is given: the space's Optuna sampler in `HonestOptunaSearch`
+    (early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv; the
+    `search.initial` recipes are enqueued and run first, recipes.py), behind a ConcurrencyLimiter
+    with batch=True: a new group of trials is asked for only when the previous one finished, so
+    the sampler sees the same history on every run with the same seed. Tune pickles it."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from raytune_ft import mo_asha
+    from raytune_ft.config import TrialConfig
+
+    metrics, modes = space.metric_and_mode()
+    searcher = mo_asha.HonestOptunaSearch(space=space.define_by_run(), metric=metrics, mode=modes,
+                                          sampler=space.make_sampler(),
+                                          epochs=space.fixed.get("epochs", TrialConfig().epochs),
+                                          points_to_evaluate=[dict(r) for r in space.search.initial] or None,
+                                          table_path=str(exp_dir / "optuna_trials.csv"))
+    return ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent, batch=True)
+
+
 def run_search(space, where: Location, args: argparse.Namespace):
     """Start Ray, obtain the teacher, run the trials; returns (Tune's ResultGrid, teacher info)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from offline machines
@@ -302,7 +322,6 @@ def run_search(space, where: Location, args: argparse.Namespace):
     import optuna
     import ray
     from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
 
     from raytune_ft import data as data_mod
     from raytune_ft import mo_asha, planned, streaming, trial
@@ -368,13 +387,7 @@ def run_search(space, where: Location, args: argparse.Namespace):
         tuner = tune.Tuner.restore(where.uri, trainable, resume_errored=True)  # callbacks are restored too
     else:
         metrics, modes = space.metric_and_mode()
-        epochs = space.fixed.get("epochs", TrialConfig().epochs)
-        # early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv.
-        # The search.initial recipes are enqueued in the study and run first (recipes.py).
-        searcher = mo_asha.HonestOptunaSearch(space=space.define_by_run(), metric=metrics, mode=modes,
-                                              sampler=space.make_sampler(), epochs=epochs,
-                                              points_to_evaluate=[dict(r) for r in space.search.initial] or None,
-                                              table_path=str(exp_dir / "optuna_trials.csv"))
+        searcher = make_searcher(space, exp_dir)
         scheduler = None
         if space.scheduler:
             settings = space.scheduler
@@ -382,9 +395,6 @@ def run_search(space, where: Location, args: argparse.Namespace):
                 metrics, modes, max_t=settings.max_t or space.max_epochs(), grace_period=settings.grace_period,
                 reduction_factor=settings.reduction_factor, time_attr="epoch",
                 state_path=str(exp_dir / "mo_asha_state.pkl"))
-        # batch=True: a new group of trials is asked for only when the previous one finished,
-        # so the sampler sees the same history on every run with the same seed.
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent, batch=True)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.search.num_samples,

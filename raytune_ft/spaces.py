@@ -15,6 +15,7 @@ import dataclasses
 import importlib.resources
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,7 +162,8 @@ class Space:
         propose the same point). gp: GPSampler, a Gaussian process with log expected (hypervolume)
         improvement, LogEHVI for several objectives (Optuna >= 4.4). Both sample at random until
         `n_startup_trials` trials have finished, the `initial` recipes included. nsga2: NSGA-II
-        with generations of `population_size` (the recipes are part of the first one).
+        with generations of `population_size` (the recipes are part of the first one). Every
+        sampler is made lock-free picklable (`picklable_sampler`): Tune pickles the searcher.
         """
         import warnings
 
@@ -172,21 +174,60 @@ class Space:
         with warnings.catch_warnings():  # `group` and GPSampler are marked experimental: known, accepted
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if self.search.sampler == "nsga2":
-                return optuna.samplers.NSGAIISampler(population_size=self.search.population_size, seed=seed)
+                return picklable_sampler(optuna.samplers.NSGAIISampler)(population_size=self.search.population_size,
+                                                                        seed=seed)
             if self.search.sampler == "tpe":
-                return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                                  n_startup_trials=startup)
+                return picklable_sampler(optuna.samplers.TPESampler)(
+                    seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=startup)
             if self.search.sampler == "gp":
                 # every param is in every trial (flat define-by-run), so none falls back to the
                 # independent random sampler, which is what GPSampler does for a param missing
                 # from some finished trials (its relative space is their intersection)
-                return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+                return picklable_sampler(optuna.samplers.GPSampler)(seed=seed, n_startup_trials=startup)
         assert self.search.sampler == "random", self.search.sampler
-        return optuna.samplers.RandomSampler(seed=seed)
+        return picklable_sampler(optuna.samplers.RandomSampler)(seed=seed)
 
     def metric_and_mode(self) -> tuple[list[str], list[str]]:
         """`(metrics, modes)` in file order, as OptunaSearch takes them."""
         return list(self.objectives), list(self.objectives.values())
+
+
+_PICKLABLE: dict[type, type] = {}
+
+
+def picklable_sampler(cls: type) -> type:
+    """`cls` (an Optuna sampler class) made picklable: its thread locks are left out of the pickle
+    and made anew on load. Ray Tune pickles the searcher, and with it the sampler, at every
+    experiment snapshot; Optuna 5.1's genetic samplers (`NSGAIISampler`) hold a `threading.Lock`,
+    which cannot be pickled. The subclass keeps the base class's study keys (Optuna derives them
+    from the class name in `__init_subclass__`), so a study reads the same under both."""
+    if cls not in _PICKLABLE:
+        keys = {k: v for k, v in vars(cls).items() if k.endswith(("_KEY", "_KEY_PREFIX"))}
+        sub = type(cls.__name__, (_LockFreePickle, cls), {"__module__": __name__})
+        for k, v in keys.items():
+            setattr(sub, k, v)
+        _PICKLABLE[cls] = sub
+    return _PICKLABLE[cls]
+
+
+_LOCK_TYPES = {type(threading.Lock()): "Lock", type(threading.RLock()): "RLock"}  # -> threading's factory
+
+
+class _LockFreePickle:
+    """Mixin: pickles every attribute but thread locks, which are made anew when unpickled. The
+    pickle names the base sampler class (importable), not the subclass made at run time."""
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        state = {k: v for k, v in self.__dict__.items() if type(v) not in _LOCK_TYPES}
+        locks = {k: _LOCK_TYPES[type(v)] for k, v in self.__dict__.items() if type(v) in _LOCK_TYPES}
+        return _restore_sampler, (type(self).__mro__[2], locks), state
+
+
+def _restore_sampler(base: type, locks: dict[str, str]) -> Any:
+    cls = picklable_sampler(base)
+    sampler = cls.__new__(cls)
+    sampler.__dict__.update({k: getattr(threading, factory)() for k, factory in locks.items()})
+    return sampler
 
 
 @dataclass(frozen=True)

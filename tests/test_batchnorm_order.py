@@ -29,6 +29,12 @@ class BNNet(nn.Module):
         return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
 
 
+# The old code (first calibration rows) gave a 12.5-point gap on the ImageFolder test (0.972 vs 0.847).
+# The 3-epoch teacher's val_acc moves up to 5 points with the seed alone (2-core EPYC, seeds 0/1/2:
+# digits path 0.930 / 0.955 / 0.981, imagefolder path 0.978 / 0.936 / 0.950: means 0.955 both).
+TOLERANCE = 0.07
+
+
 def _problem(n: int, seed: int, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes
@@ -66,10 +72,19 @@ def test_calibration_batches_hold_every_class_of_a_sorted_set():
 
 
 @pytest.mark.e2e
-def test_dense_teacher_on_a_class_sorted_imagefolder_matches_the_digits_path(tmp_path):
-    """The same digits images, once through `digits` (stored interleaved) and once written as a
-    class-sorted ImageFolder with the same train/ and val/ split: the dense teacher must reach
-    the same accuracy with the default recalibration (within 2 points)."""
+def test_dense_teacher_on_a_class_sorted_imagefolder_matches_the_same_images_interleaved(tmp_path):
+    """The digits written as a class-sorted ImageFolder with digits' train/val split, read through
+    `imagefolder`; the dense teacher trained on those tensors as stored (class by class) and on
+    the same tensors interleaved must reach the same accuracy with the default recalibration.
+
+    Why not compare with the `digits` path: it feeds different images. `digits` upsamples the
+    whole 8x8 image; `imagefolder` applies the model's evaluation transform (centre crop of
+    crop_pct = 0.875, then bicubic resize), which cuts the blank border and enlarges the digit
+    (seed 0 on a 2-core EPYC: 0.930 digits vs 0.978 imagefolder, 3 epochs). Same images, only the
+    storage order differs here; the tolerance covers batch-order noise (see the seeds below).
+    """
+    import dataclasses
+
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -85,16 +100,17 @@ def test_dense_teacher_on_a_class_sorted_imagefolder_matches_the_digits_path(tmp
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).convert("RGB").save(folder / f"{i:04d}.png")
 
-    common = dict(epochs=3, batch_size=64, lr=5e-3, image_size=32, channels_last=False, cpus_per_trial=2,
-                  test_fraction=0.0)
-    accs = {}
-    for name, cfg in {"digits": TrialConfig(dataset="digits", **common),
-                      "imagefolder": TrialConfig(dataset="imagefolder", data_root=str(tmp_path), **common)}.items():
-        splits = data.load_splits(cfg)
-        assert len(splits.y_val) == len(val)
-        accs[name] = trial.fit_teacher(cfg, splits)["metrics"]["val_acc"]
-    assert accs["digits"] > 0.85, accs
-    assert abs(accs["imagefolder"] - accs["digits"]) <= 0.02, accs
+    cfg = TrialConfig(dataset="imagefolder", data_root=str(tmp_path), epochs=3, batch_size=64, lr=5e-3,
+                      image_size=32, channels_last=False, cpus_per_trial=2, test_fraction=0.0)
+    stored = data.load_splits(cfg)
+    assert len(stored.y_val) == len(val)
+    assert (np.diff(stored.y_train.numpy()) >= 0).all()  # an ImageFolder is read class by class
+    order = torch.from_numpy(np.random.default_rng(1).permutation(len(stored.y_train)))
+    interleaved = dataclasses.replace(stored, x_train=stored.x_train[order], y_train=stored.y_train[order])
+    accs = {name: trial.fit_teacher(cfg, splits)["metrics"]["val_acc"]
+            for name, splits in (("class_sorted", stored), ("interleaved", interleaved))}
+    assert accs["interleaved"] > 0.9, accs
+    assert abs(accs["class_sorted"] - accs["interleaved"]) <= TOLERANCE, accs
 
 
 def test_to_parquet_shards_mix_the_classes(tmp_path):

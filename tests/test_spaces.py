@@ -11,6 +11,7 @@ import pytest
 
 from raytune_ft.config import TrialConfig
 from raytune_ft.spaces import (
+    SAMPLERS,
     TECHNIQUE_FLAGS,
     ParamSpec,
     SearchSettings,
@@ -390,3 +391,24 @@ def test_override_errors(quickstart: Space, arg: str, fragments: list[str]) -> N
         quickstart.with_overrides([arg])
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_tunes_searcher_state_pickles_for_every_sampler(quickstart: Space, sampler: str, tmp_path) -> None:
+    """Tune pickles the search algorithm (with its Optuna sampler) at every experiment snapshot and
+    when the Tuner is built; Optuna 5.1's NSGAIISampler holds a thread lock and broke this."""
+    from raytune_ft.search import make_searcher
+
+    space = quickstart.with_overrides([f"search.sampler={sampler}", "search.population_size=4"])
+    searcher = make_searcher(space, tmp_path)
+    searcher.set_search_properties(None, None, {})
+    first = searcher.suggest("t0")
+    assert first is not None
+    searcher.on_trial_complete("t0", {"val_acc": 0.5, "model_bytes": 1e6, "latency_ms_b1": 1.0,
+                                      "epoch": space.fixed.get("epochs", 1), "config": first})
+    restored = pickle.loads(pickle.dumps(searcher))  # what tuner_internal and the snapshots do
+    assert restored.suggest("t1") is not None
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's searcher checkpoint, read on --resume
+    again = make_searcher(space, tmp_path)
+    again.restore(str(tmp_path / "searcher.pkl"))
+    assert again.suggest("t2") is not None
