@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from raytune_ft import data, holdout, models, train
+from raytune_ft import data, models, train
 from raytune_ft.config import TrialConfig
+from raytune_ft.deploy import holdout
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -39,9 +40,9 @@ def fashion_folder(root: Path) -> None:
     images = data.read_idx(FASHION / "train-images-idx3-ubyte.gz")
     labels = data.read_idx(FASHION / "train-labels-idx1-ubyte.gz")
     rng = np.random.default_rng(0)
-    keep = data._stratified_take(labels, 5000, rng)
+    keep = data.stratified_take(labels, 5000, rng)
     images, labels = images[keep], labels[keep]
-    val = set(data._stratified_take(labels, 1000, rng).tolist())
+    val = set(data.stratified_take(labels, 1000, rng).tolist())
     _write(root, images, labels, val)
 
 
@@ -50,7 +51,7 @@ def digits_folder(root: Path) -> None:
 
     d = load_digits()
     labels = d.target
-    val = set(data._stratified_take(labels, round(0.2 * len(labels)), np.random.default_rng(0)).tolist())
+    val = set(data.stratified_take(labels, round(0.2 * len(labels)), np.random.default_rng(0)).tolist())
     _write(root, np.round(d.images / 16.0 * 255).astype(np.uint8), labels, val)
 
 

@@ -4,7 +4,7 @@ Side by side in one run, for each image size: images/s of
   - one EfficientNet-Lite0 training step (forward + backward + AdamW, channels_last, batch --batch),
   - the ImageFolder loader (`data.load_splits`: JPEG decode + resize + normalize, once per run),
   - `data.augment_batch` (random resized crop + flip of in-memory tensors, every step),
-  - the Ray Data Parquet path (`streaming.ray_datasets` with augment: read_parquet -> decode/crop/flip/normalize
+  - the Ray Data Parquet path (`parquet.ray_datasets` with augment: read_parquet -> decode/crop/flip/normalize
     in map_batches -> iter_torch_batches into this one consumer), warm passes,
   - training fed by that Ray Data stream (decode and training share the CPU, as in a real run).
 Medians over --repeats. Writes its section of docs/benchmarks.md (between the markers) with --write.
@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raytune_ft import data, models, streaming, to_parquet
+from raytune_ft import data, models, to_parquet
 from raytune_ft.config import TrialConfig
+from raytune_ft.data import parquet
 
 BEGIN, END = "<!-- input_pipeline:begin -->", "<!-- input_pipeline:end -->"
 
@@ -94,7 +95,7 @@ def parquet_rates(shards: Path, size: int, batch: int, repeats: int, train_steps
     """Warm Ray Data passes over the train split: whole pass and steady state (after the first batch);
     then training steps fed by the stream."""
     cfg = TrialConfig(dataset="parquet", data_root=str(shards), image_size=size, augment=True)
-    ds = streaming.ray_datasets(cfg)["train"]
+    ds = parquet.ray_datasets(cfg)["train"]
     whole, steady = [], []
     for r in range(repeats + 1):  # pass 0 starts the workers: not counted
         t0 = time.perf_counter()

@@ -32,8 +32,10 @@ import numpy as np
 import torch
 
 from raytune_ft import data as data_mod
-from raytune_ft import holdout, models, teachers, train
+from raytune_ft import models, train
 from raytune_ft.config import TrialConfig
+from raytune_ft.deploy import holdout
+from raytune_ft.train import teachers
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -42,7 +44,7 @@ CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shi
 
 
 def stratified(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    return data_mod._stratified_take(labels, n, rng)
+    return data_mod.stratified_take(labels, n, rng)
 
 
 def to_input(images: np.ndarray, size: int) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 For each model (timm, random weights: latency does not depend on the values) and each uniform
 channel ratio, a copy is pruned with Torch-Pruning (L2 importance, head kept) at every
-`round_to`, exported to ONNX (fp32) and quantized to int8 (raytune_ft.quantization, minmax,
-random calibration inputs), then timed in ONNX Runtime by raytune_ft.export.ort_latency_ms
+`round_to`, exported to ONNX (fp32) and quantized to int8 (raytune_ft.families.quantization, minmax,
+random calibration inputs), then timed in ONNX Runtime by raytune_ft.deploy.export.ort_latency_ms
 (CPU EP, fixed intra-op threads, interleaved b1/b32, median and IQR), all side by side in one run.
 
     python benchmarks/ort_latency.py --threads 2 --image-size 32 --out docs/ort_latency.md
@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from raytune_ft import channel_pruning, export, models, quantization
+from raytune_ft import models
+from raytune_ft.deploy import export
+from raytune_ft.families import channel_pruning, quantization
 
 
 def build(name: str, ratio: float, round_to: int, image_size: int) -> torch.nn.Module:

@@ -109,7 +109,7 @@ def timed(cmd: list[str]) -> float:
 def trial_startup(exp_dir: Path) -> dict[str, float]:
     """From Tune starting the trial (its start_time) to the end of its first epoch, minus that
     epoch's training time: actor or worker-group start, imports, model build, data hand-over."""
-    from raytune_ft import results
+    from raytune_ft.report import results
 
     (trial_dir,) = exp_dir.glob("trial_*")
     reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]

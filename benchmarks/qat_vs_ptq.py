@@ -28,8 +28,10 @@ from typing import Any
 
 import torch
 
-from raytune_ft import data, holdout, models, train, trial
+from raytune_ft import data, models, train
 from raytune_ft.config import TrialConfig
+from raytune_ft.deploy import holdout
+from raytune_ft.search import trial
 
 # The recipes a search ships most (the quickstart's `initial` recipes and front points).
 RECIPES: dict[str, dict[str, Any]] = {

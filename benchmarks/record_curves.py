@@ -40,7 +40,8 @@ def main() -> None:
     import torch
 
     from raytune_ft import data as data_mod
-    from raytune_ft import models, spaces, train
+    from raytune_ft import models, train
+    from raytune_ft.space import spaces
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

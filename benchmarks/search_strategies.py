@@ -16,7 +16,7 @@ epoch time), until a budget of training epochs is spent. A strategy is
   nsga2 (population 4, the old default) and nsga2_p8 (population 8);
 * +seeded: the expert RECIPES are enqueued first (`study.enqueue_trial`), so they are the
   first trials and count as the sampler's start-up trials;
-* +mo_asha: MO-ASHA (raytune_ft.mo_asha's own ranking, `continues_at_rung`) stops trials at the
+* +mo_asha: MO-ASHA (raytune_ft.search.mo_asha's own ranking, `continues_at_rung`) stops trials at the
   rungs, ranking (val_acc, nonzero_params at that epoch); +mo_asha_planned ranks (val_acc, the
   nonzero_params the trial will END with), known from the config before training: the
   sparsity schedule is exact (checked on load). Stopped trials are told PRUNED.
@@ -52,7 +52,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from raytune_ft import magnitude_pruning, mo_asha, pareto, spaces
+from raytune_ft import pareto
+from raytune_ft.families import magnitude_pruning
+from raytune_ft.search import mo_asha
+from raytune_ft.space import spaces
 
 if TYPE_CHECKING:
     import optuna
@@ -110,7 +113,7 @@ def default_strategies(default: str) -> list[str]:
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     """The Optuna sampler of a strategy.
 
-    Mirrors raytune_ft.spaces.Space.make_sampler (RandomSampler; TPESampler multivariate + group
+    Mirrors raytune_ft.space.spaces.Space.make_sampler (RandomSampler; TPESampler multivariate + group
     + constant liar; NSGAIISampler with the space's population) and adds the variants compared
     here. Built in the benchmark so that a name keeps its meaning when the shipped defaults change.
     GPSampler (Optuna >= 4.4 multi-objective: LogEHVI, qLogEHVI over running trials) takes

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raytune_ft import analyze, results
+from raytune_ft import pareto
+from raytune_ft.report import results
 
 
 def run_name(strategy: str, seed: int) -> str:
@@ -68,10 +69,10 @@ def curves(folders: dict[tuple[str, int], Path]) -> pd.DataFrame:
     run's dense teacher: the teacher is trained with the same seed-independent config each time)."""
     exps = {key: results.load_experiment(folder) for key, folder in folders.items()}
     first = next(iter(exps.values()))
-    scales = analyze.hv_scales(pd.concat([e.trials for e in exps.values()]), first.objectives, first.teacher)
+    scales = pareto.hv_scales(pd.concat([e.trials for e in exps.values()]), first.objectives, first.teacher)
     frames = []
     for (strategy, seed), exp in exps.items():
-        curve = analyze.hypervolume_curve(exp.trials, exp.objectives, scales, exp.start_time)
+        curve = pareto.hypervolume_curve(exp.trials, exp.objectives, scales, exp.start_time)
         frames.append(curve.assign(strategy=strategy, seed=seed))
     return pd.concat(frames, ignore_index=True)
 

@@ -2,7 +2,7 @@
 
 For each model, a copy is channel-pruned with Torch-Pruning (uniform L2 importance, head kept)
 at the ratio that removes about half of the MACs; both are exported with torch.export and
-measured from disk by raytune_ft.export.measure_export (median latency, fixed threads), side by
+measured from disk by raytune_ft.deploy.export.measure_export (median latency, fixed threads), side by
 side in one run. Random weights: latency does not depend on the values.
 
     python benchmarks/structured_latency.py --image-size 224 --threads 2 --out docs/structured_latency.md
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-from raytune_ft import channel_pruning, export, models
+from raytune_ft import models
+from raytune_ft.deploy import export
+from raytune_ft.families import channel_pruning
 
 
 def pruned_copy(name: str, image_size: int, target_mac_ratio: float) -> tuple[torch.nn.Module, float]:

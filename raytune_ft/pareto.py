@@ -1,4 +1,6 @@
-"""Multi-objective math: dominance, non-dominated ranks, crowding distance, hypervolume.
+"""Multi-objective math, its one owner: dominance, non-dominated ranks, crowding distance,
+hypervolume, and the normalisation of a trials table for the hypervolume (`hv_scales`,
+`normalize`, `hypervolume_curve`); MO-ASHA, the search's progress line and the report use these.
 
 Every array function takes an (n, m) float array in which each of the m objectives is
 "lower is better"; `to_minimization` is the one place where "max" objectives are negated.
@@ -7,27 +9,42 @@ Every array function takes an (n, m) float array in which each of the m objectiv
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from raytune_ft.layout import COMPLETED
+
 MODES = ("max", "min")
 
 
-def to_minimization(values: np.ndarray, modes: Sequence[str]) -> np.ndarray:
+def to_minimization(values: np.ndarray, modes: Sequence[str], *, nan_as_worst: bool = False) -> np.ndarray:
     """Return a float copy of the (n, m) `values` in which every "max" column is negated.
 
     f'_j = -f_j if modes[j] == "max" else f_j, so that afterwards lower is better everywhere.
+    nan_as_worst: NaN becomes +inf (a missing value ranks last in its objective, as MO-ASHA's
+    rungs need); otherwise NaN stays (rows with NaN rank after every valid row).
     """
     out = _as_points(values).copy()
+    if out.shape[1] == 1 and len(modes) > 1:  # one point given as a flat vector
+        out = out.reshape(-1, len(modes))
     if len(modes) != out.shape[1]:
         raise ValueError(f"got {len(modes)} modes for {out.shape[1]} objective columns")
     for j, mode in enumerate(modes):
         _check_mode(mode)
         if mode == "max":
             out[:, j] = -out[:, j]
+    if nan_as_worst:
+        out[np.isnan(out)] = np.inf
     return out
+
+
+def dominates(a: np.ndarray, b: np.ndarray) -> bool:
+    """a Pareto-dominates b (minimisation): no worse everywhere, strictly better somewhere."""
+    return bool(np.all(a <= b) and np.any(a < b))
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
@@ -72,8 +89,9 @@ def crowding_distance(points: np.ndarray) -> np.ndarray:
     """NSGA-II crowding distance (Deb et al., 2002) of each row of one front.
 
     With the rows sorted by objective j, d_i = sum_j (f_j[i+1] - f_j[i-1]) / (f_j^max - f_j^min).
-    The two boundary rows of every objective get inf; an objective with zero spread adds
-    nothing. Fronts of one or two rows are all boundary (inf).
+    The two boundary rows of every objective get inf; an objective with zero (or infinite)
+    spread adds nothing and marks no boundary (its order is arbitrary). Fronts of one or two
+    rows are all boundary (inf).
     """
     pts = _as_points(points)
     if np.isnan(pts).any():
@@ -85,11 +103,38 @@ def crowding_distance(points: np.ndarray) -> np.ndarray:
     for j in range(m):
         order = np.argsort(pts[:, j], kind="stable")
         column = pts[order, j]
-        distance[order[0]] = distance[order[-1]] = np.inf
         spread = column[-1] - column[0]
         if spread > 0 and np.isfinite(spread):
+            distance[order[0]] = distance[order[-1]] = np.inf
             distance[order[1:-1]] += (column[2:] - column[:-2]) / spread
     return distance
+
+
+def non_dominated_fronts(points: np.ndarray) -> list[np.ndarray]:
+    """Row indices split into fronts F0, F1, ... by `non_dominated_sort` (F0 is the Pareto set;
+    identical rows share a front; rows with NaN form the last one)."""
+    ranks = non_dominated_sort(points)
+    return [np.flatnonzero(ranks == r) for r in range(int(ranks.max()) + 1)] if len(ranks) else []
+
+
+def rank_keys(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(front index, crowding distance within its front) of every row: NSGA-II's order, better =
+    lower front, then larger crowding distance."""
+    points = _as_points(points)
+    front_of = np.zeros(len(points), dtype=int)
+    crowding = np.zeros(len(points))
+    for k, idx in enumerate(non_dominated_fronts(points)):
+        front_of[idx] = k
+        crowding[idx] = crowding_distance(points[idx])
+    return front_of, crowding
+
+
+def select_top(points: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the best `k` rows by NSGA-II survival (Deb et al. 2002): whole fronts in order, the
+    front that does not fit whole filled by decreasing crowding distance (ties: lower index first)."""
+    front_of, crowding = rank_keys(points)
+    order = np.lexsort((np.arange(len(front_of)), -crowding, front_of))  # last key sorts first
+    return np.sort(order[: max(0, k)])
 
 
 def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
@@ -260,3 +305,74 @@ def _split_objectives(objectives: Mapping[str, str]) -> tuple[list[str], list[st
                 f"unknown mode {mode!r} for objective {name!r}; choose from {sorted(MODES)}"
             )
     return names, modes
+
+
+def hv_scales(trials: pd.DataFrame, objectives: Mapping[str, str],
+              teacher: Mapping[str, Any] | None) -> dict[str, float]:
+    """Per objective, the value that maps to 1.0 in the normalised space (see `normalize`).
+
+    "min" objectives (sizes, latency): the dense teacher's value, or the largest value in
+    `trials` when the teacher has none. "max" objectives: 1.0 when every value is a fraction
+    in [0, 1] (accuracy), else the teacher's value (or the largest seen).
+    """
+    scales = {}
+    for name, mode in objectives.items():
+        values = numeric_column(trials, name)
+        finite = values[np.isfinite(values)]
+        own = float(teacher[name]) if teacher and is_number(teacher.get(name)) else math.nan
+        if mode == "max" and ((finite >= 0) & (finite <= 1)).all() and not own > 1:
+            scales[name] = 1.0
+        elif math.isfinite(own) and own > 0:
+            scales[name] = own
+        else:
+            scales[name] = float(np.abs(finite).max()) if finite.size and finite.any() else 1.0
+    return scales
+
+
+def normalize(trials: pd.DataFrame, objectives: Mapping[str, str], scales: Mapping[str, float]) -> np.ndarray:
+    """(n, m) lower-is-better array: v / scale for "min" objectives, 1 − v / scale for "max".
+
+    With val_acc and a size this is (relative size, error rate), and the fixed hypervolume
+    reference point (1, 1) is "as big as the dense teacher, 100 % error".
+    """
+    columns = []
+    for name, mode in objectives.items():
+        v = numeric_column(trials, name) / scales[name]
+        columns.append(1.0 - v if mode == "max" else v)
+    return np.column_stack(columns) if columns else np.empty((len(trials), 0))
+
+
+def hypervolume_curve(trials: pd.DataFrame, objectives: Mapping[str, str], scales: Mapping[str, float],
+                      start_time: float | None = None) -> pd.DataFrame:
+    """Hypervolume of the completed trials so far, after each completion (ordered by end time).
+
+    Columns: trial_id, completed (k), elapsed_s (end time − start of the search), front_size,
+    hypervolume (reference 1.0 in every normalised objective).
+    """
+    done = trials[trials["status"] == COMPLETED] if len(trials) else trials
+    if not len(done):
+        return pd.DataFrame(columns=["trial_id", "completed", "elapsed_s", "front_size", "hypervolume"])
+    done = done.sort_values("end_time", kind="stable", na_position="last")
+    points = normalize(done, objectives, scales)
+    reference = np.ones(points.shape[1])
+    start = start_time if start_time is not None else numeric_column(done, "start_time").min()
+    rows = []
+    for k in range(1, len(done) + 1):
+        valid = points[:k][np.isfinite(points[:k]).all(axis=1)]
+        rows.append({"trial_id": done["trial_id"].iloc[k - 1], "completed": k,
+                     "elapsed_s": float(done["end_time"].iloc[k - 1]) - start,
+                     "front_size": int(pareto_mask(valid).sum()) if len(valid) else 0,
+                     "hypervolume": hypervolume(valid, reference) if len(valid) else 0.0})
+    return pd.DataFrame(rows)
+
+
+def numeric_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """`frame[name]` as floats (NaN where missing or not a number; all NaN without the column)."""
+    if name not in frame.columns:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float, numpy scalars included, not bool."""
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool) and math.isfinite(value)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from raytune_ft import data, models, streaming
+from raytune_ft import data, models
+from raytune_ft.data import parquet
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,12 +55,12 @@ def convert(imagefolder: str, out_dir: str, *, rows_per_shard: int = 1000, val_f
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise data.DataError(f"output folder {out_dir!r} exists and is not empty (nothing was written)")
-    layout = data._scan_imagefolder(imagefolder, on_bad_image, verify=True)
+    layout = data.scan_imagefolder(imagefolder, on_bad_image, verify=True)
     files = layout.train + (layout.val or []) + (layout.test or [])
     index = {f: i for i, f in enumerate(sorted((f for f, _ in files), key=str))}
     if layout.val is None:
         labels = np.asarray([label for _, label in layout.train])
-        val = set(data._stratified_take(labels, max(1, round(val_fraction * len(labels))),
+        val = set(data.stratified_take(labels, max(1, round(val_fraction * len(labels))),
                                         np.random.default_rng(seed)).tolist())
         splits = {"train": [f for i, f in enumerate(layout.train) if i not in val],
                   "val": [f for i, f in enumerate(layout.train) if i in val]}
@@ -71,7 +72,7 @@ def convert(imagefolder: str, out_dir: str, *, rows_per_shard: int = 1000, val_f
         train = splits["train"]
         labels = np.asarray([label for _, label in train])
         n = max(1, round(test_fraction * len(layout.train)))  # layout.train: every image, or the train/ folder
-        test = set(data._stratified_take(labels, n, np.random.default_rng(seed + 2)).tolist())
+        test = set(data.stratified_take(labels, n, np.random.default_rng(seed + 2)).tolist())
         splits = {**splits, "train": [f for i, f in enumerate(train) if i not in test],
                   "test": [f for i, f in enumerate(train) if i in test]}
     # Rows in a seeded random order, not class by class: a stream reads a shard front to back, so
@@ -109,7 +110,7 @@ def convert(imagefolder: str, out_dir: str, *, rows_per_shard: int = 1000, val_f
         rows[split] = count
     meta = {"class_names": list(layout.class_names), "num_rows": rows, "source": str(Path(imagefolder).resolve()),
             "skipped": skipped}
-    (out / streaming.PARQUET_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    (out / parquet.PARQUET_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     return meta
 
 

@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raytune_ft import analyze, pareto, results, search
+from raytune_ft import analyze, pareto, search
 from raytune_ft.config import TrialConfig
-from raytune_ft.trial import Progress
+from raytune_ft.report import analysis, results
+from raytune_ft.search.trial import Progress
 from tests.conftest import kill_session, session_pids, without_initial
 
 # the sampler these tests were written for (the shipped default is tpe since issue 16)
@@ -39,7 +40,7 @@ NO_EXPORT = ["--set", "export=false"] if "export" in {f.name for f in dataclasse
 def _quickstart_without_export(folder: Path) -> str:
     """The quickstart without its quantization family and ranked on nonzero_params: int8 needs the
     exported file (and model_bytes_compressed is measured on it), which these tests skip for speed."""
-    from raytune_ft import spaces
+    from raytune_ft.space import spaces
 
     text = without_initial(spaces.builtin_space_path("quickstart").read_text())
     kept = [line for line in text.splitlines() if "quant" not in line.split(":")[0]]
@@ -145,8 +146,8 @@ def test_report_files_front_and_export_of_a_finished_search(finished, finished_r
     for trial_id in front["trial_id"]:
         assert re.search(rf"<title>{trial_id} \[completed\] val_acc=[^<]*lr=", page), trial_id
     assert "needs ≥" not in page  # 3 completed trials: importances were computed
-    curve_hv = analyze.hypervolume_curve(results.read_trials(exp), OBJECTIVES,
-                                         analyze.hv_scales(front, OBJECTIVES, json.loads(
+    curve_hv = pareto.hypervolume_curve(results.read_trials(exp), OBJECTIVES,
+                                         pareto.hv_scales(front, OBJECTIVES, json.loads(
                                              (exp / "teacher.json").read_text())))["hypervolume"]
     assert f"<b>{curve_hv.iloc[-1]:.4f}</b>" in page and curve_hv.is_monotonic_increasing
 
@@ -260,27 +261,27 @@ def test_hypervolume_curve_orders_by_completion_and_normalises_by_the_teacher():
         "val_acc": [0.8, 0.9, 0.99, 0.6], "nonzero_params": [20, 50, 1, 80],
         "start_time": [0.0, 1.0, 2.0, 3.0], "end_time": [30.0, 10.0, np.nan, 40.0],
     })
-    scales = analyze.hv_scales(trials, OBJECTIVES, {"val_acc": 0.95, "nonzero_params": 100})
+    scales = pareto.hv_scales(trials, OBJECTIVES, {"val_acc": 0.95, "nonzero_params": 100})
     assert scales == {"val_acc": 1.0, "nonzero_params": 100.0}
-    curve = analyze.hypervolume_curve(trials, OBJECTIVES, scales, start_time=0.0)
+    curve = pareto.hypervolume_curve(trials, OBJECTIVES, scales, start_time=0.0)
     assert list(curve["trial_id"]) == ["b", "a", "d"]  # c never completed
     assert list(curve["elapsed_s"]) == [10.0, 30.0, 40.0]
     # (error, relative size): b (0.1, 0.5), then a (0.2, 0.2) adds 0.8 * 0.3; d (0.4, 0.8) is dominated
     assert curve["hypervolume"].tolist() == pytest.approx([0.45, 0.69, 0.69])
     assert curve["front_size"].tolist() == [1, 2, 2]
-    points = analyze.normalize(trials.iloc[[0, 1]], OBJECTIVES, scales)
+    points = pareto.normalize(trials.iloc[[0, 1]], OBJECTIVES, scales)
     assert curve["hypervolume"].iloc[-1] == pytest.approx(pareto.hypervolume(points, np.ones(2)))
     # no teacher: the largest size seen is the scale
-    assert analyze.hv_scales(trials, OBJECTIVES, None)["nonzero_params"] == 80.0
+    assert pareto.hv_scales(trials, OBJECTIVES, None)["nonzero_params"] == 80.0
 
 
 def test_spread_along_front_keeps_both_ends():
     front = pd.DataFrame({"trial_id": list("abcdefg")})
-    assert list(analyze.spread_along_front(front, 3)["trial_id"]) == ["a", "d", "g"]
-    assert list(analyze.spread_along_front(front, 2)["trial_id"]) == ["a", "g"]
-    assert list(analyze.spread_along_front(front, 10)["trial_id"]) == list("abcdefg")
+    assert list(analysis.spread_along_front(front, 3)["trial_id"]) == ["a", "d", "g"]
+    assert list(analysis.spread_along_front(front, 2)["trial_id"]) == ["a", "g"]
+    assert list(analysis.spread_along_front(front, 10)["trial_id"]) == list("abcdefg")
     with pytest.raises(ValueError, match="N >= 1"):
-        analyze.spread_along_front(front, 0)
+        analysis.spread_along_front(front, 0)
 
 
 @pytest.mark.e2e
@@ -315,7 +316,7 @@ def test_cli_rejects_a_folder_that_is_not_an_experiment(tmp_path):
 
 
 def test_importing_analyze_does_no_work():
-    code = ("import sys, raytune_ft.analyze, raytune_ft.results; "
+    code = ("import sys, raytune_ft.analyze, raytune_ft.report.results; "
             "assert not {'matplotlib', 'optuna', 'ray', 'torch'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
@@ -337,16 +338,16 @@ def _synthetic_experiment(tmp_path: Path, n: int = 16) -> results.Experiment:
 
 
 def test_importances_follow_each_objective(tmp_path):
-    table, note = analyze.param_importances(_synthetic_experiment(tmp_path))
+    table, note = analysis.param_importances(_synthetic_experiment(tmp_path))
     assert table["val_acc"].idxmax() == "use_kd"
     assert table["nonzero_params"].idxmax() == "final_sparsity" and table["nonzero_params"].max() > 0.8
     assert "16 completed trials" in note
-    table, note = analyze.param_importances(_synthetic_experiment(tmp_path, n=2))
+    table, note = analysis.param_importances(_synthetic_experiment(tmp_path, n=2))
     assert table is None and note == "needs ≥ 3 completed trials, has 2"
 
 
 def test_family_effects_compare_at_equal_size(tmp_path):
-    effects, bins = analyze.family_effects(_synthetic_experiment(tmp_path))
+    effects, bins = analysis.family_effects(_synthetic_experiment(tmp_path))
     assert bins == 4
     kd = effects[effects.parameter == "use_kd"].iloc[0]
     assert kd["family"] == "distillation" and kd["n"] == "8 vs 8" and 0.05 < kd["effect"] < 0.15

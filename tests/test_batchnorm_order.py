@@ -88,13 +88,14 @@ def test_dense_teacher_on_a_class_sorted_imagefolder_matches_the_same_images_int
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from raytune_ft import data, trial
+    from raytune_ft import data
+    from raytune_ft.search import trial
 
     digits = load_digits()
     pixels = np.round(digits.images / 16.0 * 255).astype(np.uint8)
     labels = digits.target
     rng = np.random.default_rng(0)  # the split load_splits makes for data_seed 0, val_fraction 0.2
-    val = set(data._stratified_take(labels, round(0.2 * len(labels)), rng).tolist())
+    val = set(data.stratified_take(labels, round(0.2 * len(labels)), rng).tolist())
     for i, (image, label) in enumerate(zip(pixels, labels, strict=True)):
         folder = tmp_path / ("val" if i in val else "train") / str(label)
         folder.mkdir(parents=True, exist_ok=True)
@@ -134,8 +135,8 @@ def test_class_sorted_parquet_shards_are_refused_with_the_fix(tmp_path):
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from raytune_ft import streaming, to_parquet
-    from raytune_ft.data import DataError
+    from raytune_ft import to_parquet
+    from raytune_ft.data import DataError, parquet
 
     for c in range(3):
         (tmp_path / "images" / f"c{c}").mkdir(parents=True)
@@ -144,9 +145,9 @@ def test_class_sorted_parquet_shards_are_refused_with_the_fix(tmp_path):
     out = tmp_path / "out"
     assert to_parquet.main([str(tmp_path / "images"), str(out)]) == 0
     cfg = TrialConfig(dataset="parquet", data_root=str(out))
-    assert len(streaming.parquet_info(cfg).labels["train"]) > 0  # as written: accepted
+    assert len(parquet.parquet_info(cfg).labels["train"]) > 0  # as written: accepted
     for shard in (out / "train").glob("*.parquet"):
         table = pq.read_table(shard)
         pq.write_table(table.sort_by("label"), shard)
     with pytest.raises(DataError, match=r"stored class by class.*raytune_ft\.to_parquet"):
-        streaming.parquet_info(cfg)
+        parquet.parquet_info(cfg)

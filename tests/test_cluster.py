@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raytune_ft import results
+from raytune_ft.report import results
 
 pytestmark = pytest.mark.e2e
 

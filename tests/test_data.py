@@ -3,8 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from raytune_ft import data, streaming
+from raytune_ft import data
 from raytune_ft.config import TrialConfig
+from raytune_ft.data import parquet
 
 
 def test_digits_split_is_stratified_disjoint_and_reproducible():
@@ -250,7 +251,7 @@ def test_parquet_streams_through_ray_data_as_torch_batches(tmp_path):
     root = tmp_path / "shards"
     to_parquet.convert(str(tmp_path / "images"), str(root), rows_per_shard=5, test_fraction=0.0)
     cfg = TrialConfig(dataset="parquet", data_root=str(root), image_size=16, augment=True)
-    info = streaming.parquet_info(cfg)
+    info = parquet.parquet_info(cfg)
     assert info.class_names == ("blue sky", "grün", "red") and info.num_rows == {"train": 15, "val": 3}
     # a shard with a label out of range: named before training, or dropped under skip
     bad = pa.table({"image": [(tmp_path / "images" / "red" / "0.png").read_bytes()], "label": [7], "index": [99]})
@@ -258,11 +259,11 @@ def test_parquet_streams_through_ray_data_as_torch_batches(tmp_path):
     with pytest.raises(data.DataError, match=r"zz-bad.parquet: index 99 label 7"):
         data.check_dataset(cfg)
     cfg = TrialConfig(dataset="parquet", data_root=str(root), image_size=16, augment=True, on_bad_image="skip")
-    assert streaming.parquet_info(cfg).bad_rows == (f"{root / 'train' / 'zz-bad.parquet'}: index 99 label 7",)
+    assert parquet.parquet_info(cfg).bad_rows == (f"{root / 'train' / 'zz-bad.parquet'}: index 99 label 7",)
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        datasets = streaming.ray_datasets(cfg)
+        datasets = parquet.ray_datasets(cfg)
         seen = {}
         for split, ds in datasets.items():
             for batch in ds.iter_torch_batches(batch_size=8):
@@ -284,7 +285,7 @@ def test_imagefolder_max_samples_decodes_only_the_subset(tmp_path, monkeypatch):
     _write_folder(tmp_path, ["a", "b"], n=30)
     decoded = []
     real = data.decode_image
-    monkeypatch.setattr(data, "decode_image", lambda f, *a, **k: decoded.append(f) or real(f, *a, **k))
+    monkeypatch.setattr(data.memory, "decode_image", lambda f, *a, **k: decoded.append(f) or real(f, *a, **k))
     s = data.load_splits(TrialConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=8, max_samples=20,
                                      test_fraction=0.0))
     assert len(s.x_train) + len(s.x_val) == 20 and len(decoded) == 20  # not all 60

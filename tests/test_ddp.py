@@ -160,7 +160,7 @@ def test_execution_settings_are_validated():
 
 
 def test_a_trial_that_can_never_be_placed_is_refused_with_the_fields_named():
-    from raytune_ft import trial
+    from raytune_ft.search import trial
 
     message = trial.missing_resources(TrialConfig(workers_per_trial=4, cpus_per_worker=1), {"CPU": 2.0})
     assert "needs 4 CPU" in message and "workers_per_trial" in message and "has 2" in message

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from raytune_ft import channel_pruning, export, magnitude_pruning, pruning
+from raytune_ft import layout
+from raytune_ft.deploy import export
+from raytune_ft.families import channel_pruning, magnitude_pruning, pruning
 from tests.conftest import TINY_HEAD, TinyClassifier
 
 
@@ -18,14 +20,14 @@ def test_export_writes_program_and_manifest_and_measures_the_reloaded_file(tmp_p
     prunable = pruning.prunable_parameters(model, TINY_HEAD)
     magnitude_pruning.apply_masks(prunable, magnitude_pruning.magnitude_masks(prunable, 0.9, "global"))
     export.export_model(model, tmp_path, image_size=8, manifest={"class_names": ["a", "b", "c"]})
-    manifest = json.loads((tmp_path / export.MANIFEST).read_text())
+    manifest = json.loads((tmp_path / layout.MANIFEST).read_text())
     assert manifest["class_names"] == ["a", "b", "c"] and manifest["input_size"] == [3, 8, 8]
 
     m = export.measure_export(tmp_path, image_size=8, threads=1, latency_budget_s=0.2)
     assert set(m) == set(export.SIZE_METRICS)
     assert m["params"] == sum(p.numel() for p in model.parameters())
     assert m["nonzero_params"] == sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    assert m["model_bytes"] == (tmp_path / export.MODEL_FILE).stat().st_size
+    assert m["model_bytes"] == (tmp_path / layout.MODEL_FILE).stat().st_size
     assert 0 < m["model_bytes_compressed"] < m["model_bytes"]
     assert m["flops"] == 2 * m["macs"]
     assert m["latency_ms_b1"] > 0 and m["latency_ms_b32"] > m["latency_ms_b1"] * 0.5
@@ -47,7 +49,7 @@ def test_exported_model_runs_in_a_process_without_raytune_ft(tmp_path):
     torch.save({"x": x, "y": model(x).detach()}, tmp_path / "io.pt")
     code = (
         "import sys, torch; "
-        f"m = torch.export.load({str(tmp_path / export.MODEL_FILE)!r}).module(); "
+        f"m = torch.export.load({str(tmp_path / layout.MODEL_FILE)!r}).module(); "
         f"io = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True); "
         "assert torch.allclose(m(io['x']), io['y'], atol=1e-5); "
         "assert not any(k.startswith('raytune_ft') for k in sys.modules); print('ok')"
@@ -74,7 +76,7 @@ def test_channel_pruned_model_exports_smaller(tmp_path, importance):
 def test_onnx_is_written_and_valid_when_onnx_is_installed(tmp_path):
     onnx = pytest.importorskip("onnx", reason="the optional onnx package is not installed")
     export.export_model(TinyClassifier().eval(), tmp_path, image_size=8, manifest={})
-    assert json.loads((tmp_path / export.MANIFEST).read_text())["files"] == [export.MODEL_FILE, export.ONNX_FILE]
-    model = onnx.load(str(tmp_path / export.ONNX_FILE))
+    assert json.loads((tmp_path / layout.MANIFEST).read_text())["files"] == [layout.MODEL_FILE, layout.ONNX_FILE]
+    model = onnx.load(str(tmp_path / layout.ONNX_FILE))
     onnx.checker.check_model(model)
     assert model.graph.input[0].name == "images"

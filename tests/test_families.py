@@ -7,12 +7,14 @@ import dataclasses
 import pytest
 import torch
 
-from raytune_ft import families, hooks, losses, train
-from raytune_ft.channel_pruning import ChannelPruning
+from raytune_ft import families, train
 from raytune_ft.config import TrialConfig
-from raytune_ft.distillation import Distillation
-from raytune_ft.magnitude_pruning import MagnitudePruning
-from raytune_ft.regularization import Regularization
+from raytune_ft.families import base
+from raytune_ft.families.channel_pruning import ChannelPruning
+from raytune_ft.families.distillation import Distillation
+from raytune_ft.families.magnitude_pruning import MagnitudePruning
+from raytune_ft.families.regularization import Regularization
+from raytune_ft.train import losses
 from tests.conftest import TINY_HEAD, TinyClassifier
 
 
@@ -48,7 +50,7 @@ def _batch(run: train.Run) -> None:
     run.logits = run.trained(run.x).float()
 
 
-def _only(run: train.Run, cls: type[hooks.Family]) -> hooks.Family:
+def _only(run: train.Run, cls: type[base.Family]) -> base.Family:
     return next(f for f in run.families if isinstance(f, cls))
 
 
@@ -58,7 +60,7 @@ def _only(run: train.Run, cls: type[hooks.Family]) -> hooks.Family:
 @pytest.mark.parametrize("name", list(families.FAMILIES))
 def test_each_family_is_registered_by_its_name_with_real_config_fields(name):
     cls = families.family(name)
-    assert cls.name == name and issubclass(cls, hooks.Family)
+    assert cls.name == name and issubclass(cls, base.Family)
     assert set(cls.switches) <= set(cls.fields) <= CONFIG_FIELDS
     assert not cls.active(TrialConfig())  # every family is off by default
     for switch in cls.switches:
@@ -169,7 +171,7 @@ def test_channel_pruning_shrinks_the_network_at_its_steps_and_the_others_follow(
     run.step = max(channel.prune_at)
     assert channel.before_step(run) is True
     assert run.model.conv.out_channels < 8
-    train._follow_structure(run)
+    train.loop.follow_structure(run)
     params = dict(run.model.named_parameters())
     assert {k: a.shape for k, a in reg.l2sp.anchors.items()} == {k: p.shape for k, p in params.items()
                                                                  if k not in TINY_HEAD}
@@ -191,7 +193,7 @@ def test_fit_passes_channel_round_to_to_the_pruner(tiny_splits, round_to, kept):
 # --- the loop's moments, seen by a family the registry did not have ------------------------------
 
 
-class Probe(hooks.Family):
+class Probe(base.Family):
     """Records the moments the loop calls, adds a term with a weight, a metric and resume state."""
 
     name = "probe"

@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from raytune_ft import data, holdout, streaming
+from raytune_ft import data, layout
 from raytune_ft.config import TrialConfig
+from raytune_ft.data import parquet
+from raytune_ft.deploy import holdout
 
 
 def test_wilson_interval_matches_published_values():
@@ -85,7 +87,7 @@ def test_imagefolder_test_folder_and_parquet_test_shards(tmp_path):
     assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (12, 4, 6)  # the folder's own test split
     meta = to_parquet.convert(str(tmp_path / "img"), str(tmp_path / "pq"))
     assert meta["num_rows"] == {"train": 12, "val": 4, "test": 6}
-    info = streaming.parquet_info(TrialConfig(dataset="parquet", data_root=str(tmp_path / "pq")))
+    info = parquet.parquet_info(TrialConfig(dataset="parquet", data_root=str(tmp_path / "pq")))
     assert info.num_rows["test"] == 6
     assert not set(info.indices["test"]) & (set(info.indices["train"]) | set(info.indices["val"]))
     import ray
@@ -147,7 +149,8 @@ def test_search_reports_test_accuracy_no_trial_saw_and_a_fresh_process_reproduce
     import ray
     from ray import tune
 
-    from raytune_ft import analyze, search, trial
+    from raytune_ft import analyze, search
+    from raytune_ft.search import trial
 
     given: list[data.Splits] = []  # every Splits handed to a trial, a confirmation run or the teacher
     real_with_parameters, real_teacher = tune.with_parameters, trial.fit_teacher_remote
@@ -190,11 +193,11 @@ def test_search_reports_test_accuracy_no_trial_saw_and_a_fresh_process_reproduce
     teacher = json.loads((exp / "teacher.json").read_text())
     assert teacher["test_acc_low"] <= teacher["test_acc"] <= teacher["test_acc_high"]
 
-    confirmed = pd.read_csv(exp / holdout.CONFIRMED_CSV)
+    confirmed = pd.read_csv(exp / layout.CONFIRMED_CSV)
     assert sorted(confirmed.trial_id.astype(str)) == sorted(front.trial_id.astype(str))
     assert (confirmed.n_runs == 2).all() and confirmed.test_acc_std.notna().all()
     assert confirmed.on_confirmed_front.any()
-    assert len(list((exp / holdout.CONFIRM_DIR).glob("trial_*"))) == len(front)
+    assert len(list((exp / layout.CONFIRM_DIR).glob("trial_*"))) == len(front)
 
     assert analyze.main([str(exp), "--out", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "report.html").read_text()

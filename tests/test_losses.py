@@ -1,7 +1,9 @@
 import torch
 
-from raytune_ft import distillation, families, losses, regularization, train
+from raytune_ft import families, train
 from raytune_ft.config import TrialConfig
+from raytune_ft.families import distillation, regularization
+from raytune_ft.train import losses
 from tests.conftest import TINY_HEAD, TinyClassifier
 
 

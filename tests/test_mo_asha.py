@@ -9,18 +9,19 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from raytune_ft import mo_asha
+from raytune_ft import pareto
+from raytune_ft.search import mo_asha
 
 
 def test_non_dominated_fronts_and_crowding():
     # minimisation; 0,1,2 are the Pareto set, 3 is dominated by 1 only, 4 by everything
     pts = np.array([[0.0, 4.0], [1.0, 1.0], [4.0, 0.0], [2.0, 2.0], [5.0, 5.0]])
-    fronts = [sorted(f.tolist()) for f in mo_asha.non_dominated_fronts(pts)]
+    fronts = [sorted(f.tolist()) for f in pareto.non_dominated_fronts(pts)]
     assert fronts == [[0, 1, 2], [3], [4]]
     # duplicates share a front
-    assert [sorted(f.tolist()) for f in mo_asha.non_dominated_fronts(np.array([[1.0, 1], [1, 1], [2, 2]]))] \
+    assert [sorted(f.tolist()) for f in pareto.non_dominated_fronts(np.array([[1.0, 1], [1, 1], [2, 2]]))] \
         == [[0, 1], [2]]
-    cd = mo_asha.crowding_distance(np.array([[0.0, 4.0], [1.0, 1.0], [2.0, 0.5], [4.0, 0.0]]))
+    cd = pareto.crowding_distance(np.array([[0.0, 4.0], [1.0, 1.0], [2.0, 0.5], [4.0, 0.0]]))
     assert np.isinf(cd[0]) and np.isinf(cd[3])
     assert cd[1] == pytest.approx((2 - 0) / 4 + (4 - 0.5) / 4)
     assert cd[2] == pytest.approx((4 - 1) / 4 + (1 - 0) / 4)
@@ -29,15 +30,15 @@ def test_non_dominated_fronts_and_crowding():
 def test_select_top_fills_fronts_then_crowding():
     pts = np.array([[0.0, 4.0], [1.0, 1.0], [4.0, 0.0], [2.0, 2.0], [5.0, 5.0], [1.1, 1.1]])
     # front 0 = {0, 1, 2}; the inner point 1 has the smallest crowding, so top-2 keeps the extremes
-    assert mo_asha.select_top(pts, 2).tolist() == [0, 2]
-    assert mo_asha.select_top(pts, 3).tolist() == [0, 1, 2]
-    assert mo_asha.select_top(pts, 4).tolist() == [0, 1, 2, 5]  # front 1 = {3, 5}: equal (inf) -> lower index
+    assert pareto.select_top(pts, 2).tolist() == [0, 2]
+    assert pareto.select_top(pts, 3).tolist() == [0, 1, 2]
+    assert pareto.select_top(pts, 4).tolist() == [0, 1, 2, 5]  # front 1 = {3, 5}: equal (inf) -> lower index
     # an all-equal front: ties broken by index, deterministic
-    assert mo_asha.select_top(np.ones((4, 2)), 2).tolist() == [0, 1]
+    assert pareto.select_top(np.ones((4, 2)), 2).tolist() == [0, 1]
 
 
 def test_to_minimization_flips_max_and_nan_is_worst():
-    out = mo_asha.to_minimization(np.array([[0.9, 100.0], [np.nan, 50.0]]), ["max", "min"])
+    out = pareto.to_minimization(np.array([[0.9, 100.0], [np.nan, 50.0]]), ["max", "min"], nan_as_worst=True)
     assert out.tolist() == [[-0.9, 100.0], [np.inf, 50.0]]
 
 
@@ -50,7 +51,8 @@ def test_rungs_match_ray():
 def test_two_objectives_hand_made_rung():
     eta = 2
     # accuracy (max), size (min) -> minimisation points
-    rung = mo_asha.to_minimization(np.array([[0.90, 100], [0.80, 50], [0.70, 200], [0.60, 300]]), ["max", "min"])
+    rung = pareto.to_minimization(np.array([[0.90, 100], [0.80, 50], [0.70, 200], [0.60, 300]]), ["max", "min"],
+                                  nan_as_worst=True)
     # m = 4 recorded, eta = 2: allowance = 3 - ceil(1.5) = 1 point may rank ahead
     assert mo_asha.rank_allowance(4, eta) == 1
     # dominates every recorded trial: nothing ahead -> continues
@@ -78,7 +80,7 @@ def test_tie_inside_front_broken_by_crowding():
     # m = 4, eta = 4: allowance = 3 - ceil(2.25) = 0 -> only a trial nobody ranks ahead of continues
     assert mo_asha.rank_allowance(4, 4) == 0
     isolated = [6.0, 4.0]  # alone in the big gap: the largest inner crowding distance (1.6)
-    front_of, cd = mo_asha.rank_keys(np.vstack([rung, isolated]))
+    front_of, cd = pareto.rank_keys(np.vstack([rung, isolated]))
     assert (front_of == 0).all() and np.isinf(cd[[0, 3]]).all()
     assert cd[4] == pytest.approx(1.6) and cd[4] > cd[1] and cd[4] > cd[2]
     # eta = 4 or 2: both extremes (inf) are ahead -> stopped

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from raytune_ft import search, spaces
-from raytune_ft.spaces import SpaceError
+from raytune_ft import search
+from raytune_ft.space import spaces
+from raytune_ft.space.spaces import SpaceError
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +101,11 @@ def test_early_stopped_trials_are_pruned_and_off_the_front(tmp_path):
 
 
 def test_honest_optuna_search_tells_pruned_complete_and_fail(tmp_path, mo_space):
-    from raytune_ft import mo_asha
+    from raytune_ft.search.searcher import HonestOptunaSearch
 
     metrics, modes = mo_space.metric_and_mode()
     table = tmp_path / "optuna_trials.csv"
-    searcher = mo_asha.HonestOptunaSearch(space=mo_space.define_by_run(), metric=metrics, mode=modes,
+    searcher = HonestOptunaSearch(space=mo_space.define_by_run(), metric=metrics, mode=modes,
                                           sampler=mo_space.make_sampler(), epochs=5, table_path=str(table))
     for tid in ("full", "stopped", "own_epochs", "crashed"):
         assert searcher.suggest(tid)
@@ -126,7 +127,8 @@ def test_epoch_size_metrics_match_the_model():
 
     import torch
 
-    from raytune_ft import export, trial
+    from raytune_ft.deploy import export
+    from raytune_ft.search import trial
     from tests.conftest import TinyClassifier
 
     model = TinyClassifier()

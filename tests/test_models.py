@@ -77,7 +77,7 @@ def test_checkpoint_roundtrip_is_exact(tmp_path):
 
 
 def test_channel_pruned_checkpoint_rebuilds_from_tensor_shapes(tmp_path):
-    from raytune_ft import channel_pruning
+    from raytune_ft.families import channel_pruning
 
     model = models.build_model("efficientnet_lite0", 5, weights="none")
     pruner = channel_pruning.ChannelPruner(model, torch.randn(2, 3, 32, 32), ratio=0.4, importance="l1", steps=1,

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from raytune_ft import export, models, planned, pruning, train
+from raytune_ft import layout, models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
-from raytune_ft.mo_asha import MOASHAScheduler
+from raytune_ft.deploy import export
+from raytune_ft.families import pruning
+from raytune_ft.search import planned
+from raytune_ft.search.mo_asha import MOASHAScheduler
 from tests.conftest import class_splits
 
 BASE = dict(model="test_efficientnet", weights="none", epochs=3, batch_size=16, channels_last=False,
@@ -97,7 +100,7 @@ def test_layer_and_global_scope_plan_different_counts():
 
 
 def test_a_resumed_trial_reports_the_plan_of_its_start(splits, tmp_path):
-    from raytune_ft import trial
+    from raytune_ft.search import trial
 
     cfg = TrialConfig.from_dict({**BASE, **RECIPES["channel"], "export": False})
     model = models.build_model(cfg.model, splits.num_classes, weights="none")
@@ -107,7 +110,7 @@ def test_a_resumed_trial_reports_the_plan_of_its_start(splits, tmp_path):
         reports.append(dict(m))
         if m["epoch"] == 2:
             models.save_checkpoint(tmp_path, model, config=cfg.to_dict(), class_names=splits.class_names, metrics=m)
-            torch.save(state(), tmp_path / trial.TRAINING_STATE)
+            torch.save(state(), tmp_path / layout.TRAINING_STATE)
 
     train.fit(cfg, model, splits, head_names=models.head_parameter_names(model), report=report,
               observers=planned.observers(cfg, METRICS))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from raytune_ft import channel_pruning, magnitude_pruning, pruning, regularization
+from raytune_ft.families import channel_pruning, magnitude_pruning, pruning, regularization
 from tests.conftest import TINY_HEAD, TinyClassifier
 
 

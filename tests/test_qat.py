@@ -9,9 +9,11 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from raytune_ft import export, quantization, train
+from raytune_ft import train
 from raytune_ft.config import TrialConfig
-from raytune_ft.quantization import FakeQuantization, Quantization, fake_quantize_input, fake_quantize_weight
+from raytune_ft.deploy import export
+from raytune_ft.families import quantization
+from raytune_ft.families.quantization import FakeQuantization, Quantization, fake_quantize_input, fake_quantize_weight
 from tests.conftest import TINY_HEAD, TinyClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")

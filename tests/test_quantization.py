@@ -12,8 +12,11 @@ import pytest
 import torch
 from conftest import TINY_HEAD, TinyClassifier
 
-from raytune_ft import export, quantization, train, trial
+from raytune_ft import layout, train
 from raytune_ft.config import TrialConfig
+from raytune_ft.deploy import export
+from raytune_ft.families import quantization
+from raytune_ft.search import trial
 
 
 def _trained_tiny(splits) -> TinyClassifier:
@@ -30,12 +33,12 @@ def test_int8_file_reproduces_the_manifest_val_acc_in_a_process_with_only_onnxru
                       latency_budget_s=0.1)
     fp32_acc = train.evaluate(model, tiny_splits.x_val, tiny_splits.y_val)["val_acc"]
     measured = trial.export_and_measure(model, cfg, tiny_splits, {"val_acc": fp32_acc, "epoch": 3}, tmp_path)
-    manifest = json.loads((tmp_path / export.MANIFEST).read_text())
-    assert manifest["deployed"] == export.INT8_FILE and (tmp_path / export.INT8_FILE).is_file()
-    assert manifest["files"] == [export.MODEL_FILE, export.ONNX_FILE, export.INT8_FILE]
+    manifest = json.loads((tmp_path / layout.MANIFEST).read_text())
+    assert manifest["deployed"] == layout.INT8_FILE and (tmp_path / layout.INT8_FILE).is_file()
+    assert manifest["files"] == [layout.MODEL_FILE, layout.ONNX_FILE, layout.INT8_FILE]
     assert manifest["metrics"]["val_acc"] == measured["val_acc"] and measured["val_acc_fp32"] == fp32_acc
     assert measured["val_acc"] > 0.6  # learnable problem: the int8 file is still a classifier
-    int8_bytes = (tmp_path / export.INT8_FILE).stat().st_size
+    int8_bytes = (tmp_path / layout.INT8_FILE).stat().st_size
     assert measured["model_bytes"] == int8_bytes  # the shipped file is the measured one
     assert set(export.DEPLOYED_METRICS) <= set(measured)
 
@@ -64,10 +67,10 @@ def test_calibration_sees_only_a_random_sample_of_training_images(tmp_path, tiny
     model = _trained_tiny(tiny_splits).eval()
     x_train = tiny_splits.x_train.abs()  # in [0, ~4]
     x_val = tiny_splits.x_val * 100.0
-    export.export_onnx(model, tmp_path / export.ONNX_FILE, image_size=8)
+    export.export_onnx(model, tmp_path / layout.ONNX_FILE, image_size=8)
     family = quantization.Quantization(calibration_batches=2, calibration_method="minmax", batch_size=16, seed=3)
     reader = family.reader(x_train)
-    out = family.at_export(tmp_path / export.ONNX_FILE, x_train, reader=reader)
+    out = family.at_export(tmp_path / layout.ONNX_FILE, x_train, reader=reader)
 
     seen = np.array(reader.seen)
     assert len(seen) == 32 == len(set(seen.tolist())) and seen.max() < len(x_train)
@@ -93,8 +96,8 @@ def test_calibration_method_is_validated_with_the_choices():
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_calibration_methods_quantize(tmp_path, tiny_splits, method):
     model = _trained_tiny(tiny_splits).eval()
-    export.export_onnx(model, tmp_path / export.ONNX_FILE, image_size=8)
-    out = quantization.Quantization(2, method, 16).at_export(tmp_path / export.ONNX_FILE, tiny_splits.x_train)
+    export.export_onnx(model, tmp_path / layout.ONNX_FILE, image_size=8)
+    out = quantization.Quantization(2, method, 16).at_export(tmp_path / layout.ONNX_FILE, tiny_splits.x_train)
     ops = {n.op_type for n in __import__("onnx").load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert export.onnx_accuracy(out, tiny_splits.x_val, tiny_splits.y_val) > 0.5
@@ -114,7 +117,7 @@ def test_a_model_onnx_cannot_export_fails_its_trial_with_a_one_line_reason(tmp_p
     import ray
     from ray import tune
 
-    from raytune_ft import results
+    from raytune_ft.report import results
 
     fixed = {"weights": "none", "image_size": 8, "epochs": 1, "batch_size": 32, "cpus_per_trial": 1,
              "bn_recalibration_batches": 0, "latency_budget_s": 0.05, "use_quantization": True}
@@ -166,7 +169,7 @@ def test_a_model_onnx_cannot_export_fails_its_trial_with_a_one_line_reason(tmp_p
 def test_mo_asha_with_quantization_refuses_a_size_objective_the_int8_file_changes(tmp_path):
     from conftest import without_initial
 
-    from raytune_ft.spaces import SpaceError, builtin_space_path, load_space
+    from raytune_ft.space.spaces import SpaceError, builtin_space_path, load_space
 
     text = without_initial(builtin_space_path("quickstart_mo_asha").read_text())
     quantized = text.replace("  use_kd: {type: categorical", "  use_quantization: {type: categorical, choices: "
@@ -198,9 +201,9 @@ def test_dominance_line_says_whether_and_by_how_much_the_front_beats_a_baseline(
 def test_histogram_calibration_takes_whole_batches_of_a_small_training_split(tmp_path, tiny_splits):
     """40 training rows, batches of 16: ORT's percentile calibrator fails on a ragged last batch,
     so calibration takes the two whole batches (32 rows)."""
-    export.export_onnx(_trained_tiny(tiny_splits).eval(), tmp_path / export.ONNX_FILE, image_size=8)
+    export.export_onnx(_trained_tiny(tiny_splits).eval(), tmp_path / layout.ONNX_FILE, image_size=8)
     family = quantization.Quantization(7, "percentile", 16)
     reader = family.reader(tiny_splits.x_train[:40])
-    family.at_export(tmp_path / export.ONNX_FILE, tiny_splits.x_train[:40], reader=reader)
+    family.at_export(tmp_path / layout.ONNX_FILE, tiny_splits.x_train[:40], reader=reader)
     assert len(reader.seen) == 32
     assert len(quantization.Quantization(4, "minmax", 64).calibration_indices(40)) == 40  # fewer: one batch

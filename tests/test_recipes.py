@@ -15,8 +15,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from raytune_ft import mo_asha, results, spaces
-from raytune_ft.spaces import SpaceError, load_space
+from raytune_ft.report import results
+from raytune_ft.search import searcher
+from raytune_ft.space import spaces
+from raytune_ft.space.spaces import SpaceError, load_space
 from tests.conftest import kill_session
 
 SPACE = """\
@@ -137,9 +139,9 @@ def test_every_shipped_space_has_two_to_four_commented_recipes(name):
     assert all(lines[i - 1].lstrip().startswith("#") for i in recipes)  # each says where it comes from
 
 
-def _searcher(space: spaces.Space) -> mo_asha.HonestOptunaSearch:
+def _searcher(space: spaces.Space) -> searcher.HonestOptunaSearch:
     metrics, modes = space.metric_and_mode()
-    return mo_asha.HonestOptunaSearch(space=space.define_by_run(), metric=metrics, mode=modes,
+    return searcher.HonestOptunaSearch(space=space.define_by_run(), metric=metrics, mode=modes,
                                       sampler=space.make_sampler(), epochs=2,
                                       points_to_evaluate=[dict(r) for r in space.search.initial])
 

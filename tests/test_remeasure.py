@@ -6,7 +6,9 @@ import json
 import pandas as pd
 import torch
 
-from raytune_ft import export, remeasure, results
+from raytune_ft import layout
+from raytune_ft.deploy import export, remeasure
+from raytune_ft.report import results
 from tests.conftest import TinyClassifier
 
 
@@ -27,7 +29,7 @@ def test_completed_trials_and_baselines_are_retimed_and_the_search_value_is_kept
         {"trial_id": "b", "status": "failed", "export_path": None, **stale},  # nothing shipped: untouched
     ])
     teacher = {"latency_ms_b32": 999.0, "baselines": {"teacher_fp32": {
-        "baseline": "teacher_fp32", "file": str(tmp_path / "teacher" / "export" / export.ONNX_FILE), **stale}}}
+        "baseline": "teacher_fp32", "file": str(tmp_path / "teacher" / "export" / layout.ONNX_FILE), **stale}}}
 
     out, teacher_out = remeasure.remeasure(trials, teacher, threads=1, budget_s=0.1)
 
@@ -36,7 +38,7 @@ def test_completed_trials_and_baselines_are_retimed_and_the_search_value_is_kept
     assert a.latency_ms_b32_search == 999.0 and b.latency_ms_b32 == 999.0
     assert 0 < teacher_out["baselines"]["teacher_fp32"]["latency_ms_b32"] < 999
     assert teacher_out["latency_ms_b32"] == teacher_out["baselines"]["teacher_fp32"]["latency_ms_b32"]
-    manifest = json.loads((tmp_path / "trial" / "export" / export.MANIFEST).read_text())
+    manifest = json.loads((tmp_path / "trial" / "export" / layout.MANIFEST).read_text())
     assert manifest["metrics"][remeasure.RETIMED] and manifest["metrics"]["latency_ms_b32"] == a.latency_ms_b32
     # the trials table rebuilt from the folders (analyze) reads the re-timed value back
     overlay = results._retimed_latency(tmp_path / "trial" / "export", dict(stale))

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from raytune_ft import models, quantization, train, trial
+from raytune_ft import layout, models, train
 from raytune_ft.config import TrialConfig
+from raytune_ft.families import quantization
+from raytune_ft.search import trial
 
 BASE = dict(model="test_efficientnet", weights="none", epochs=3, batch_size=16, channels_last=False,
             bn_recalibration_batches=2, export=False)
@@ -42,7 +44,7 @@ def _run(cfg: TrialConfig, splits, teacher, *, model=None, resume=None, save_aft
         if metrics["epoch"] == save_after:
             models.save_checkpoint(folder, model, config=cfg.to_dict(), class_names=splits.class_names,
                                    metrics=metrics)
-            torch.save(state(), folder / trial.TRAINING_STATE)
+            torch.save(state(), folder / layout.TRAINING_STATE)
 
     train.fit(cfg, model, splits, head_names=models.head_parameter_names(model), report=report,
               teacher_logits=teacher if cfg.use_kd else None, resume=resume)
@@ -83,16 +85,16 @@ def test_final_checkpoint_has_no_training_state_and_the_state_is_plain_tensors(t
     cfg = TrialConfig.from_dict({**BASE, "epochs": 2, **RECIPES["channel+magnitude+l2sp"]})
     _run(cfg, tiny_splits, None, save_after=1, folder=tmp_path)
     # weights_only=True refuses anything but tensors, numbers, strings and containers of them
-    state = torch.load(tmp_path / trial.TRAINING_STATE, weights_only=True)
+    state = torch.load(tmp_path / layout.TRAINING_STATE, weights_only=True)
     assert {"epoch", "step", "optimizer", "batch_rng", "torch_rng", "masked", "l2sp_anchors",
             "channel_pruner"} <= set(state)
-    (tmp_path / trial.TRAINING_STATE).unlink()  # what a trial's last checkpoint looks like
+    (tmp_path / layout.TRAINING_STATE).unlink()  # what a trial's last checkpoint looks like
     assert trial.load_training_checkpoint(models.build_model(cfg.model, 3, weights="none"), tmp_path) is None
 
 
 @pytest.mark.parametrize("key", ["checkpoint_every", "keep_checkpoints"])
 def test_checkpoint_settings_are_validated(key):
-    from raytune_ft import spaces
+    from raytune_ft.space import spaces
 
     space = spaces.load_space(spaces.resolve_space("quickstart"))
     assert getattr(space.with_overrides([f"search.{key}=3"]).search, key) == 3

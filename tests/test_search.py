@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from raytune_ft import data, models, pruning, search, train
+from raytune_ft import data, models, search, train
 from raytune_ft.config import TrialConfig
+from raytune_ft.families import pruning
 
 LATENCY_BUDGET_S = 0.05  # seconds of ORT timing per exported file (quickstart: 0.5, the default: 5)
 # teacher.model: the quickstart's teacher is Lite2; this suite compares the teacher with a dense
@@ -63,7 +64,7 @@ def test_search_writes_trials_front_plot_and_teacher(first_run):
 
 @pytest.mark.e2e
 def test_front_is_non_dominated_and_checkpoints_reproduce_metrics_exactly(first_run):
-    from raytune_ft import export
+    from raytune_ft.deploy import export
 
     trials = pd.read_csv(first_run / "trials.csv")
     front = pd.read_csv(first_run / "pareto.csv")
@@ -83,8 +84,8 @@ def test_front_is_non_dominated_and_checkpoints_reproduce_metrics_exactly(first_
         model.to(memory_format=layout)
         torch_acc = row.val_acc_fp32 if cfg.use_quantization else row.val_acc  # int8: val_acc is the ORT file's
         assert train.evaluate(model, x_val, splits.y_val)["val_acc"] == torch_acc
-        deployed = Path(row.export_path) / json.loads((Path(row.export_path) / export.MANIFEST).read_text())["deployed"]
-        assert deployed.name == (export.INT8_FILE if cfg.use_quantization else export.ONNX_FILE)
+        deployed = Path(row.export_path) / json.loads((Path(row.export_path) / layout.MANIFEST).read_text())["deployed"]
+        assert deployed.name == (layout.INT8_FILE if cfg.use_quantization else layout.ONNX_FILE)
         assert export.onnx_weight_counts(deployed)[1] == row.nonzero_params
         sizes = pruning.size_metrics(model, pruning.prunable_parameters(model, models.head_parameter_names(model)))
         assert sizes["sparsity"] == pytest.approx(cfg.final_sparsity, abs=1e-6)
@@ -181,7 +182,7 @@ print(json.dumps({
     "raytune_ft_imported": any(m.split(".")[0] in ("raytune_ft", "torch") for m in sys.modules),
 }))
 """
-    from raytune_ft import export
+    from raytune_ft.deploy import export
 
     for _, row in front.iterrows():
         proc = subprocess.run([sys.executable, "-c", code, row.export_path, str(np_val)],

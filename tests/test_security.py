@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from raytune_ft import models, search, trial
+from raytune_ft import layout, models, search
+from raytune_ft.search import trial
 
 
 class _RunsCode:
@@ -22,18 +23,18 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("file", [models.CHECKPOINT_WEIGHTS, trial.TRAINING_STATE])
+@pytest.mark.parametrize("file", [models.CHECKPOINT_WEIGHTS, layout.TRAINING_STATE])
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, file: str):
     folder, marker = tmp_path / "ckpt", tmp_path / "pwned"
     model = models.build_model("test_efficientnet", 3, weights="none")
     models.save_checkpoint(folder, model, config={"model": "test_efficientnet"}, class_names=("a", "b", "c"),
                            metrics={})
-    if file == trial.TRAINING_STATE:
+    if file == layout.TRAINING_STATE:
         torch.save({"epoch": 1, "step": _RunsCode(marker)}, folder / file)
     else:
         torch.save({**model.state_dict(), "evil": _RunsCode(marker)}, folder / file)
     with pytest.raises(pickle.UnpicklingError):
-        if file == trial.TRAINING_STATE:
+        if file == layout.TRAINING_STATE:
             trial.load_training_checkpoint(models.build_model("test_efficientnet", 3, weights="none"), folder)
         else:
             models.load_checkpoint(folder)

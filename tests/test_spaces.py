@@ -1,4 +1,4 @@
-"""Tests for raytune_ft.spaces: the shipped files, sampling, samplers, errors and --set."""
+"""Tests for raytune_ft.space: the shipped files, sampling, samplers, errors and --set."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from raytune_ft.config import TrialConfig
-from raytune_ft.spaces import (
+from raytune_ft.space.spaces import (
     SAMPLERS,
     TECHNIQUE_FLAGS,
     ParamSpec,
@@ -397,7 +397,7 @@ def test_override_errors(quickstart: Space, arg: str, fragments: list[str]) -> N
 def test_tunes_searcher_state_pickles_for_every_sampler(quickstart: Space, sampler: str, tmp_path) -> None:
     """Tune pickles the search algorithm (with its Optuna sampler) at every experiment snapshot and
     when the Tuner is built; Optuna 5.1's NSGAIISampler holds a thread lock and broke this."""
-    from raytune_ft.search import make_searcher
+    from raytune_ft.search.searcher import make_searcher
 
     space = quickstart.with_overrides([f"search.sampler={sampler}", "search.population_size=4"])
     searcher = make_searcher(space, tmp_path)

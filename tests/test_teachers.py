@@ -1,4 +1,4 @@
-"""Tests for raytune_ft.teachers and the teacher section of a space: the teacher as its own model
+"""Tests for raytune_ft.train.teachers and the teacher section of a space: the teacher as its own model
 (architecture, normalization, input size), its view of the students' rows, and bad input."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from raytune_ft import data, models, teachers
+from raytune_ft import data, models
 from raytune_ft.config import TrialConfig
-from raytune_ft.spaces import SpaceError, load_space
+from raytune_ft.space.spaces import SpaceError, load_space
+from raytune_ft.train import teachers
 
 STUDENT = models.InputConfig((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 TEACHER = models.InputConfig((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from raytune_ft import pruning, train
+from raytune_ft import train
 from raytune_ft.config import TrialConfig
+from raytune_ft.families import pruning
 from tests.conftest import TINY_HEAD, TinyClassifier
 
 

@@ -12,8 +12,10 @@ import torch
 from conftest import TINY_HEAD, TinyClassifier
 from PIL import Image
 
-from raytune_ft import models, streaming, train, trial
+from raytune_ft import models, train
 from raytune_ft.config import TrialConfig
+from raytune_ft.data import parquet
+from raytune_ft.search import trial
 
 
 def _teacher_model(num_classes: int = 3) -> dict:
@@ -131,7 +133,7 @@ def test_search_on_parquet_shards_streams_with_an_online_teacher(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(root=shards))
     cfg = TrialConfig(dataset="parquet", data_root=str(shards), max_samples=36, image_size=32, on_bad_image="skip")
-    counts = streaming.parquet_selection(cfg)
+    counts = parquet.parquet_selection(cfg)
     assert counts["train"][0] + counts["val"][0] in (35, 36, 37)  # stratified rounding per class
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

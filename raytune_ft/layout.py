@@ -1,0 +1,42 @@
+"""The experiment folder's layout: every file and folder name an experiment, a trial checkpoint or an
+exported model holds, in one place. Writers and readers (search, trial glue, export, results,
+analysis, the Python API) take the names from here.
+
+    <storage>/<name>/                      one experiment
+        space.json  trials.csv  pareto.csv  pareto.png  report.html  optuna_trials.csv
+        teacher.json  teacher/  baselines.csv  train_logits.pt  test_front.json
+        confirmed.csv  confirm/  mo_asha_state.pkl  <Tune's trial folders>/checkpoint_*/
+    <trial>/checkpoint_*/                  training_state.pt (to resume) or export/ (the last one)
+    export/                                model.pt2  model.onnx  model.int8.onnx  manifest.json
+"""
+
+from __future__ import annotations
+
+# the experiment folder
+SPACE_JSON = "space.json"  # the resolved space: file, fixed settings, teacher overrides
+TRIALS_CSV = "trials.csv"  # one row per trial: status, config, metrics, checkpoint
+PARETO_CSV = "pareto.csv"  # the front: non-dominated, fully trained trials
+PARETO_PNG = "pareto.png"
+REPORT_HTML = "report.html"
+OPTUNA_TRIALS_CSV = "optuna_trials.csv"  # the sampler's study as a table
+TEACHER_JSON = "teacher.json"  # the dense teacher's config and metrics
+TEACHER_DIR = "teacher"  # its checkpoint and exported files
+BASELINES_CSV = "baselines.csv"  # the dense teacher as a user would ship it (fp32, int8)
+TRAIN_LOGITS = "train_logits.pt"  # the teacher's logits on the training set (distillation)
+TEST_FRONT_JSON = "test_front.json"  # test-split accuracy of every front point and baseline
+CONFIRMED_CSV = "confirmed.csv"  # confirmation runs (other seeds) of the front's recipes
+CONFIRM_DIR = "confirm"  # the confirmation runs' Tune experiment
+MO_ASHA_STATE = "mo_asha_state.pkl"  # the MO-ASHA scheduler's rungs (resume)
+
+# a trial's checkpoints
+TRAINING_STATE = "training_state.pt"  # in every checkpoint but the last: train.training_state
+EXPORT_DIR = "export"  # in a trial's final checkpoint: the exported model
+
+# an exported model (export/)
+MODEL_FILE = "model.pt2"  # torch.export program
+ONNX_FILE = "model.onnx"  # fp32 ONNX
+INT8_FILE = "model.int8.onnx"  # int8 QDQ ONNX (quantization family)
+MANIFEST = "manifest.json"  # what the file is, its preprocessing and its measured metrics
+
+# a trial's status in trials.csv
+COMPLETED, FAILED, EARLY_STOPPED, INCOMPLETE = "completed", "failed", "early-stopped", "incomplete"

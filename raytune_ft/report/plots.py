@@ -1,0 +1,556 @@
+"""Human-facing output of an experiment: PNG plots, an inline-SVG Pareto plot with hover text,
+plain-text and HTML tables, and the self-contained HTML page around them.
+
+The math lives in pareto.py and analyze.py; this module only draws and formats. matplotlib is
+imported inside the functions (Agg canvas, no pyplot state), so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raytune_ft.pareto import MODES, pareto_front
+
+TEACHER_MARGIN = 0.02  # "teacher − 2 pts": accuracy is a fraction in [0, 1]
+LOG_X_SPREAD = 10.0  # switch the size axis to log scale when max/min exceeds this
+
+
+def plot_pareto(
+    trials: pd.DataFrame,
+    objectives: Mapping[str, str],
+    path: str | Path,
+    *,
+    teacher: Mapping[str, float] | None = None,
+    title: str | None = None,
+    status_column: str = "status",
+    completed: str = "completed",
+    failed: str = "failed",
+    baselines: Sequence[Mapping[str, Any]] = (),
+) -> Path:
+    """Plot the first "max" objective (y, e.g. val_acc) against the first "min" one (x, size).
+
+    Completed trials are grey dots; trials with any other status except `failed` (stopped
+    early, still running) are hollow grey circles; failed trials are only counted in the
+    legend. The front of `pareto_front(trials, objectives)` (over all objectives, fully
+    trained trials only) is highlighted, joined by a step line and labelled with trial_id.
+    `teacher` maps metric names to the dense baseline's values: a star at (x, y) when it has
+    both, and a dashed line at y - 0.02 ("teacher − 2 pts"). The x axis is logarithmic when
+    the sizes span more than 10x. `baselines` (rows with a `baseline` name, e.g. the teacher in
+    fp32 and int8, measured on their deployed files) are drawn as labelled diamonds. Writes a PNG
+    at 120 dpi and returns its path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x_name, y_name = _plot_axes(objectives)
+    for name in (x_name, y_name, status_column):
+        if name not in trials.columns:
+            raise ValueError(f"column {name!r} not in trials; columns are {list(trials.columns)}")
+    if teacher is not None and y_name not in teacher:
+        raise ValueError(f"teacher needs a {y_name!r} value, got keys {sorted(teacher)}")
+
+    front = pareto_front(trials, objectives, status_column=status_column, completed=completed)
+    status = trials[status_column]
+    is_completed = (status == completed).to_numpy(dtype=bool, na_value=False)
+    is_failed = (status == failed).to_numpy(dtype=bool, na_value=False)
+    x = pd.to_numeric(trials[x_name]).to_numpy(dtype=float, na_value=np.nan)
+    y = pd.to_numeric(trials[y_name]).to_numpy(dtype=float, na_value=np.nan)
+    plottable = np.isfinite(x) & np.isfinite(y)
+    done = plottable & is_completed
+    stopped = plottable & ~is_completed & ~is_failed
+
+    # A bare Figure is registered nowhere (unlike pyplot), so nothing stays open afterwards.
+    fig = Figure(figsize=(7.0, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if done.any():
+        ax.scatter(x[done], y[done], s=18, color="0.6", label=f"completed ({done.sum()})")
+    if stopped.any():
+        ax.scatter(
+            x[stopped],
+            y[stopped],
+            s=18,
+            facecolors="none",
+            edgecolors="0.6",
+            label=f"early-stopped ({stopped.sum()})",
+        )
+    if len(front):
+        fx = front[x_name].to_numpy(dtype=float)
+        fy = front[y_name].to_numpy(dtype=float)
+        ax.step(fx, fy, where="post", color="tab:red", linewidth=1.2, zorder=3)
+        ax.scatter(fx, fy, s=36, color="tab:red", zorder=4, label=f"Pareto front ({len(front)})")
+        if "trial_id" in front.columns:
+            for xi, yi, trial_id in zip(fx, fy, front["trial_id"], strict=True):
+                ax.annotate(
+                    str(trial_id),
+                    (xi, yi),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color="tab:red",
+                )
+    draw_test_intervals(ax, front, x_name, teacher)
+    mark_architectures(ax, trials, x, y, plottable & ~is_failed)
+    teacher_x = None
+    if teacher is not None:
+        teacher_y = float(teacher[y_name])
+        if x_name in teacher:
+            teacher_x = float(teacher[x_name])
+            ax.scatter(
+                [teacher_x],
+                [teacher_y],
+                marker="*",
+                s=160,
+                color="tab:blue",
+                zorder=5,
+                label="dense teacher",
+            )
+        ax.axhline(
+            teacher_y - TEACHER_MARGIN,
+            color="tab:blue",
+            linestyle="--",
+            linewidth=1,
+            label="teacher − 2 pts",
+        )
+    baseline_x = []
+    for i, row in enumerate(baselines):
+        if _number(row.get(x_name)) and _number(row.get(y_name)):
+            baseline_x.append(float(row[x_name]))
+            ax.scatter([row[x_name]], [row[y_name]], marker="D", s=50, zorder=5, color=("tab:cyan", "tab:purple",
+                       "tab:olive")[i % 3], edgecolors="black", linewidths=0.5, label=str(row.get("baseline")))
+    n_failed = int(is_failed.sum())
+    if n_failed:
+        ax.plot([], [], linestyle="none", label=f"{n_failed} failed")
+    if not done.any():
+        ax.text(  # near the bottom edge, clear of the teacher marker
+            0.5,
+            0.06,
+            "no completed trials",
+            transform=ax.transAxes,
+            ha="center",
+            va="bottom",
+            color="0.4",
+            bbox={"facecolor": "white", "edgecolor": "0.8"},
+        )
+
+    sizes = x[plottable]
+    if teacher_x is not None:
+        sizes = np.append(sizes, teacher_x)
+    sizes = np.append(sizes, baseline_x)
+    if sizes.size and sizes.min() > 0 and sizes.max() / sizes.min() > LOG_X_SPREAD:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.set_title(title if title is not None else f"{y_name} vs {x_name}")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, format="png")
+    return path
+
+
+def draw_test_intervals(ax: Any, front: pd.DataFrame, x_name: str, teacher: Mapping[str, Any] | None = None) -> None:
+    """Test accuracy of the front points (and the teacher) as hollow diamonds with their Wilson 95 %
+    interval as error bars (holdout.py), next to the val_acc the front was selected on."""
+    rows = [dict(r) for _, r in front.iterrows()] + ([dict(teacher)] if teacher else [])
+    rows = [r for r in rows if _finite(r.get("test_acc")) and _finite(r.get(x_name))]
+    if not rows:
+        return
+    x = np.array([float(r[x_name]) for r in rows])
+    acc = np.array([float(r["test_acc"]) for r in rows])
+    low = np.array([float(r["test_acc_low"]) for r in rows])
+    high = np.array([float(r["test_acc_high"]) for r in rows])
+    ax.errorbar(x, acc, yerr=np.vstack([acc - low, high - acc]), fmt="D", markersize=5, mfc="none",
+                color="tab:green", ecolor="tab:green", elinewidth=1, capsize=3, zorder=4,
+                label="test_acc, Wilson 95 %")
+
+
+def format_interval(row: Mapping[str, Any]) -> str:
+    """"0.9650 [0.9412, 0.9795]": test_acc and its Wilson 95 % interval ("" when missing)."""
+    if not _finite(row.get("test_acc")):
+        return ""
+    return f"{float(row['test_acc']):.4f} [{float(row['test_acc_low']):.4f}, {float(row['test_acc_high']):.4f}]"
+
+
+ARCHITECTURE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
+def mark_architectures(ax: Any, trials: pd.DataFrame, x: np.ndarray, y: np.ndarray, shown: np.ndarray,
+                       column: str = "model") -> None:
+    """When the plotted trials span several architectures (`column`), ring each point with its
+    architecture's marker (black outline, one legend entry per architecture with its count), so
+    the front shows which architecture every point is. One architecture: nothing drawn."""
+    if column not in trials.columns:
+        return
+    names = trials[column].astype(str).to_numpy()
+    kinds = list(dict.fromkeys(names[shown]))
+    if len(kinds) < 2:
+        return
+    for i, kind in enumerate(kinds):
+        rows = shown & (names == kind)
+        ax.scatter(x[rows], y[rows], s=70, marker=ARCHITECTURE_MARKERS[i % len(ARCHITECTURE_MARKERS)],
+                   facecolors="none", edgecolors="black", linewidths=0.8, zorder=6,
+                   label=f"{kind} ({int(rows.sum())})")
+
+
+def format_front(front: pd.DataFrame, columns: Sequence[str], *, max_rows: int = 30) -> str:
+    """A plain-text table of `columns` of `front` (missing columns skipped), index hidden.
+
+    Per column: floats all in [0, 1] get 4 decimals (values below 1e-3 get 3 significant
+    digits instead of rounding to 0), integers and integral floats get thousands separators,
+    other floats 3 significant digits. At most `max_rows` rows, then a "... N more rows" line.
+    """
+    present = [c for c in columns if c in front.columns]
+    if not present:
+        return "(no columns to show)"
+    if front.empty:
+        return "  ".join(present) + "\n(no rows)"
+    shown = front.head(max_rows)
+    table = pd.DataFrame({c: _format_column(shown[c]) for c in present})
+    text = table.to_string(index=False)
+    if len(front) > max_rows:
+        text += f"\n... {len(front) - max_rows} more rows"
+    return text
+
+
+def _plot_axes(objectives: Mapping[str, str]) -> tuple[str, str]:
+    """(x, y) = (first "min" objective, first "max" objective)."""
+    for name, mode in objectives.items():
+        if mode not in MODES:
+            raise ValueError(
+                f"unknown mode {mode!r} for objective {name!r}; choose from {sorted(MODES)}"
+            )
+    mins = [name for name, mode in objectives.items() if mode == "min"]
+    maxs = [name for name, mode in objectives.items() if mode == "max"]
+    if not mins or not maxs:
+        raise ValueError(
+            f"plot_pareto needs one 'min' (size) and one 'max' (accuracy) objective, "
+            f"got {dict(objectives)}"
+        )
+    return mins[0], maxs[0]
+
+
+def _format_column(column: pd.Series) -> list[str]:
+    if pd.api.types.is_bool_dtype(column):
+        return [_missing_or(v, str) for v in column]
+    if pd.api.types.is_integer_dtype(column):
+        return [_missing_or(v, lambda v: f"{int(v):,}") for v in column]
+    if not pd.api.types.is_float_dtype(column):
+        return [_missing_or(v, str) for v in column]
+    values = column.to_numpy(dtype=float, na_value=np.nan)
+    finite = values[np.isfinite(values)]
+    if finite.size and ((finite >= 0) & (finite <= 1)).all():
+        return [_format_unit(v) for v in values]
+    if finite.size and (finite == np.round(finite)).all() and (np.abs(finite) < 1e15).all():
+        return [f"{int(v):,}" if np.isfinite(v) else str(v) for v in values]
+    return [f"{v:.3g}" for v in values]
+
+
+def _format_unit(value: float) -> str:
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.3g}"
+    return f"{value:.4f}"
+
+
+def _missing_or(value: Any, fmt: Any) -> str:
+    return "" if pd.isna(value) else fmt(value)
+
+
+# --- analysis plots (python -m raytune_ft.analyze) -------------------------------------------
+
+
+def plot_hypervolume(curve: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
+    """Two panels: hypervolume after each completed trial, and against wall time (minutes since
+    the search started). `curve` has the columns of pareto.hypervolume_curve."""
+    fig, axes = _figure((9.0, 3.6), ncols=2)
+    for ax, x_name, label in ((axes[0], "completed", "completed trials"),
+                              (axes[1], "elapsed_s", "wall time (min)")):
+        if len(curve):
+            x = pd.to_numeric(curve[x_name]).to_numpy(dtype=float)
+            x = x / 60.0 if x_name == "elapsed_s" else x
+            ax.step(x, curve["hypervolume"].to_numpy(dtype=float), where="post", color="tab:red")
+            ax.scatter(x, curve["hypervolume"].to_numpy(dtype=float), s=14, color="tab:red")
+        else:
+            _no_data(ax, "no completed trials")
+        ax.set_xlabel(label)
+        ax.set_ylabel("hypervolume")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title or "hypervolume of the completed trials", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_importances(table: pd.DataFrame | None, path: str | Path, *, note: str = "") -> Path:
+    """Horizontal bars, one panel per objective (columns of `table`), params sorted by the mean
+    importance. With no table, a panel saying `note` (e.g. "needs ≥ 3 completed trials")."""
+    columns = list(table.columns) if table is not None and len(table) else []
+    fig, axes = _figure((4.2 * max(1, len(columns)), 0.8 + 0.32 * (len(table) if columns else 4)),
+                        ncols=max(1, len(columns)))
+    if not columns:
+        _no_data(axes[0], note or "no importances")
+        axes[0].set_axis_off()
+        return _save(fig, path)
+    ordered = table.loc[table.mean(axis=1).sort_values().index]
+    for ax, name in zip(axes, columns, strict=True):
+        ax.barh(list(ordered.index), ordered[name].to_numpy(dtype=float), color="tab:blue")
+        ax.set_title(f"importance for {name}", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_family_panels(trials: pd.DataFrame, x_name: str, y_name: str, switches: Sequence[str],
+                       path: str | Path, *, sparsity: str = "final_sparsity", kd: str = "use_kd") -> Path:
+    """One panel per on/off switch: `y_name` against `x_name` (size) for the completed trials in
+    `trials`, on and off in two colours with their counts; plus `y_name` against `sparsity`
+    coloured by `kd` when both columns exist. Compare colours at the same x: that is the effect
+    of the switch at equal size."""
+    panels: list[tuple[str, str]] = [(s, x_name) for s in switches if s in trials.columns]
+    if sparsity in trials.columns and kd in trials.columns:
+        panels.append((kd, sparsity))
+    ncols = min(3, max(1, len(panels)))
+    nrows = max(1, math.ceil(len(panels) / ncols))
+    fig, axes = _figure((4.0 * ncols, 3.3 * nrows), ncols=ncols, nrows=nrows)
+    y = pd.to_numeric(trials[y_name], errors="coerce") if y_name in trials.columns else None
+    for ax, (switch, x_col) in zip(axes, panels, strict=False):
+        x = pd.to_numeric(trials[x_col], errors="coerce")
+        for value, color in ((True, "tab:green"), (False, "tab:gray")):
+            on = (trials[switch] == value).to_numpy(dtype=bool, na_value=False) & x.notna().to_numpy()
+            if y is not None and on.any():
+                ax.scatter(x[on], y[on], s=18, color=color, label=f"{switch}={value} ({int(on.sum())})")
+        if x_col == x_name and x.notna().any() and x.min() > 0 and x.max() / x.min() > LOG_X_SPREAD:
+            ax.set_xscale("log")
+        if x_col == x_name:
+            _eng_axis(ax.xaxis)
+        ax.set_xlabel(x_col, fontsize=8)
+        ax.set_ylabel(y_name, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    if not panels:
+        _no_data(axes[0], "no on/off switches were searched")
+    return _save(fig, path)
+
+
+def plot_fronts(experiments: Sequence[tuple[str, pd.DataFrame, Mapping[str, Any] | None]],
+                objectives: Mapping[str, str], path: str | Path) -> Path:
+    """The Pareto fronts of several experiments on one plot (a colour each, step lines), their
+    completed trials as faint dots and each dense teacher as a star."""
+    x_name, y_name = _plot_axes(objectives)
+    fig, (ax,) = _figure((7.5, 5.0))
+    sizes = []
+    for i, (name, trials, teacher) in enumerate(experiments):
+        color = f"C{i % 10}"
+        done = trials[trials["status"] == "completed"] if len(trials) else trials
+        if len(done):
+            ax.scatter(done[x_name], done[y_name], s=10, color=color, alpha=0.3)
+            sizes.extend(pd.to_numeric(done[x_name]).tolist())
+        front = pareto_front(trials, objectives) if len(trials) else trials
+        if len(front):
+            ax.step(front[x_name], front[y_name], where="post", color=color)
+        ax.scatter(front[x_name] if len(front) else [], front[y_name] if len(front) else [], s=30,
+                   color=color, label=f"{name} ({len(front)} on the front)")
+        if teacher and _number(teacher.get(x_name)) and _number(teacher.get(y_name)):
+            ax.scatter([teacher[x_name]], [teacher[y_name]], marker="*", s=140, color=color,
+                       edgecolors="black", linewidths=0.5)
+            sizes.append(float(teacher[x_name]))
+    if sizes and min(sizes) > 0 and max(sizes) / min(sizes) > LOG_X_SPREAD:
+        ax.set_xscale("log")
+    _eng_axis(ax.xaxis)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.set_title("Pareto fronts (stars: dense teachers)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def pareto_svg(trials: pd.DataFrame, objectives: Mapping[str, str], hover: Sequence[str], *,
+               teacher: Mapping[str, Any] | None = None, width: int = 760, height: int = 440) -> str:
+    """An inline SVG scatter of accuracy against size: every plottable trial (completed filled,
+    others hollow), the front in red joined by a step line, the teacher as a blue star. Each
+    mark has an SVG <title> (`hover[i]` for trial i), which browsers show on hover — no script."""
+    x_name, y_name = _plot_axes(objectives)
+    front_ids = set(pareto_front(trials, objectives)["trial_id"]) if len(trials) else set()
+    x = pd.to_numeric(trials[x_name], errors="coerce").to_numpy(dtype=float) if len(trials) else np.array([])
+    y = pd.to_numeric(trials[y_name], errors="coerce").to_numpy(dtype=float) if len(trials) else np.array([])
+    tx = float(teacher[x_name]) if teacher and _number(teacher.get(x_name)) else None
+    ty = float(teacher[y_name]) if teacher and _number(teacher.get(y_name)) else None
+    xs = [v for v in [*x, tx] if v is not None and np.isfinite(v)]
+    ys = [v for v in [*y, ty] if v is not None and np.isfinite(v)]
+    left, right, top, bottom = 70, 20, 20, 50
+    log_x = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > LOG_X_SPREAD
+    fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)
+    x_lo, x_hi = _padded([fx(v) for v in xs] or [0.0, 1.0])
+    y_lo, y_hi = _padded(ys or [0.0, 1.0])
+
+    def px(v: float) -> float:
+        return left + (fx(v) - x_lo) / (x_hi - x_lo) * (width - left - right)
+
+    def py(v: float) -> float:
+        return height - bottom - (v - y_lo) / (y_hi - y_lo) * (height - top - bottom)
+
+    out = [f'<svg class="pareto" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img">',
+           f"<title>{html.escape(y_name)} vs {html.escape(x_name)}</title>",
+           f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+           'fill="white" stroke="#999"/>']
+    from matplotlib.ticker import LogLocator, MaxNLocator
+
+    x_ticks = (np.log10(LogLocator(numticks=8).tick_values(10**x_lo, 10**x_hi)) if log_x
+               else MaxNLocator(6).tick_values(x_lo, x_hi))
+    for xv in (v for v in x_ticks if x_lo <= v <= x_hi):
+        xp = left + (xv - x_lo) / (x_hi - x_lo) * (width - left - right)
+        out.append(f'<text x="{xp:.1f}" y="{height - bottom + 16}" font-size="11" '
+                   f'text-anchor="middle">{_tick(10 ** xv if log_x else xv)}</text>')
+        out.append(f'<line x1="{xp:.1f}" x2="{xp:.1f}" y1="{top}" y2="{height - bottom}" stroke="#eee"/>')
+    for yv in (v for v in MaxNLocator(6).tick_values(y_lo, y_hi) if y_lo <= v <= y_hi):
+        out.append(f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" font-size="11" '
+                   f'text-anchor="end">{yv:.3f}</text>')
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{py(yv):.1f}" y2="{py(yv):.1f}" '
+                   'stroke="#eee"/>')
+    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" font-size="12" '
+               'text-anchor="middle">'
+               f'{html.escape(x_name)}{" (log)" if log_x else ""}</text>')
+    out.append(f'<text x="16" y="{(top + height - bottom) / 2}" font-size="12" text-anchor="middle" '
+               f'transform="rotate(-90 16 {(top + height - bottom) / 2})">{html.escape(y_name)}</text>')
+    on_front = [i for i in range(len(trials)) if trials["trial_id"].iloc[i] in front_ids]
+    steps = sorted((x[i], y[i]) for i in on_front)
+    if steps:
+        pts = []
+        for j, (a, b) in enumerate(steps):
+            pts.append(f"{px(a):.1f},{py(b):.1f}")
+            if j + 1 < len(steps):
+                pts.append(f"{px(steps[j + 1][0]):.1f},{py(b):.1f}")
+        out.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="#d62728" stroke-width="1.5"/>')
+    for i in range(len(trials)):
+        if not (np.isfinite(x[i]) and np.isfinite(y[i])):
+            continue
+        status = str(trials["status"].iloc[i])
+        front = i in on_front
+        fill = "#d62728" if front else ("#999" if status == "completed" else "none")
+        stroke = "#d62728" if front else "#777"
+        out.append(f'<circle class="trial{" front" if front else ""}" '
+                   f'cx="{px(x[i]):.1f}" cy="{py(y[i]):.1f}" '
+                   f'r="{6 if front else 4.5}" fill="{fill}" stroke="{stroke}">'
+                   f"<title>{html.escape(hover[i])}</title></circle>")
+    if tx is not None and ty is not None:
+        cx, cy = px(tx), py(ty)
+        star = " ".join(f"{cx + r * math.sin(k * math.pi / 5):.1f},{cy - r * math.cos(k * math.pi / 5):.1f}"
+                        for k, r in zip(range(10), [9, 4] * 5, strict=True))
+        out.append(f'<polygon class="teacher" points="{star}" fill="#1f77b4"><title>dense teacher: '
+                   f"{html.escape(y_name)}={ty:.4f}, {html.escape(x_name)}={_tick(tx)}</title></polygon>")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def html_table(frame: pd.DataFrame, *, max_rows: int = 200) -> str:
+    """An HTML table of `frame` with format_front's number formatting, cells escaped."""
+    if frame.empty:
+        return '<p class="note">(no rows)</p>'
+    shown = frame.head(max_rows)
+    text = pd.DataFrame({c: ["" if v in ("nan", "None") else v for v in _format_column(shown[c])]
+                         for c in shown.columns})
+    table = f'<div class="scroll">{text.to_html(index=False, escape=True, border=0, classes="data")}</div>'
+    if len(frame) > max_rows:
+        table += f'<p class="note">… {len(frame) - max_rows} more rows</p>'
+    return table
+
+
+def img_tag(path: str | Path, alt: str) -> str:
+    """An <img> with the PNG at `path` embedded as a base64 data URI (the page stays one file)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def html_page(title: str, body: str) -> str:
+    """A complete HTML document with inline CSS and no external resource (opens offline)."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1180px; color: #222; }}
+h1 {{ font-size: 22px; }} h2 {{ font-size: 18px; margin-top: 28px; border-bottom: 1px solid #ddd; }}
+h3 {{ font-size: 15px; }}
+table.data {{ border-collapse: collapse; font-size: 12px; margin: 8px 0; }}
+table.data th, table.data td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; }}
+table.data th {{ background: #f3f3f3; }}
+div.scroll {{ overflow-x: auto; }}
+img {{ max-width: 100%; border: 1px solid #eee; margin: 6px 0; }}
+p.note {{ color: #555; font-size: 13px; }}
+svg.pareto circle.trial:hover {{ stroke: black; stroke-width: 2; }}
+</style></head>
+<body>
+{body}
+<script>/* for checks in a headless browser: how many embedded images decoded */
+addEventListener("load", () => {{ document.body.dataset.imagesDecoded =
+  [...document.images].filter(i => i.complete && i.naturalWidth > 0).length; }});</script>
+</body></html>
+"""
+
+
+def _figure(size: tuple[float, float], *, ncols: int = 1, nrows: int = 1) -> tuple[Any, list[Any]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, list(axes.ravel())
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, format="png")
+    return path
+
+
+def _eng_axis(axis: Any) -> None:
+    """Tick labels like 380k, 3.38M: raw parameter counts overlap at small sizes."""
+    from matplotlib.ticker import EngFormatter
+
+    axis.set_major_formatter(EngFormatter(sep=""))
+
+
+def _no_data(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _finite(value: Any) -> bool:
+    """A finite number, numpy scalars included (not bool, not NaN, not a string)."""
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_) \
+        and math.isfinite(float(value))
+
+
+def _padded(values: Sequence[float]) -> tuple[float, float]:
+    lo, hi = float(min(values)), float(max(values))
+    pad = (hi - lo) * 0.06 or abs(lo) * 0.06 or 0.5
+    return lo - pad, hi + pad
+
+
+def _tick(value: float) -> str:
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.3g}M"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:.3g}k"
+    return f"{value:.3g}"

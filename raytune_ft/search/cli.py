@@ -1,0 +1,549 @@
+"""CLI: python -m raytune_ft.search — run a joint search and write the Pareto front.
+
+Flow: validate everything the user gave (space file, --set, model, data) before Ray starts;
+fine-tune (or load) the dense teacher once; run the trials with Ray Tune + OptunaSearch;
+write trials.csv, pareto.csv, pareto.png, teacher.json and optuna_trials.csv (the sampler's
+study: early-stopped trials PRUNED) into <storage-path>/<name>/.
+The storage path is a local folder or a URI pyarrow.fs understands (s3://bucket/prefix): for a
+URI the driver writes its own files in a local staging folder and uploads them, Tune persists
+trials and checkpoints there itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raytune_ft import layout
+from raytune_ft.errors import ExportError
+from raytune_ft.search.searcher import make_searcher
+
+DEFAULT_STORAGE = "ray_results"  # relative to the current directory
+STORAGE_ENV = "RAYTUNE_FT_STORAGE"  # the default --storage-path where set, e.g. s3://bucket/prefix on a cluster
+DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "test_fraction", "max_samples",
+               "max_test_samples", "data_seed", "download", "on_bad_image")
+TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity", "model_bytes",
+                 "model_bytes_compressed", "macs", "flops", "latency_ms_b1", "latency_ms_b32",
+                 "latency_ms_b1_iqr", "latency_ms_b32_iqr", "train_loss", "task_loss", "kd_loss", "l2sp_loss")
+INT8_EXPORT_DIR = "export_int8"  # the dense teacher quantized (int8 PTQ), next to teacher/export
+BASELINE_METRICS = ("val_acc", "val_acc_fp32", "params", "nonzero_params", "model_bytes", "model_bytes_compressed",
+                    "macs", "latency_ms_b1", "latency_ms_b1_iqr", "latency_ms_b32", "latency_ms_b32_iqr")
+
+
+class UserError(Exception):
+    """Bad input from the command line or a file: reported in one line, without a traceback."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an experiment lives: `uri` as recorded (a local folder or e.g. s3://bucket/prefix/name)
+    and `local`, the folder this driver writes the search's own files to (the experiment folder
+    itself, or a staging folder uploaded to `uri`)."""
+
+    uri: str
+    local: Path
+
+    @property
+    def remote(self) -> bool:
+        return "://" in self.uri
+
+    @property
+    def storage_path(self) -> str:  # Tune's RunConfig(storage_path=...), with name = local.name
+        return self.uri.rsplit("/", 1)[0] if self.remote else str(self.local.parent)
+
+    def exists(self) -> bool:
+        if not self.remote:
+            return self.local.exists()
+        from pyarrow import fs
+
+        filesystem, path = fs.FileSystem.from_uri(self.uri)
+        return filesystem.get_file_info(path).type != fs.FileType.NotFound
+
+    def has(self, name: str) -> bool:
+        if not self.remote:
+            return (self.local / name).exists()
+        from pyarrow import fs
+
+        filesystem, path = fs.FileSystem.from_uri(self.uri)
+        return filesystem.get_file_info(f"{path}/{name}").type != fs.FileType.NotFound
+
+    def upload(self, *names: str) -> None:
+        """Copy files or folders of `local` to `uri` (nothing to do for a local experiment)."""
+        if not self.remote:
+            return
+        from pyarrow import fs
+
+        filesystem, path = fs.FileSystem.from_uri(self.uri)
+        for name in names:
+            source = self.local / name
+            files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+            for file in (f for f in files if f.is_file()):
+                target = f"{path}/{file.relative_to(self.local).as_posix()}"
+                filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                with open(file, "rb") as src, filesystem.open_output_stream(target) as dst:
+                    dst.write(src.read())
+
+
+def locate(storage_path: str, name: str) -> Location:
+    """The experiment <storage-path>/<name>; a URI gets a fresh local staging folder."""
+    if "://" not in storage_path:
+        folder = Path(storage_path).expanduser().resolve() / name
+        return Location(str(folder), folder)
+    try:
+        from pyarrow import fs
+
+        fs.FileSystem.from_uri(storage_path)
+    except Exception as err:  # unknown scheme, bad bucket name, missing filesystem support
+        raise UserError(f"--storage-path {storage_path!r} is not a folder or a URI pyarrow.fs can open: "
+                        f"{err}") from err
+    staging = Path(tempfile.mkdtemp(prefix="raytune_ft-")) / name
+    staging.mkdir()
+    return Location(f"{storage_path.rstrip('/')}/{name}", staging)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m raytune_ft.search",
+        description="Search fine-tuning recipes (regularization x distillation x pruning) and "
+        "report the accuracy-versus-size Pareto front. With no arguments: the embedded "
+        "quickstart (scikit-learn digits + ImageNet-pretrained EfficientNet-Lite0, offline).",
+    )
+    p.add_argument("--space", default="quickstart",
+                   help="search space: a YAML path or a built-in name (quickstart, joint); default: quickstart")
+    p.add_argument("--num-samples", type=int, help="number of trials (default: the space's search.num_samples)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's search.max_concurrent)")
+    p.add_argument("--seed", type=int, help="sampler seed (default: the space's search.seed)")
+    p.add_argument("--storage-path", default=os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE,
+                   help="folder or URI for results, e.g. s3://bucket/prefix (on a cluster every node must "
+                   f"reach it); default: ${STORAGE_ENV} if set (cluster.yaml sets it), else ./{DEFAULT_STORAGE}")
+    p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a fixed setting of the space, e.g. --set epochs=2; also "
+                   "teacher.KEY=VALUE and search.KEY=VALUE; repeatable")
+    p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto'); default: start a local one")
+    p.add_argument("--dashboard-host", default=None, metavar="HOST",
+                   help="start the local cluster's dashboard bound to HOST (127.0.0.1: this machine only; "
+                   "0.0.0.0 exposes it, and with it job submission, to the network); default: no dashboard")
+    p.add_argument("--confirm", type=int, default=1, metavar="K",
+                   help="after the search, re-run every front recipe with K - 1 more seeds (model init and batch "
+                   "order) in parallel and write confirmed.csv (mean ± std of test_acc and size); default 1: "
+                   "no re-runs")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the experiment <storage-path>/<name> instead of refusing to touch it; "
+                   "this unpickles Tune's saved state: resume only folders you trust")
+    return p.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace):
+    """Everything that can fail on user input, checked before Ray starts."""
+    from raytune_ft import data, models
+    from raytune_ft.config import TrialConfig
+    from raytune_ft.space import spaces
+    from raytune_ft.train import teachers
+
+    if getattr(args, "confirm", 1) < 1:
+        raise UserError(f"--confirm must be >= 1 (runs per front recipe), got {args.confirm}")
+    try:
+        space = spaces.load_space(spaces.resolve_space(args.space))
+        overrides = list(args.overrides)
+        for flag, key in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"), ("seed", "seed")):
+            if getattr(args, flag) is not None:
+                overrides.append(f"search.{key}={getattr(args, flag)}")
+        space = space.with_overrides(overrides)
+        searched_data = [p.name for p in space.params if p.name in DATA_FIELDS]
+        if searched_data:
+            raise UserError(f"{space.path}: params.{searched_data[0]}: data settings "
+                            f"({', '.join(DATA_FIELDS)}) must be fixed, not searched")
+        data.check_dataset(TrialConfig.from_dict(space.fixed))  # the students' data, which the teacher shares
+        teachers.check_architectures(space)  # every student choice and the teacher: names, local weights, classes
+    except (spaces.SpaceError, models.ModelError, data.DataError, ValueError) as err:
+        raise UserError(str(err)) from err
+
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    where = locate(args.storage_path, name)
+    try:
+        exists = where.exists()
+    except OSError as err:  # a URI: no credentials, no such bucket, unreachable endpoint
+        raise UserError(f"--storage-path: cannot read {where.uri!r}: {err}") from err
+    if exists and not args.resume:
+        raise UserError(f"experiment folder {where.uri!r} already exists; pass --resume to continue "
+                        "it or choose a new --name (nothing was changed)")
+    if args.resume and not exists:
+        raise UserError(f"--resume: experiment folder {where.uri!r} does not exist")
+    if args.resume and not where.has(layout.SPACE_JSON):
+        raise UserError(f"--resume: {where.uri!r} is not a raytune_ft experiment (no space.json); "
+                        "nothing was restored")
+    if args.resume and where.remote:  # the teacher and settings, to continue from (no trial weights)
+        from raytune_ft.report import results
+
+        where.local.rmdir()
+        where = Location(where.uri, results.fetch(where.uri))
+    return space, where
+
+
+def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> tuple[dict[str, Any], Any, Any]:
+    """The dense teacher's metrics, its train-set logits (None when the training split streams,
+    dataset parquet) and {"config", "state_dict"} for an online teacher (trial.training_inputs):
+    loaded from the experiment folder or space's teacher.checkpoint, else fine-tuned once as a
+    Ray task. The teacher is its own model: it trains, is evaluated and predicts on its own view
+    of the students' split `data` (teachers.teacher_splits: same rows, its normalization and
+    input size), so its logits index the students' rows. `location`: the experiment's address
+    recorded in teacher.json when `exp_dir` is a staging copy of it."""
+    import torch
+
+    from raytune_ft import models, train
+    from raytune_ft.config import TrialConfig
+    from raytune_ft.search import trial
+    from raytune_ft.train import teachers
+
+    teacher_dir = exp_dir / layout.TEACHER_DIR
+    logits_path = teacher_dir / layout.TRAIN_LOGITS
+    source = space.teacher_checkpoint or (teacher_dir if (teacher_dir / models.CHECKPOINT_META).exists() else None)
+    cfg = space.teacher_config()
+    if source is not None:
+        print(f"teacher: loading {source}", flush=True)
+        try:
+            teachers.check_checkpoint_classes(source, data.class_names)
+        except models.ModelError as err:
+            raise UserError(str(err)) from err
+        model, meta = models.load_checkpoint(source)
+        torch.set_num_threads(cfg.cpus_per_trial)
+        config = meta["config"]
+        cfg = teachers.view_config(cfg, config)
+        view = teachers.teacher_splits(data, cfg)
+        metrics = {**meta["metrics"], **train.evaluate(model, view.x_val, view.y_val)}
+        if not len(view.x_train):
+            logits = None
+        elif logits_path.exists() and source == teacher_dir:
+            logits = torch.load(logits_path, weights_only=True)
+        else:
+            logits = train.predict_logits(model, view.x_train)
+        changed = source != teacher_dir
+    else:
+        print(f"teacher: fine-tuning {cfg.model} ({cfg.weights}, {cfg.image_size} px) densely for {cfg.epochs} "
+              "epochs", flush=True)
+        view = teachers.teacher_splits(data, cfg)
+        out = trial.fit_teacher_remote(cfg, view)
+        model = models.build_model(cfg.model, data.num_classes, weights="none", dropout=cfg.dropout)
+        model.load_state_dict(out["state_dict"])
+        config, metrics, logits = cfg.to_dict(), out["metrics"], out["train_logits"]
+        changed = True
+    export_dir = teacher_dir / layout.EXPORT_DIR
+    # measured with the students' threads: the baselines' latencies compare with the trials'
+    measure_cfg = dataclasses.replace(cfg, cpus_per_trial=TrialConfig.from_dict(space.fixed).worker_cpus,
+                                      cpus_per_worker=None)
+    if cfg.export and not (export_dir / layout.MANIFEST).exists():
+        print("teacher: exporting and measuring", flush=True)
+        torch.set_num_threads(measure_cfg.cpus_per_trial)
+        metrics = {**metrics, **trial.export_and_measure(model, measure_cfg, view, metrics, export_dir)}
+        changed = True
+    baselines = teacher_baselines(model, measure_cfg, data, metrics, teacher_dir, recorded=(
+        f"{location}/teacher" if location else str(teacher_dir))) if cfg.export else []
+    if baselines:
+        import pandas as pd
+
+        pd.DataFrame(baselines).to_csv(exp_dir / layout.BASELINES_CSV, index=False)
+    if changed:  # one write, with the measured sizes in its metrics
+        models.save_checkpoint(teacher_dir, model, config=config, class_names=data.class_names, metrics=metrics)
+    if logits is not None:
+        assert len(logits) == len(data.y_train), (len(logits), len(data.y_train))  # one row per student sample
+        torch.save(logits, logits_path)
+    recorded = f"{location}/teacher" if location else str(teacher_dir)
+    info = {**{k: metrics[k] for k in TRIAL_METRICS if k in metrics},
+            "model": config["model"], "image_size": config.get("image_size"),
+            "epochs_trained": metrics.get("epoch"), "wall_time_s": metrics.get("wall_time_s"),
+            "checkpoint": recorded,
+            "export_path": f"{recorded}/{layout.EXPORT_DIR}" if export_dir.exists() else None,
+            "baselines": {row["baseline"]: row for row in baselines}}
+    (exp_dir / layout.TEACHER_JSON).write_text(json.dumps(info, indent=2))
+    print(f"teacher: {info['model']} val_acc={info['val_acc']:.4f}  nonzero_params={info['nonzero_params']:,}",
+          flush=True)
+    model.cpu()
+    teacher_model = {"config": config, "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    return info, logits, teacher_model
+
+
+def teacher_baselines(model: Any, cfg: Any, data: Any, metrics: dict[str, Any], teacher_dir: Path, *,
+                      recorded: str) -> list[dict[str, Any]]:
+    """The dense teacher as a user would ship it first, measured like a trial: fp32 (teacher/export,
+    model.onnx) and int8 PTQ with the default calibration (teacher/export_int8, model.int8.onnx).
+    Each is exported once and read back from its manifest afterwards; an int8 export that fails is
+    left out with a one-line note (the search goes on)."""
+    from raytune_ft.search import trial
+
+    rows = []
+    for name, folder, quantize in (("teacher_fp32", layout.EXPORT_DIR, False), ("teacher_int8", INT8_EXPORT_DIR, True)):
+        directory = teacher_dir / folder
+        if not (directory / layout.MANIFEST).exists():
+            if not quantize:
+                continue  # teacher/export is written by obtain_teacher
+            print("teacher: int8 baseline (post-training static quantization)", flush=True)
+            try:
+                trial.export_and_measure(model, cfg, data, metrics, directory, quantize=True)
+            except ExportError as err:
+                print(f"teacher: no int8 baseline: {err}", flush=True)
+                continue
+        manifest = json.loads((directory / layout.MANIFEST).read_text())
+        measured = {**metrics, **manifest["metrics"]} if not quantize else manifest["metrics"]
+        rows.append({"baseline": name, **{k: measured.get(k) for k in BASELINE_METRICS},
+                     "file": f"{recorded}/{folder}/{manifest.get('deployed', layout.ONNX_FILE)}"})
+    return rows
+
+
+def run_search(space, where: Location, args: argparse.Namespace):
+    """Start Ray, obtain the teacher, run the trials; returns (Tune's ResultGrid, teacher info)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from offline machines
+    # Every epoch checkpoints (num_to_keep=1) and forces a state snapshot; that is intended.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Size objectives measured on the exported model (model_bytes, latency_ms_*) exist only in a
+    # trial's final report; the searcher reads only that one.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    import optuna
+    import ray
+    from ray import tune
+
+    from raytune_ft import data as data_mod
+    from raytune_ft.config import TrialConfig
+    from raytune_ft.data import parquet
+    from raytune_ft.search import mo_asha, planned, trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    exp_dir = where.local
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / layout.SPACE_JSON).write_text(json.dumps(
+        {"space_file": space.path, "fixed": space.fixed, "teacher_overrides": space.teacher_overrides,
+         "teacher_checkpoint": space.teacher_checkpoint, "search": space.search.__dict__,
+         "objectives": space.objectives, "params": [p.name for p in space.params]}, indent=2, default=str))
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        print("raytune_ft.search: warning: RAY_AUTH_MODE=disabled turns Ray's token authentication off: "
+              "anyone who can reach the cluster's ports can run code on it", file=sys.stderr, flush=True)
+    if not ray.is_initialized():
+        dashboard = {"include_dashboard": args.dashboard_host is not None}
+        if args.dashboard_host is not None:
+            dashboard["dashboard_host"] = args.dashboard_host
+            if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+                print(f"raytune_ft.search: warning: the dashboard listens on {args.dashboard_host}: whoever "
+                      "reaches that address can submit jobs (code) to this cluster", file=sys.stderr, flush=True)
+        # no --address: a fresh local cluster, never a stale one recorded in /tmp/ray (Ray's default
+        # for address=None), except under `ray job submit`, which sets RAY_ADDRESS for its driver
+        address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")
+        ray.init(address=address, log_to_driver=True, **dashboard)
+    if args.address in (None, "local") and not {"workers_per_trial", "cpus_per_worker", "cpus_per_trial",
+                                                 "gpus_per_worker"} & {p.name for p in space.params}:
+        # a local cluster does not grow: refuse a trial that could never be placed
+        available = ray.cluster_resources()
+        missing = (trial.missing_resources(TrialConfig.from_dict(space.fixed), available)
+                   or trial.missing_data_cpus(dataclasses.replace(space.teacher_config(), workers_per_trial=1),
+                                              available)  # the teacher trains in one process
+                   or trial.missing_data_cpus(TrialConfig.from_dict(space.fixed), available,
+                                              concurrent=space.search.max_concurrent))
+        if missing:
+            raise UserError(f"{space.path}: {missing}; lower them or add resources")
+    # The students' data (a searched model: normalized for the default one, trials convert it,
+    # teachers.student_view); the teacher makes its own view of the same rows (obtain_teacher).
+    # parquet: validation in memory, the training split streams in each trial (Ray Data)
+    student_cfg = TrialConfig.from_dict(space.fixed)
+    data = parquet.parquet_splits(student_cfg) if student_cfg.dataset == "parquet" \
+        else data_mod.load_splits(student_cfg)
+    data = data.without_test()  # trials, the teacher and the sampler never see the test split (holdout.py)
+    if data.skipped:  # what on_bad_image: skip left out; each trial reports the count as `skipped`
+        (exp_dir / "skipped.txt").write_text("".join(f"{line}\n" for line in data.skipped))
+        print(f"on_bad_image: skip: left out {len(data.skipped)} file(s)/row(s), listed in skipped.txt", flush=True)
+        where.upload("skipped.txt")
+    teacher, logits, teacher_model = obtain_teacher(space, data, exp_dir, where.uri if where.remote else None)
+    baselines = [layout.BASELINES_CSV] if (exp_dir / layout.BASELINES_CSV).exists() else []
+    where.upload(layout.SPACE_JSON, layout.TEACHER_DIR, layout.TEACHER_JSON, *baselines)  # a resumed run finds them
+
+    # MO-ASHA ranks every objective at every epoch: measure the exported sizes cheaply each epoch,
+    # and report the planned final ones (planned_<m>, planned.py), which it ranks where present
+    sizes = (*trial.EPOCH_SIZE_METRICS, *planned.PLANNED_METRICS)
+    epoch_metrics = tuple(m for m in space.objectives if m in sizes) if space.scheduler else ()
+    trial_inputs = dict(fixed=space.fixed, data=data, teacher_logits=logits, teacher_model=teacher_model,
+                        epoch_metrics=epoch_metrics, checkpoint_every=space.search.checkpoint_every)
+    trainable = tune.with_resources(tune.with_parameters(trial.tune_trial, **trial_inputs),
+                                    trial.resources_for(space.fixed))
+    if args.resume and tune.Tuner.can_restore(where.uri):
+        print(f"resuming {where.uri}", flush=True)
+        tuner = tune.Tuner.restore(where.uri, trainable, resume_errored=True)  # callbacks are restored too
+    else:
+        metrics, modes = space.metric_and_mode()
+        searcher = make_searcher(space, exp_dir)
+        scheduler = None
+        if space.scheduler:
+            settings = space.scheduler
+            scheduler = mo_asha.MOASHAScheduler(
+                metrics, modes, max_t=settings.max_t or space.max_epochs(), grace_period=settings.grace_period,
+                reduction_factor=settings.reduction_factor, time_attr="epoch",
+                state_path=str(exp_dir / layout.MO_ASHA_STATE))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.search.num_samples,
+                                        reuse_actors=True, trial_dirname_creator=trial.trial_dirname),
+            run_config=tune.RunConfig(
+                name=exp_dir.name,
+                storage_path=where.storage_path,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=space.search.keep_checkpoints),
+                failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
+                verbose=0,  # progress comes from trial.Progress and the trials' epoch lines
+                callbacks=[trial.Progress(space.search.num_samples, space.objectives, teacher=teacher,
+                                          epochs=space.fixed.get("epochs", TrialConfig().epochs))],
+            ),
+        )
+    return tuner.fit(), teacher, trial_inputs
+
+
+def write_results(trials, space, where: Location, teacher: dict[str, Any]):
+    from raytune_ft import pareto, report
+
+    exp_dir = where.local
+    trials.to_csv(exp_dir / layout.TRIALS_CSV, index=False)
+    front = pareto.pareto_front(trials, space.objectives)
+    front.to_csv(exp_dir / layout.PARETO_CSV, index=False)
+    report.plot_pareto(trials, space.objectives, exp_dir / layout.PARETO_PNG, teacher=teacher,
+                       baselines=list((teacher.get("baselines") or {}).values()),
+                       title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front")
+    where.upload(layout.TRIALS_CSV, layout.PARETO_CSV, layout.PARETO_PNG, layout.OPTUNA_TRIALS_CSV)
+    return front
+
+
+def main(argv: list[str] | None = None) -> int:
+    # before Ray is imported: Ray folds log lines of concurrent trials that differ only in numbers
+    # ("[repeated 2x across cluster]"), so one trial's epoch line would hide the other's
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    args = parse_args(argv)
+    try:
+        space, where = prepare(args)
+    except UserError as err:
+        print(f"raytune_ft.search: error: {err}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    print(f"experiment: {where.uri}\nspace: {space.path} ({space.search.num_samples} trials, "
+          f"sampler {space.search.sampler}, seed {space.search.seed})", flush=True)
+    try:
+        _, teacher, trial_inputs = run_search(space, where, args)
+    except UserError as err:
+        print(f"raytune_ft.search: error: {err}", file=sys.stderr)
+        return 2
+    from raytune_ft.report import results as results_mod
+
+    # Tune's files are complete once fit() returned
+    trials = results_mod.load_experiment(where.uri).trials if where.remote else results_mod.read_trials(where.local)
+    from raytune_ft.deploy import remeasure
+
+    trials, teacher = remeasure.after_search(trials, teacher, space.fixed, where.local, where.upload)
+    front = write_results(trials, space, where, teacher)
+    front, teacher, confirmed = honest_results(trials, front, space, where, teacher, trial_inputs, args.confirm)
+
+    from raytune_ft import report
+
+    counts = trials["status"].value_counts().to_dict()
+    size = next(k for k, v in space.objectives.items() if v == "min")
+    print(f"\n{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) in "
+          f"{(time.perf_counter() - started) / 60:.1f} min")
+    print(f"dense teacher: val_acc={teacher['val_acc']:.4f}  {size}={teacher.get(size, math.nan):,}"
+          + (f"  test_acc={report.format_interval(teacher)}" if "test_acc" in teacher else ""))
+    shown = dict.fromkeys([*space.objectives, "val_acc", "model_bytes_compressed", "latency_ms_b1", "latency_ms_b32"])
+    for row in (teacher.get("baselines") or {}).values():
+        print(f"baseline {row['baseline']}: " + "  ".join(f"{k}={row[k]:.4g}" for k in shown
+                                                          if isinstance(row.get(k), (int, float)))
+              + (f"  test_acc={report.format_interval(row)}" if "test_acc" in row else ""))
+    int8 = (teacher.get("baselines") or {}).get("teacher_int8")
+    if int8 is not None:
+        from raytune_ft import pareto
+
+        print(pareto.dominance_line(front, space.objectives, int8, "the int8 teacher"))
+    print("\nPareto front (completed trials, sorted by size):")
+    cols = ["trial_id", "model", *space.objectives, *(["test_acc_ci"] if "test_acc" in front else []),
+            "val_acc_fp32", "model_bytes_compressed", "latency_ms_b1", "latency_ms_b32", "params", "sparsity",
+            *[p.name for p in space.params]]
+    front = front.assign(test_acc_ci=[report.format_interval(r) for _, r in front.iterrows()]) \
+        if "test_acc" in front else front
+    print(report.format_front(front, list(dict.fromkeys(cols))))
+    print(f"\nwrote {where.uri}/trials.csv\n      {where.uri}/pareto.csv\n      "
+          f"{where.uri}/pareto.png\n      {where.uri}/teacher.json\n"
+          f"full report: python -m raytune_ft.analyze {where.uri}")
+    if confirmed is not None:
+        print(f"\nconfirmed with {args.confirm} seeds per front recipe ({where.uri}/confirmed.csv):\n"
+              + report.format_front(confirmed, list(confirmed.columns)))
+    return 0
+
+
+def honest_results(trials, front, space, where: Location, teacher: dict[str, Any], trial_inputs: dict[str, Any],
+                   confirm: int):
+    """After the search, once: the test split (holdout.py) on the deployed files of the front and the
+    teacher (pareto.csv, pareto.png and teacher.json get test_acc with its Wilson 95 % interval,
+    test_front.json the McNemar pairs), then `confirm` - 1 more seeds per front recipe (confirmed.csv).
+    Returns (front, teacher, confirmed table or None)."""
+    from raytune_ft import report
+    from raytune_ft.config import TrialConfig
+    from raytune_ft.deploy import holdout
+    from raytune_ft.search import confirmation
+
+    exp_dir, cfg = where.local, space.teacher_config()
+    started = time.perf_counter()
+    student_cfg = TrialConfig.from_dict(space.fixed)
+    test = holdout.load_test(student_cfg)  # the students' input view; the teacher's is its own
+    views: dict[str, Any] = {student_cfg.model: test}
+
+    def test_for(model: str) -> Any:
+        """The test images in the input view of a front point's architecture (loaded once each)."""
+        if model and model not in views:
+            views[model] = holdout.load_test(dataclasses.replace(student_cfg, model=model))
+        return views.get(model) or test
+
+    if test is None:
+        print("test: no test split (test_fraction 0 and none in the dataset): no test_acc", flush=True)
+    else:
+        print(f"test: {len(test)} held-out images, evaluated once on each front point's deployed file", flush=True)
+        front, correct = holdout.evaluate_front(front, test_for, threads=cfg.worker_cpus)
+        teacher_test = test if cfg.model == student_cfg.model and cfg.image_size == student_cfg.image_size \
+            else holdout.load_test(cfg)
+        front.to_csv(exp_dir / layout.PARETO_CSV, index=False)
+        teacher_dir = exp_dir / layout.TEACHER_DIR
+        if (teacher_dir / layout.EXPORT_DIR).is_dir():
+            teacher = {**teacher, **holdout.evaluate_export(teacher_dir / layout.EXPORT_DIR, teacher_test,
+                                                            threads=cfg.worker_cpus)[0]}
+            # the baselines a user would ship first (fp32 and int8 teacher files), on the same test images
+            folders = {"teacher_fp32": layout.EXPORT_DIR, "teacher_int8": INT8_EXPORT_DIR}
+            baselines = {name: {**row, **holdout.evaluate_export(teacher_dir / folders[name], teacher_test,
+                                                                 threads=cfg.worker_cpus)[0]}
+                         for name, row in (teacher.get("baselines") or {}).items()}
+            teacher = {**teacher, "baselines": baselines}
+            (exp_dir / layout.TEACHER_JSON).write_text(json.dumps(teacher, indent=2))
+            if baselines:
+                import pandas as pd
+
+                pd.DataFrame(list(baselines.values())).to_csv(exp_dir / layout.BASELINES_CSV, index=False)
+        pairs = holdout.indistinguishable(correct)
+        (exp_dir / layout.TEST_FRONT_JSON).write_text(pairs.to_json(orient="records", indent=2))
+        marked = trials.merge(front[["trial_id", *holdout.TEST_COLUMNS]], on="trial_id", how="left")
+        report.plot_pareto(marked, space.objectives, exp_dir / layout.PARETO_PNG, teacher=teacher,
+                           baselines=list((teacher.get("baselines") or {}).values()),
+                           title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front "
+                           "(bars: test_acc, Wilson 95 %)")
+        where.upload(layout.PARETO_CSV, layout.PARETO_PNG, layout.TEACHER_JSON, layout.TEST_FRONT_JSON,
+                     *([layout.BASELINES_CSV] if (exp_dir / layout.BASELINES_CSV).exists() else []))
+        print(f"test: {len(front)} front point(s) and the teacher evaluated in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+    confirmed = None
+    if confirm > 1 and len(front):
+        runs = confirmation.confirm_runs(front, [p.name for p in space.params], space.fixed, confirm)
+        print(f"confirm: {len(runs)} more runs ({confirm - 1} seeds x {len(front)} front recipes)", flush=True)
+        done = confirmation.run_confirmation(runs, exp_dir, trial_inputs, space.fixed)
+        confirmed = confirmation.summarize_confirmation(front, done, space.objectives, test, threads=cfg.worker_cpus)
+        confirmed.to_csv(exp_dir / layout.CONFIRMED_CSV, index=False)
+        where.upload(layout.CONFIRMED_CSV, layout.CONFIRM_DIR)
+    return front, teacher, confirmed
+
+
+if __name__ == "__main__":
+    sys.exit(main())

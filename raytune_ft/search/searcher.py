@@ -1,0 +1,86 @@
+"""The search algorithm Tune is given: Ray's OptunaSearch made honest about how a trial ended
+(`HonestOptunaSearch`), and `make_searcher`, which builds it from a space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from raytune_ft import layout
+from raytune_ft.report import results
+
+
+class HonestOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells the study the truth about how a trial ended.
+
+    Ray's OptunaSearch tells every trial with a last result COMPLETE, so a trial a scheduler
+    stopped early would enter the study (and NSGA-II's or TPE's model) with truncated metrics.
+    Here a trial that reported fewer `epoch`s than its config's `epochs` (default: `epochs`) is
+    told PRUNED, without values (Optuna takes none for a pruned multi-objective trial), its last
+    epoch and metrics kept as user attributes; a trial that errored is FAIL. After every trial the
+    study's table (`study.trials_dataframe()`) is written to `table_path` (CSV) when given.
+    When the define-by-run `space` has an `active` method (spaces._DefineByRun), a trial's config
+    is `space.active(params)`: a flat space samples every param, the config keeps the active ones.
+    `points_to_evaluate` (the space's `search.initial` recipes) are enqueued in the study by Ray's
+    OptunaSearch and asked for first, in order.
+    """
+
+    def __init__(self, *args: Any, epochs: int, table_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epochs, self.table_path = epochs, table_path
+
+    def suggest(self, trial_id: str) -> dict | None:
+        import warnings
+
+        with warnings.catch_warnings():  # the time is the sampler's (GPSampler fits its model here)
+            warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+            config = super().suggest(trial_id)
+        active = getattr(self._space, "active", None)
+        return active(config) if config is not None and active is not None else config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        result = result or {}
+        ot_trial = self._ot_trials[trial_id]
+        trained = result.get("epoch")
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if error:
+            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+        elif trained is not None and not results.fully_trained(trained, result.get("config"), self.epochs):
+            ot_trial.set_user_attr("early_stopped_at_epoch", int(trained))
+            for m in metrics:
+                if isinstance(result.get(m), (int, float)):
+                    ot_trial.set_user_attr(f"last_{m}", float(result[m]))
+            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+        else:
+            super().on_trial_complete(trial_id, result, error)
+        self.write_table()
+
+    def write_table(self) -> None:
+        if self.table_path:
+            self._ot_study.trials_dataframe().to_csv(self.table_path, index=False)
+
+
+def make_searcher(space: Any, exp_dir: Path) -> Any:
+    """The search algorithm Tune is given: the space's Optuna sampler in `HonestOptunaSearch`
+    (early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv; the
+    `search.initial` recipes are enqueued and run first, recipes.py), behind a ConcurrencyLimiter
+    with batch=True: a new group of trials is asked for only when the previous one finished, so
+    the sampler sees the same history on every run with the same seed. Tune pickles it."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from raytune_ft.config import TrialConfig
+
+    metrics, modes = space.metric_and_mode()
+    searcher = HonestOptunaSearch(space=space.define_by_run(), metric=metrics, mode=modes,
+                                          sampler=space.make_sampler(),
+                                          epochs=space.fixed.get("epochs", TrialConfig().epochs),
+                                          points_to_evaluate=[dict(r) for r in space.search.initial] or None,
+                                          table_path=str(exp_dir / layout.OPTUNA_TRIALS_CSV))
+    return ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent, batch=True)
