@@ -82,7 +82,7 @@ def test_plot_pareto_needs_a_min_and_a_max_objective(tmp_path: Path) -> None:
 
 def test_importing_report_does_not_import_matplotlib() -> None:
     code = "import sys, raytune_ft.report; assert 'matplotlib' not in sys.modules"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 

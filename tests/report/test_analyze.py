@@ -318,7 +318,7 @@ def test_cli_rejects_a_folder_that_is_not_an_experiment(tmp_path):
 def test_importing_analyze_does_no_work():
     code = ("import sys, raytune_ft.analyze, raytune_ft.report.results; "
             "assert not {'matplotlib', 'optuna', 'ray', 'torch'} & set(sys.modules), sorted(sys.modules)")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def _synthetic_experiment(tmp_path: Path, n: int = 16) -> results.Experiment:
