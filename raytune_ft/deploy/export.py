@@ -115,6 +115,16 @@ def update_manifest(directory: str | Path, **fields: Any) -> dict[str, Any]:
     return manifest
 
 
+def deployed_file(directory: str | Path) -> Path | None:
+    """The file that ships from an export folder: its manifest's `deployed` entry (model.onnx or
+    model.int8.onnx); model.pt2 for an export made before the manifest named one; None without a
+    manifest (not an export folder)."""
+    manifest_path = Path(directory) / layout.MANIFEST
+    if not manifest_path.is_file():
+        return None
+    return Path(directory) / json.loads(manifest_path.read_text()).get("deployed", layout.MODEL_FILE)
+
+
 def load_exported(directory: str | Path) -> nn.Module:
     """The exported program as a callable module (needs only torch; no pickled Python objects)."""
     return torch.export.load(Path(directory) / layout.MODEL_FILE).module()

@@ -9,7 +9,6 @@ Nothing here is reported to the sampler or a scheduler. Ray and onnxruntime are 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -80,15 +79,6 @@ def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     return float(min(1.0, 2 * binom.cdf(min(b, c), b + c, 0.5)))
 
 
-def deployed_file(export_dir: str | Path) -> Path:
-    """The file that ships: manifest.json's "deployed" entry (e.g. model.int8.onnx) when it has one,
-    else model.pt2."""
-
-    export_dir = Path(export_dir)
-    manifest = json.loads((export_dir / layout.MANIFEST).read_text())
-    return export_dir / manifest.get("deployed", layout.MODEL_FILE)
-
-
 @torch.inference_mode()
 def predict_file(path: str | Path, x: torch.Tensor, *, threads: int = 1, batch_size: int = 256) -> np.ndarray:
     """Class predictions of an exported model file for images `x`: an .onnx file in ONNX Runtime
@@ -120,7 +110,11 @@ def predict_file(path: str | Path, x: torch.Tensor, *, threads: int = 1, batch_s
 def evaluate_export(export_dir: str | Path, test: TestSplit, *, threads: int = 1) -> tuple[dict[str, Any], np.ndarray]:
     """test_acc with its Wilson 95 % interval for an export folder's deployed file, and the
     per-image correctness (for McNemar)."""
-    path = deployed_file(export_dir)
+    from raytune_ft.deploy import export
+
+    path = export.deployed_file(export_dir)
+    if path is None:
+        raise FileNotFoundError(f"{str(Path(export_dir) / layout.MANIFEST)!r} does not exist: not an export folder")
     correct = predict_file(path, test.x, threads=threads) == test.y.numpy()
     low, high = wilson_interval(int(correct.sum()), len(correct))
     return ({"test_acc": float(correct.mean()), "test_acc_low": low, "test_acc_high": high,

@@ -32,15 +32,12 @@ GROUP = 16  # files timed together (sessions open at once)
 RETIMED = "latency_retimed"  # manifest metrics flag: the latency there was re-timed after the search
 
 
-def deployed_file(export_dir: str | Path) -> tuple[Path, int] | None:
-    """(the file the manifest ships, its input size) of an export folder, or None without a manifest."""
-    manifest_path = Path(export_dir) / layout.MANIFEST
-    if not manifest_path.is_file():
+def timed_file(export_dir: str | Path) -> tuple[Path, int] | None:
+    """(the ONNX file an export folder ships, its input size), or None when it ships none."""
+    path = export.deployed_file(export_dir)
+    if path is None or path.suffix != ".onnx" or not path.is_file():
         return None
-    manifest = json.loads(manifest_path.read_text())
-    path = Path(export_dir) / manifest.get("deployed", layout.ONNX_FILE)
-    if path.suffix != ".onnx" or not path.is_file():
-        return None
+    manifest = json.loads((Path(export_dir) / layout.MANIFEST).read_text())
     return path, int(manifest.get("input_size", [3, 32, 32])[-1])
 
 
@@ -50,7 +47,7 @@ def time_files(export_dirs: list[str | Path], *, threads: int, budget_s: float,
     its manifest's metrics. Files are timed together, `group` at a time, so drift
     in the machine's load hits all files of a group alike (export.ort_latency_many; files timed
     one after another differed by ±15 % at b32 here)."""
-    found = [deployed_file(d) for d in export_dirs]
+    found = [timed_file(d) for d in export_dirs]
     out: list[dict[str, float] | None] = [None] * len(export_dirs)
     todo = [i for i, f in enumerate(found) if f is not None]
     for start in range(0, len(todo), group):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -34,8 +35,9 @@ class Family:
 
     and `start` once before the first step, `epoch_end` after each epoch's evaluation (metrics).
     A family that acts only in the last part of training keeps a pure schedule of the step and
-    acts from `before_forward`; one that acts only after training (e.g. on the exported model)
-    implements no moment of the loop — the export glue builds the trial's families and calls it.
+    acts from `before_forward`. Two moments belong to export, after training: `before_export`
+    (the float network is about to be exported: undo what only training needs) and `at_export`
+    (transform the exported ONNX file; return the file that ships instead, e.g. int8).
     Resume: `state_dict` (plain tensors, numbers and dicts, read with `weights_only=True`)
     joins `train.training_state` under the family's own keys and comes back in `load_state_dict`.
     """
@@ -76,6 +78,14 @@ class Family:
     def epoch_end(self, run: Run) -> dict[str, float]:
         """Metrics of this family after the epoch's evaluation, reported with the loop's."""
         return {}
+
+    def before_export(self, model: nn.Module) -> None:
+        """Training is over and `model` (the float network) is about to be exported."""
+
+    def at_export(self, onnx_path: Path, x_train: torch.Tensor) -> Path | None:
+        """The fp32 ONNX file was written: return the file that ships instead (made from it, with
+        training images `x_train` where calibration needs them), or None to ship it unchanged."""
+        return None
 
     def shadows(self) -> list[dict[str, torch.Tensor]]:
         """Tensors shaped like parameters, by parameter name (L2-SP's anchors): a family that

@@ -217,9 +217,11 @@ class FakeQuantization:
 
 
 class QuantizationFamily(Family):
-    """The family as the registry (families.py) knows it: switched on by `use_quantization`. The
-    export glue (trial.export_and_measure) calls `ptq()`'s `at_export` on the exported fp32 file;
-    with `quant_aware_fraction` > 0 the loop's last steps train through `FakeQuantization`."""
+    """The family as the registry (families/__init__.py) knows it: switched on by
+    `use_quantization`. At export it removes QAT's fake quantization (`before_export`) and turns
+    the fp32 ONNX file into the int8 file that ships (`at_export`, ONNX Runtime PTQ calibrated on
+    training images); with `quant_aware_fraction` > 0 the loop's last steps train through
+    `FakeQuantization`."""
 
     name = "quantization"
     switches = ("use_quantization",)
@@ -233,6 +235,12 @@ class QuantizationFamily(Family):
     def ptq(self) -> Quantization:
         cfg = self.cfg
         return Quantization(cfg.quant_calibration_batches, cfg.quant_calibration_method, cfg.batch_size, cfg.seed)
+
+    def before_export(self, model: torch.nn.Module) -> None:
+        FakeQuantization.remove(model)  # ship the float network; at_export makes the int8 file
+
+    def at_export(self, onnx_path: Path, x_train: torch.Tensor) -> Path:
+        return self.ptq().at_export(onnx_path, x_train)
 
     def start(self, run: Run) -> None:
         if self.cfg.quant_aware_fraction > 0:

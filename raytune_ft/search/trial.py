@@ -36,8 +36,10 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
     """Export the final model (model.pt2, model.onnx and, when quantized, model.int8.onnx) with
     its manifest, and measure the deployed file (export.ship). Quantized (`quantize`, default
     cfg.use_quantization): val_acc is the int8 file's accuracy in ONNX Runtime on the validation
-    split, calibrated on training images only (quantization.py). Raises ExportError."""
-    from raytune_ft.families import quantization
+    split, calibrated on training images only (quantization.py). The export asks the trial's
+    families: each may prepare the network (`before_export`) and replace the shipped file
+    (`at_export`). Raises ExportError."""
+    from raytune_ft import families
 
     inp = models.input_config(cfg.model)  # the mean/std the inputs were normalized with (data.py)
     manifest = {
@@ -46,14 +48,23 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
         "class_names": list(data.class_names),
         "normalization": {"mean": list(inp.mean), "std": list(inp.std)},
     }
-    quantize = cfg.use_quantization if quantize is None else quantize
-    quantization.FakeQuantization.remove(model)  # ship the float network; at_export makes the int8 file
-    # the teacher's int8 baseline quantizes a config whose technique switches are off
-    family = quantization.QuantizationFamily(cfg).ptq() if quantize else None
+    active = families.build(cfg)
+    for family in active:
+        family.before_export(model)
+    if quantize is not None and quantize != cfg.use_quantization:
+        # the dense teacher's fp32 and int8 baselines: its config's technique switches are off
+        active = [f for f in active if f.name != "quantization"]
+        active += [families.family("quantization")(cfg)] if quantize else []
+    transforms = [f for f in active if type(f).at_export is not families.Family.at_export]
+
+    def transform(path: Path) -> Path:
+        for family in transforms:
+            path = family.at_export(path, data.x_train) or path
+        return path
+
     measured = export.ship(model, directory, image_size=cfg.image_size, manifest=manifest, threads=cfg.worker_cpus,
                            latency_budget_s=cfg.latency_budget_s, val=(data.x_val, data.y_val),
-                           val_acc=metrics.get("val_acc"),
-                           quantize=(lambda path: family.at_export(path, data.x_train)) if family else None)
+                           val_acc=metrics.get("val_acc"), quantize=transform if transforms else None)
     model.train()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
