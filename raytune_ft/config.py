@@ -37,6 +37,9 @@ class TrialConfig:
     # the dataset has no test split of its own (imagefolder test/, CIFAR test batch, Fashion-MNIST t10k)
     max_samples: int | None = None  # use a stratified subset of this many images (quick tests)
     max_test_samples: int | None = None  # a stratified subset of a dataset's own test split (null: all of it)
+    # train on this stratified fraction of the training split (val and test unchanged): the first
+    # stage of a data-size fidelity search (search.data_fraction); 1 = all of it
+    data_fraction: float = 1.0
     data_seed: int = 0  # fixes the train/val/test split; the same for every trial of an experiment
     download: bool = False  # cifar10/cifar100 only: fetch the dataset into data_root if it is missing
     on_bad_image: str = "error"  # one of ON_BAD_IMAGE: stop naming bad files, or skip and list them
@@ -121,6 +124,7 @@ class TrialConfig:
         _check_range("channel_round_to", self.channel_round_to, low=1)
         _check_range("latency_budget_s", self.latency_budget_s, low=0.0, low_open=True)
         _check_range("epochs", self.epochs, low=1)
+        _check_range("data_fraction", self.data_fraction, low=0.0, high=1.0, low_open=True)
         _check_range("batch_size", self.batch_size, low=1)
         _check_range("image_size", self.image_size, low=8)
         _check_range("cpus_per_trial", self.cpus_per_trial, low=1)

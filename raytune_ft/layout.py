@@ -5,7 +5,8 @@ analysis, the Python API) take the names from here.
     <storage>/<name>/                      one experiment
         space.json  trials.csv  pareto.csv  pareto.png  report.html  optuna_trials.csv
         teacher.json  teacher/  baselines.csv  train_logits.pt  test_front.json
-        confirmed.csv  confirm/  mo_asha_state.pkl  <Tune's trial folders>/checkpoint_*/
+        confirmed.csv  confirm/  mo_asha_state.pkl  stage2/  fidelity.csv  fidelity.json
+        <Tune's trial folders>/checkpoint_*/
     <trial>/checkpoint_*/                  training_state.pt (to resume) or export/ (the last one)
     export/                                model.pt2  model.onnx  model.int8.onnx  manifest.json
 """
@@ -27,6 +28,9 @@ TEST_FRONT_JSON = "test_front.json"  # test-split accuracy of every front point 
 CONFIRMED_CSV = "confirmed.csv"  # confirmation runs (other seeds) of the front's recipes
 CONFIRM_DIR = "confirm"  # the confirmation runs' Tune experiment
 MO_ASHA_STATE = "mo_asha_state.pkl"  # the MO-ASHA scheduler's rungs (resume)
+STAGE2_DIR = "stage2"  # a data-size fidelity search: the full-data retraining's Tune experiment
+FIDELITY_CSV = "fidelity.csv"  # each promoted recipe: subset and full-data metrics and ranks
+FIDELITY_JSON = "fidelity.json"  # how well the subset ranking predicted the full-data one
 
 # a trial's checkpoints
 TRAINING_STATE = "training_state.pt"  # in every checkpoint but the last: train.training_state

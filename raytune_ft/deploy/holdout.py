@@ -44,7 +44,7 @@ def load_test(cfg: TrialConfig) -> TestSplit | None:
     from raytune_ft import data
     from raytune_ft.data import parquet
 
-    if cfg.dataset == "parquet":
+    if data.streams(cfg):
         batches = parquet.parquet_test_batches(cfg)
         if batches is None:
             return None

@@ -108,7 +108,7 @@ def online_teacher(cfg: TrialConfig) -> bool:
     """Whether KD must run the teacher model on each training batch: with augmentation (or a
     streamed dataset, whose batches are decoded and augmented on the fly) the student sees images
     the precomputed logits (un-augmented, in memory) were not computed on."""
-    return cfg.augment or cfg.dataset == "parquet"
+    return cfg.augment or data_mod.streams(cfg)
 
 
 def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream: Any = None,
@@ -126,7 +126,10 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
     student's augmented batch in its own view) when online_teacher(cfg), else `teacher_logits`
     (cheaper: no teacher forward per step; computed on the teacher's view of the same rows).
     """
-    if cfg.dataset == "parquet":
+    if data_mod.streams(cfg):
+        if cfg.data_fraction < 1:
+            raise ValueError(f"data_fraction {cfg.data_fraction} needs an in-memory dataset; dataset {cfg.dataset} "
+                             "streams its training rows (set search.data_fraction: 1)")
         if stream is None:
             raise ValueError("dataset parquet: training_inputs needs the streamed train split")
         rows = parquet.parquet_selection(cfg)["train"][0]
@@ -144,7 +147,12 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
         source: train.BatchSource = train.IterableBatches(epoch_batches, steps_per_epoch=steps)
     else:
         augment = functools.partial(data_mod.augment_batch, min_scale=cfg.crop_min_scale) if cfg.augment else None
-        source = train.TensorBatches(data.x_train, data.y_train, batch_size=cfg.batch_size, seed=cfg.seed,
+        x_train, y_train = data.x_train, data.y_train
+        if cfg.data_fraction < 1:  # a subset-fidelity trial: the same stratified subset in every process
+            keep = train_subset(data.y_train, cfg)
+            x_train, y_train = x_train[keep], y_train[keep]
+            teacher_logits = teacher_logits[keep] if teacher_logits is not None else None
+        source = train.TensorBatches(x_train, y_train, batch_size=cfg.batch_size, seed=cfg.seed,
                                      dist=dist, augment=augment)
     if not cfg.use_kd:
         return source, None, None
@@ -157,9 +165,17 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
     return source, None, teachers.build_online_teacher(teacher_model, cfg, data.num_classes)
 
 
+def train_subset(y_train: torch.Tensor, cfg: TrialConfig) -> torch.Tensor:
+    """Indices (sorted) of the stratified `cfg.data_fraction` of the training split a subset-fidelity
+    trial trains on: drawn with `data_seed`, so every trial and rank of a stage sees the same rows."""
+    n = max(1, round(cfg.data_fraction * len(y_train)))
+    keep = data_mod.stratified_take(y_train.numpy(), n, np.random.default_rng(cfg.data_seed + 3))
+    return torch.from_numpy(np.sort(keep))
+
+
 def _train_stream(cfg: TrialConfig) -> Any:
     """The streamed training split for dataset parquet in this process, else None."""
-    return parquet.ray_datasets(cfg)["train"] if cfg.dataset == "parquet" else None
+    return parquet.ray_datasets(cfg)["train"] if data_mod.streams(cfg) else None
 
 
 def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
@@ -231,7 +247,7 @@ def missing_data_cpus(cfg: TrialConfig, available: dict[str, float], *, concurre
     """Why dataset parquet would stall on a local cluster with `available` resources, or None:
     Ray Data's read/decode tasks need a CPU that no trial (or the teacher) holds, and with every
     CPU reserved by `concurrent` trials they would wait forever."""
-    if cfg.dataset != "parquet":
+    if not data_mod.streams(cfg):
         return None
     held = concurrent * cfg.workers_per_trial * cfg.worker_cpus
     if held + 1 <= available.get("CPU", 0.0) + 1e-9:
@@ -374,7 +390,7 @@ def _ray_train_trial(cfg: TrialConfig, data: Splits, teacher_logits: torch.Tenso
         train_loop_config={"cfg": cfg.to_dict(), "data": data, "teacher_logits": teacher_logits,
                            "trial_id": tune.get_context().get_trial_id(), "epoch_metrics": epoch_metrics,
                            "checkpoint_every": checkpoint_every, "teacher_model": teacher_model},
-        datasets={"train": _train_stream(cfg)} if cfg.dataset == "parquet" else None,
+        datasets={"train": _train_stream(cfg)} if data_mod.streams(cfg) else None,
         scaling_config=ScalingConfig(num_workers=cfg.workers_per_trial, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -420,7 +436,7 @@ def _train_worker(config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp) if written else None
             ray.train.report(metrics, checkpoint=checkpoint)
 
-    stream = ray.train.get_dataset_shard("train") if cfg.dataset == "parquet" else None
+    stream = ray.train.get_dataset_shard("train") if data_mod.streams(cfg) else None
     batches, logits, teacher = training_inputs(cfg, data, dist=dist, stream=stream,
                                                teacher_logits=config["teacher_logits"],
                                                teacher_model=config.get("teacher_model"))

@@ -1,0 +1,160 @@
+"""Data-size fidelity: a search in two stages that costs a few full-data fine-tunes.
+
+Stage 1 is the usual search, every trial trained on `search.data_fraction` of the training split
+(a stratified subset drawn with data_seed; the validation split is the full one, so stage-1 and
+stage-2 val_acc are measured on the same images). Stage 2 retrains the `search.promote` best
+stage-1 recipes on all the data — the stage-1 front first, then the recipes nearest it in NSGA-II
+order (non-dominated rank, then crowding distance; Deb et al. 2002) — as its own Tune experiment
+(`<experiment>/stage2`, resumable), and the front is recomputed from the full-data trials only.
+`agreement` reports how well the cheap ranking predicted the expensive one (Kendall's τ of
+val_acc over the promoted recipes, and each recipe's rank in both stages), as proxy-search papers
+rarely do (FABOLAS, Klein et al. 2017; Hyperband, Li et al. 2018, use a data budget the same way).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raytune_ft import layout, pareto
+from raytune_ft.layout import COMPLETED
+
+
+def promoted(trials: pd.DataFrame, objectives: Mapping[str, str], k: int) -> pd.DataFrame:
+    """The `k` completed stage-1 trials to retrain on all the data, best first by NSGA-II order
+    (the front, then the nearest fronts by crowding distance), with their stage-1 rank (`stage1_rank`)."""
+    done = trials[trials["status"] == COMPLETED].reset_index(drop=True)
+    values = pareto.objective_matrix(done, objectives)
+    done = done[np.isfinite(values).all(axis=1)].reset_index(drop=True)
+    values = values[np.isfinite(values).all(axis=1)]
+    front_of, crowding = pareto.rank_keys(values)
+    order = np.lexsort((np.arange(len(done)), -crowding, front_of))[:k]
+    chosen = done.iloc[order].copy()
+    chosen["stage1_rank"] = np.arange(1, len(chosen) + 1)
+    chosen["stage1_front"] = front_of[order]
+    return chosen.reset_index(drop=True)
+
+
+def stage2_configs(chosen: pd.DataFrame, params: list[str]) -> list[dict[str, Any]]:
+    """Each promoted recipe's searched values, exactly as sampled (its params.json), with
+    data_fraction 1: what a stage-2 trial is given."""
+    configs = []
+    for _, row in chosen.iterrows():
+        params_file = Path(str(row["checkpoint"])).parent / "params.json" if isinstance(row.get("checkpoint"), str) \
+            else None
+        sampled = json.loads(params_file.read_text()) if params_file is not None and params_file.is_file() \
+            else {p: row[p] for p in params if p in row and not pd.isna(row[p])}
+        configs.append({**sampled, "data_fraction": 1.0})
+    return configs
+
+
+def run_stage2(configs: list[dict[str, Any]], exp_dir: Path, trainable: Any, *, max_concurrent: int,
+               keep_checkpoints: int, max_failures: int, callbacks: list[Any] | None = None) -> Path:
+    """Train `configs` as one Tune experiment `exp_dir/stage2` with the search's own trainable (no
+    sampler, no scheduler); continues it where it stopped when it exists. Returns its folder."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from raytune_ft.search import trial
+
+    stage_dir = exp_dir / layout.STAGE2_DIR
+    space_json = json.loads((exp_dir / layout.SPACE_JSON).read_text())
+    space_json["fixed"] = {**space_json.get("fixed", {}), "data_fraction": 1.0}
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / layout.SPACE_JSON).write_text(json.dumps(space_json, indent=2, default=str))
+    if tune.Tuner.can_restore(str(stage_dir)):
+        print(f"stage 2: resuming {stage_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(stage_dir), trainable, resume_errored=True)
+    else:
+        searcher = ConcurrencyLimiter(BasicVariantGenerator(points_to_evaluate=configs), max_concurrent=max_concurrent)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(configs), reuse_actors=True,
+                                        trial_dirname_creator=trial.trial_dirname),
+            run_config=tune.RunConfig(name=layout.STAGE2_DIR, storage_path=str(exp_dir), verbose=0,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
+                                      failure_config=tune.FailureConfig(max_failures=max_failures),
+                                      callbacks=callbacks or []))
+    tuner.fit()
+    return stage_dir
+
+
+def combine(stage1: pd.DataFrame, stage2: pd.DataFrame, chosen: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+    """One table of both stages: `stage` (1 or 2), `data_fraction`, and for stage-2 rows
+    `promoted_from` (the stage-1 trial whose recipe it retrained, matched on the searched values)."""
+    ranks = dict(zip(chosen["trial_id"].astype(str), chosen["stage1_rank"], strict=True))
+    stage1 = stage1.assign(stage=1, stage1_rank=[ranks.get(str(t)) for t in stage1["trial_id"]])
+    stage2 = stage2.assign(stage=2, data_fraction=1.0)
+    keys = {_recipe_key(row, params): str(row["trial_id"]) for _, row in chosen.iterrows()}
+    stage2["promoted_from"] = [keys.get(_recipe_key(row, params)) for _, row in stage2.iterrows()]
+    return pd.concat([stage1, stage2], ignore_index=True, sort=False)
+
+
+def full_data(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials trained on all the data (the rows a two-stage search's front is made of)."""
+    if "data_fraction" not in trials.columns:
+        return trials
+    fraction = pd.to_numeric(trials["data_fraction"], errors="coerce").fillna(1.0)
+    return trials[fraction >= 1.0]
+
+
+def agreement(trials: pd.DataFrame, objectives: Mapping[str, str], accuracy: str = "val_acc") -> tuple[
+        pd.DataFrame, dict[str, Any]]:
+    """How well stage 1 predicted stage 2, over the promoted recipes that finished both: a table
+    (one row per promoted recipe: its stage-1 and full-data accuracy, its rank by accuracy in
+    each stage among them, whether it is on the full-data front) and a summary (Kendall's τ-b of
+    the two accuracies, n, the share of the full-data front that stage 1 had on its own front)."""
+    from scipy.stats import kendalltau
+
+    stage1 = trials[trials["stage"] == 1].set_index("trial_id")
+    stage2 = trials[(trials["stage"] == 2) & (trials["status"] == COMPLETED) & trials["promoted_from"].notna()]
+    front_ids = set(pareto.pareto_front(stage2, objectives)["trial_id"]) if len(stage2) else set()
+    rows = []
+    for _, row in stage2.iterrows():
+        before = stage1.loc[row["promoted_from"]]
+        rows.append({"recipe": row["promoted_from"], "trial_id": row["trial_id"],
+                     f"{accuracy}_subset": float(before[accuracy]), f"{accuracy}_full": float(row[accuracy]),
+                     **{f"{m}_full": row.get(m) for m in objectives if m != accuracy},
+                     "stage1_rank": before.get("stage1_rank"),
+                     "on_full_front": row["trial_id"] in front_ids})
+    table = pd.DataFrame(rows)
+    summary: dict[str, Any] = {"n": len(table), "kendall_tau": math.nan, "kendall_p": math.nan}
+    if len(table):
+        table["rank_subset"] = table[f"{accuracy}_subset"].rank(ascending=False, method="min").astype(int)
+        table["rank_full"] = table[f"{accuracy}_full"].rank(ascending=False, method="min").astype(int)
+        if len(table) >= 2:
+            tau = kendalltau(table[f"{accuracy}_subset"], table[f"{accuracy}_full"])
+            summary.update(kendall_tau=float(tau.statistic), kendall_p=float(tau.pvalue))
+        summary["full_front_size"] = int(table["on_full_front"].sum())
+    return table, summary
+
+
+def write_agreement(exp_dir: Path, trials: pd.DataFrame, objectives: Mapping[str, str]) -> dict[str, Any]:
+    """`fidelity.csv` and `fidelity.json` in the experiment folder; returns the summary."""
+    table, summary = agreement(trials, objectives)
+    table.to_csv(exp_dir / layout.FIDELITY_CSV, index=False)
+    (exp_dir / layout.FIDELITY_JSON).write_text(json.dumps(summary, indent=2, default=_json_number))
+    return summary
+
+
+def _recipe_key(row: pd.Series, params: list[str]) -> tuple:
+    return tuple((p, _plain(row.get(p))) for p in params)
+
+
+def _plain(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float | np.floating):
+        return round(float(value), 12)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _json_number(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else str(value)

@@ -1,0 +1,118 @@
+"""Data-size fidelity (search/fidelity.py): which recipes are promoted, the subset a stage-1 trial
+trains on, how the two stages are joined and compared; and a real two-stage search, resumed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from raytune_ft import search, train
+from raytune_ft.config import TrialConfig
+from raytune_ft.search import fidelity, trial
+
+OBJECTIVES = {"val_acc": "max", "nonzero_params": "min"}
+
+
+def _stage1() -> pd.DataFrame:
+    # a, b, c on the front; d dominated by b only; e by everything; f failed
+    return pd.DataFrame({
+        "trial_id": list("abcdef"),
+        "status": ["completed"] * 5 + ["failed"],
+        "val_acc": [0.95, 0.90, 0.80, 0.85, 0.50, np.nan],
+        "nonzero_params": [1000, 500, 100, 600, 2000, np.nan],
+        "lr": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        "data_fraction": 0.25,
+    })
+
+
+def test_promoted_takes_the_front_first_then_the_nearest_in_nsga2_order():
+    chosen = fidelity.promoted(_stage1(), OBJECTIVES, 4)
+    assert set(chosen["trial_id"][:3]) == {"a", "b", "c"} and chosen["trial_id"][3] == "d"
+    assert chosen["stage1_rank"].tolist() == [1, 2, 3, 4] and chosen["stage1_front"].tolist() == [0, 0, 0, 1]
+    assert len(fidelity.promoted(_stage1(), OBJECTIVES, 10)) == 5  # never a failed trial
+
+
+def test_stage2_configs_are_the_sampled_values_on_all_the_data(tmp_path):
+    folder = tmp_path / "trial_a"
+    (folder / "checkpoint_000001").mkdir(parents=True)
+    (folder / "params.json").write_text(json.dumps({"lr": 0.1, "use_kd": False}))
+    chosen = pd.DataFrame({"trial_id": ["a"], "checkpoint": [str(folder / "checkpoint_000001")], "lr": [0.1]})
+    assert fidelity.stage2_configs(chosen, ["lr", "use_kd"]) == [{"lr": 0.1, "use_kd": False, "data_fraction": 1.0}]
+
+
+def test_combine_marks_stages_and_the_front_uses_full_data_only():
+    stage1 = _stage1()
+    chosen = fidelity.promoted(stage1, OBJECTIVES, 3)
+    stage2 = pd.DataFrame({"trial_id": ["x", "y", "z"], "status": ["completed"] * 3,
+                           "val_acc": [0.97, 0.93, 0.85], "nonzero_params": [1000, 500, 100], "lr": [0.1, 0.2, 0.3]})
+    both = fidelity.combine(stage1, stage2, chosen, ["lr"])
+    assert both["stage"].tolist() == [1] * 6 + [2] * 3
+    assert both.loc[both["stage"] == 2, "promoted_from"].tolist() == ["a", "b", "c"]
+    assert set(fidelity.full_data(both)["trial_id"]) == {"x", "y", "z"}
+    table, summary = fidelity.agreement(both, OBJECTIVES)
+    assert summary["n"] == 3 and summary["kendall_tau"] == pytest.approx(1.0)  # same order in both stages
+    assert table["on_full_front"].all() and table["rank_full"].tolist() == [1, 2, 3]
+    reversed_ = both.assign(val_acc=np.where(both["stage"] == 2, both["val_acc"].iloc[::-1].to_numpy(),
+                                             both["val_acc"]))
+    assert fidelity.agreement(reversed_, OBJECTIVES)[1]["kendall_tau"] == pytest.approx(-1.0)
+
+
+def test_a_stage1_trial_trains_on_the_same_stratified_subset_and_its_teacher_logits():
+    y = torch.arange(400) % 4
+    x = torch.arange(400, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 2, 2).contiguous()
+    logits = torch.arange(400, dtype=torch.float32).view(-1, 1).expand(-1, 4).contiguous()
+    cfg = TrialConfig(data_fraction=0.25, use_kd=True, batch_size=500, data_seed=0)
+    keep = trial.train_subset(y, cfg)
+    assert len(keep) == 100 and torch.bincount(y[keep]).tolist() == [25] * 4
+    assert torch.equal(keep, trial.train_subset(y, cfg))  # every process draws the same rows
+    from raytune_ft.data import Splits
+
+    data = Splits(x, y, x[:8], y[:8], tuple("abcd"))
+    source, teacher_logits, _ = trial.training_inputs(cfg, data, dist=train.Dist(), teacher_logits=logits)
+    images, labels, idx = next(iter(source.epoch(0)))
+    assert len(labels) == 100
+    # batch index i is a row of the subset, and the teacher's logits follow it
+    assert torch.equal(teacher_logits[idx][:, 0], images[:, 0, 0, 0])
+
+
+@pytest.mark.parametrize(("assignment", "fragment"), [
+    ("data_fraction=0", r"data_fraction must be > 0.0 and <= 1.0, got 0.0"),
+    ("data_fraction=1.5", r"data_fraction must be > 0.0 and <= 1.0, got 1.5"),
+])
+def test_a_fraction_outside_0_1_is_refused_naming_the_key(assignment, fragment):
+    key, value = assignment.split("=")
+    with pytest.raises(ValueError, match=fragment):
+        TrialConfig(**{key: float(value)})
+
+
+@pytest.mark.e2e
+def test_two_stage_search_promotes_retrains_and_resumes_without_repeating_stage_1(tmp_path):
+    import ray
+
+    argv = ["--storage-path", str(tmp_path), "--name", "fid", "--set", "max_samples=240", "--set", "epochs=1",
+            "--set", "image_size=32", "--set", "search.initial=[]", "--set", "search.max_concurrent=2",
+            "--set", "teacher.epochs=1", "--set", "teacher.model=efficientnet_lite0", "--num-samples", "3",
+            "--set", "latency_budget_s=0.05", "--set", "search.data_fraction=0.5", "--set", "search.promote=2"]
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert search.main(argv) == 0
+        exp = tmp_path / "fid"
+        trials = pd.read_csv(exp / "trials.csv")
+        stage1, stage2 = trials[trials["stage"] == 1], trials[trials["stage"] == 2]
+        assert len(stage1) == 3 and (stage1["data_fraction"] == 0.5).all()
+        assert len(stage2) == 2 and (stage2["data_fraction"] == 1.0).all()
+        assert set(stage2["promoted_from"]) <= set(stage1["trial_id"])
+        front = pd.read_csv(exp / "pareto.csv")
+        assert set(front["trial_id"]) <= set(stage2["trial_id"])  # the front is made of full-data trials
+        summary = json.loads((exp / "fidelity.json").read_text())
+        assert summary["n"] == 2 and "kendall_tau" in summary
+        # --resume after the end: neither stage runs a trial again
+        assert search.main([*argv, "--resume"]) == 0
+        again = pd.read_csv(exp / "trials.csv")
+        assert sorted(again["trial_id"]) == sorted(trials["trial_id"])
+    finally:
+        ray.shutdown()
