@@ -71,6 +71,11 @@ class SearchSettings:
     max_failures: int = 0  # retries of a failed trial (each from its newest checkpoint)
     checkpoint_every: int = 1  # epochs between two trial checkpoints (the last epoch always checkpoints)
     keep_checkpoints: int = 2  # newest checkpoints kept per trial; older ones are deleted
+    # data-size fidelity (search/fidelity.py): < 1 makes a two-stage search — every trial trains on
+    # this stratified fraction of the training split, then the `promote` best recipes (the subset
+    # front first, then the nearest in NSGA-II order) are retrained on all of it; the front is theirs
+    data_fraction: float = 1.0
+    promote: int = 3
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ SEARCH_MINIMUM = {
     "max_failures": 0,
     "checkpoint_every": 1,
     "keep_checkpoints": 1,
+    "promote": 1,
 }
 
 
@@ -275,11 +281,19 @@ def parse_search(where: str, raw: dict[str, Any]) -> SearchSettings:
                 fail(
                     where, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, got {value!r}"
                 )
+        elif key == "data_fraction":
+            if not is_number(value) or not 0 < value <= 1:
+                fail(where, "search.data_fraction", f"must be a number in (0, 1] (1: no subset stage), got {value!r}")
+            raw[key] = float(value)
         elif not is_int(value) or value < SEARCH_MINIMUM[key]:
             fail(
                 where, f"search.{key}", f"must be an int >= {SEARCH_MINIMUM[key]}, got {value!r}"
             )
-    return SearchSettings(**raw)
+    settings = SearchSettings(**raw)
+    if settings.data_fraction < 1 and settings.promote > settings.num_samples:
+        fail(where, "search.promote", f"promotes {settings.promote} recipes to the full data but the subset stage "
+             f"runs only search.num_samples = {settings.num_samples}; use a promote <= num_samples")
+    return settings
 
 
 def _parse_param(

@@ -109,7 +109,7 @@ class Space:
                 raw = dataclasses.asdict(scheduler) if scheduler else {}
                 scheduler = parse_scheduler(where, {**raw, sub: value})
             elif dot and section == "search":
-                if sub not in SEARCH_MINIMUM and sub not in ("sampler", "initial"):
+                if sub not in search_fields():
                     fail(where, key, unknown_key_message(sub, search_fields()))
                 search = parse_search(where, {**dataclasses.asdict(search), sub: value})
             elif key in FIELD_TYPES:
