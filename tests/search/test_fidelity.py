@@ -121,7 +121,7 @@ def test_two_stage_search_promotes_retrains_and_resumes_without_repeating_stage_
 @pytest.mark.parametrize(("assignments", "fragment"), [
     (["search.data_fraction=0"], r"search\.data_fraction: must be a number in \(0, 1\]"),
     (["search.data_fraction=1.5"], r"search\.data_fraction: must be a number in \(0, 1\]"),
-    (["search.data_fraction=0.5", "search.promote=9"], r"search\.promote: promotes 9 recipes .* num_samples = 6"),
+    (["search.data_fraction=0.5", "search.promote=9"], r"search\.promote: promotes 9 recipes .*num_samples = 6"),
     (["search.promote=0"], r"search\.promote: must be an int >= 1"),
 ])
 def test_bad_fidelity_settings_fail_at_load_naming_the_key(assignments, fragment):
