@@ -6,7 +6,9 @@ trust the front" section (`trust`). Matplotlib is imported inside the drawing fu
 from __future__ import annotations
 
 from raytune_ft.report.plots import (
+    draw_test_intervals,
     format_front,
+    format_interval,
     html_page,
     html_table,
     img_tag,
@@ -19,5 +21,6 @@ from raytune_ft.report.plots import (
     plot_pareto,
 )
 
-__all__ = ["format_front", "html_page", "html_table", "img_tag", "mark_architectures", "pareto_svg",
-           "plot_family_panels", "plot_fronts", "plot_hypervolume", "plot_importances", "plot_pareto"]
+__all__ = ["draw_test_intervals", "format_front", "format_interval", "html_page", "html_table", "img_tag",
+           "mark_architectures", "pareto_svg", "plot_family_panels", "plot_fronts", "plot_hypervolume",
+           "plot_importances", "plot_pareto"]

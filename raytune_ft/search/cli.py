@@ -319,8 +319,12 @@ def run_search(space, where: Location, args: argparse.Namespace):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     exp_dir = where.local
     exp_dir.mkdir(parents=True, exist_ok=True)
+    # the trials' fixed settings: a two-stage search's first stage trains on a subset (fidelity.py);
+    # the teacher and the test split are not the trials' and keep all the data
+    trial_fixed = {**space.fixed, "data_fraction": space.search.data_fraction} if space.search.data_fraction < 1 \
+        else space.fixed
     (exp_dir / layout.SPACE_JSON).write_text(json.dumps(
-        {"space_file": space.path, "fixed": space.fixed, "teacher_overrides": space.teacher_overrides,
+        {"space_file": space.path, "fixed": trial_fixed, "teacher_overrides": space.teacher_overrides,
          "teacher_checkpoint": space.teacher_checkpoint, "search": space.search.__dict__,
          "objectives": space.objectives, "params": [p.name for p in space.params]}, indent=2, default=str))
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
@@ -367,7 +371,7 @@ def run_search(space, where: Location, args: argparse.Namespace):
     # and report the planned final ones (planned_<m>, planned.py), which it ranks where present
     sizes = (*trial.EPOCH_SIZE_METRICS, *planned.PLANNED_METRICS)
     epoch_metrics = tuple(m for m in space.objectives if m in sizes) if space.scheduler else ()
-    trial_inputs = dict(fixed=space.fixed, data=data, teacher_logits=logits, teacher_model=teacher_model,
+    trial_inputs = dict(fixed=trial_fixed, data=data, teacher_logits=logits, teacher_model=teacher_model,
                         epoch_metrics=epoch_metrics, checkpoint_every=space.search.checkpoint_every)
     trainable = tune.with_resources(tune.with_parameters(trial.tune_trial, **trial_inputs),
                                     trial.resources_for(space.fixed))
@@ -406,7 +410,9 @@ def write_results(trials, space, where: Location, teacher: dict[str, Any]):
 
     exp_dir = where.local
     trials.to_csv(exp_dir / layout.TRIALS_CSV, index=False)
-    front = pareto.pareto_front(trials, space.objectives)
+    from raytune_ft.search import fidelity
+
+    front = pareto.pareto_front(fidelity.front_source(trials), space.objectives)  # full-data trials only
     front.to_csv(exp_dir / layout.PARETO_CSV, index=False)
     report.plot_pareto(trials, space.objectives, exp_dir / layout.PARETO_PNG, teacher=teacher,
                        baselines=list((teacher.get("baselines") or {}).values()),
@@ -437,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Tune's files are complete once fit() returned
     trials = results_mod.load_experiment(where.uri).trials if where.remote else results_mod.read_trials(where.local)
+    if space.search.data_fraction < 1:
+        from raytune_ft.search import fidelity
+
+        trials = fidelity.second_stage(trials, space, where.local, trial_inputs)
+        where.upload(layout.STAGE2_DIR, layout.FIDELITY_CSV, layout.FIDELITY_JSON)
     from raytune_ft.deploy import remeasure
 
     trials, teacher = remeasure.after_search(trials, teacher, space.fixed, where.local, where.upload)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from ray.tune.search import Searcher
 
 from raytune_ft import layout, pareto
 from raytune_ft.layout import COMPLETED
@@ -55,12 +56,11 @@ def stage2_configs(chosen: pd.DataFrame, params: list[str]) -> list[dict[str, An
 
 
 def run_stage2(configs: list[dict[str, Any]], exp_dir: Path, trainable: Any, *, max_concurrent: int,
-               keep_checkpoints: int, max_failures: int, callbacks: list[Any] | None = None) -> Path:
+               keep_checkpoints: int, max_failures: int) -> Path:
     """Train `configs` as one Tune experiment `exp_dir/stage2` with the search's own trainable (no
     sampler, no scheduler); continues it where it stopped when it exists. Returns its folder."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from raytune_ft.search import trial
 
@@ -73,17 +73,44 @@ def run_stage2(configs: list[dict[str, Any]], exp_dir: Path, trainable: Any, *, 
         print(f"stage 2: resuming {stage_dir}", flush=True)
         tuner = tune.Tuner.restore(str(stage_dir), trainable, resume_errored=True)
     else:
-        searcher = ConcurrencyLimiter(BasicVariantGenerator(points_to_evaluate=configs), max_concurrent=max_concurrent)
+        searcher = ConcurrencyLimiter(GivenConfigs(configs), max_concurrent=max_concurrent)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(configs), reuse_actors=True,
                                         trial_dirname_creator=trial.trial_dirname),
             run_config=tune.RunConfig(name=layout.STAGE2_DIR, storage_path=str(exp_dir), verbose=0,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
-                                      failure_config=tune.FailureConfig(max_failures=max_failures),
-                                      callbacks=callbacks or []))
+                                      failure_config=tune.FailureConfig(max_failures=max_failures)))
     tuner.fit()
     return stage_dir
+
+
+class GivenConfigs(Searcher):
+    """A Tune searcher that hands out `configs` in order, exactly as given (no param space to fill,
+    unlike BasicVariantGenerator's points_to_evaluate), then says FINISHED; it learns nothing."""
+
+    def __init__(self, configs: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.configs, self.given = [dict(c) for c in configs], 0
+
+    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.given >= len(self.configs):
+            return self.FINISHED
+        self.given += 1
+        return dict(self.configs[self.given - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"configs": self.configs, "given": self.given}, default=str))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.configs, self.given = state["configs"], state["given"]
 
 
 def combine(stage1: pd.DataFrame, stage2: pd.DataFrame, chosen: pd.DataFrame, params: list[str]) -> pd.DataFrame:
@@ -103,6 +130,42 @@ def full_data(trials: pd.DataFrame) -> pd.DataFrame:
         return trials
     fraction = pd.to_numeric(trials["data_fraction"], errors="coerce").fillna(1.0)
     return trials[fraction >= 1.0]
+
+
+def front_source(trials: pd.DataFrame) -> pd.DataFrame:
+    """The rows the front is made of: the full-data trials, or every trial when none finished on
+    all the data (a one-stage search, or a stage 2 that failed: then the subset front is shown)."""
+    full = full_data(trials)
+    return full if (full["status"] == COMPLETED).any() else trials
+
+
+def second_stage(stage1: pd.DataFrame, space: Any, exp_dir: Path, trial_inputs: dict[str, Any]) -> pd.DataFrame:
+    """After the subset stage: promote, retrain on all the data (resumable), join the stages and
+    write fidelity.csv / fidelity.json. A stage-2 failure is reported and loses nothing of stage 1
+    (the table then holds stage 1 only and the front is the subset front)."""
+    from ray import tune
+
+    from raytune_ft.report import results
+    from raytune_ft.search import trial
+
+    params = [p.name for p in space.params]
+    chosen = promoted(stage1, space.objectives, space.search.promote)
+    print(f"stage 2: {len(chosen)} recipe(s) of {len(stage1)} trained on {space.search.data_fraction:g} of the "
+          f"data retrained on all of it: {', '.join(map(str, chosen['trial_id']))}", flush=True)
+    trainable = tune.with_resources(tune.with_parameters(trial.tune_trial, **trial_inputs),
+                                    trial.resources_for(space.fixed))
+    try:
+        stage_dir = run_stage2(stage2_configs(chosen, params), exp_dir, trainable,
+                               max_concurrent=space.search.max_concurrent,
+                               keep_checkpoints=space.search.keep_checkpoints, max_failures=space.search.max_failures)
+    except Exception as err:  # noqa: BLE001  (stage 1's results must survive whatever stage 2 does)
+        print(f"stage 2 failed: {type(err).__name__}: {err}; the front is the subset stage's", flush=True)
+        return stage1.assign(stage=1)
+    trials = combine(stage1, results.read_trials(stage_dir), chosen, params)
+    summary = write_agreement(exp_dir, trials, space.objectives)
+    print(f"stage 2: Kendall tau of val_acc, subset vs all data, over {summary['n']} promoted recipe(s): "
+          f"{summary['kendall_tau']:.2f}", flush=True)
+    return trials
 
 
 def agreement(trials: pd.DataFrame, objectives: Mapping[str, str], accuracy: str = "val_acc") -> tuple[
