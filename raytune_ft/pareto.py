@@ -184,7 +184,9 @@ def pareto_front(
     """The non-dominated, fully trained rows of `trials`, with all their columns.
 
     Only rows with `status_column == completed` and finite values in every objective take
-    part: a trial stopped early reports truncated metrics and must not reach the front.
+    part: a trial stopped early reports truncated metrics and must not reach the front. Likewise a
+    trial trained on a subset of the data (`data_fraction` < 1, the first stage of a two-stage
+    search) takes part only while no completed trial was trained on all of it.
     `objectives` maps column name -> "max" or "min". The result is sorted by the first "min"
     objective ascending (the size), then by the first "max" objective descending; index reset.
     """
@@ -194,7 +196,11 @@ def pareto_front(
             f"status column {status_column!r} not in trials; columns are {list(trials.columns)}"
         )
     values = objective_matrix(trials, objectives)
-    is_completed = (trials[status_column] == completed).to_numpy(dtype=bool, na_value=False)
+    is_completed = (trials[status_column] == completed).to_numpy(dtype=bool, na_value=False).copy()
+    if "data_fraction" in trials.columns:
+        full = (pd.to_numeric(trials["data_fraction"], errors="coerce").fillna(1.0) >= 1.0).to_numpy()
+        if (is_completed & full).any():
+            is_completed &= full
     eligible = is_completed & np.isfinite(values).all(axis=1)
     candidates = trials.loc[eligible]
     front = candidates.loc[pareto_mask(values[eligible])]

@@ -306,6 +306,7 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
     else:
         h.append('<p class="note">No completed trial yet, so no front.</p>')
     h += trust.trust_section(exp.local_dir, front, acc, teacher)  # test_acc, intervals, confirmed front
+    h += _fidelity_section(exp, out, prefix)
 
     scales = hv_scales(trials, exp.objectives, exp.teacher)
     curve = hypervolume_curve(trials, exp.objectives, scales, exp.start_time)
@@ -347,6 +348,32 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
         table["recipe"] = [recipe_text(r, exp.params) for _, r in trials.iterrows()]
         h += ["<h3>All trials</h3>", report.html_table(table)]
     return h, front
+
+
+def _fidelity_section(exp: Experiment, out: Path, prefix: str) -> list[str]:
+    """A two-stage search (search/fidelity.py): both fronts on one plot, and how well the subset's
+    ranking predicted the full-data one (fidelity.csv / fidelity.json)."""
+    from raytune_ft import report
+
+    table_path, summary_path = exp.local_dir / layout.FIDELITY_CSV, exp.local_dir / layout.FIDELITY_JSON
+    if not summary_path.is_file() or "stage" not in exp.trials.columns:
+        return []
+    summary = json.loads(summary_path.read_text())
+    table = pd.read_csv(table_path) if table_path.is_file() and table_path.stat().st_size > 1 else pd.DataFrame()
+    stages = [(f"subset ({fraction:g} of the data)", exp.trials[exp.trials["stage"] == 1], None)
+              for fraction in pd.to_numeric(exp.trials.loc[exp.trials["stage"] == 1, "data_fraction"]).unique()[:1]]
+    stages.append(("all the data (promoted recipes)", exp.trials[exp.trials["stage"] == 2], exp.teacher))
+    report.plot_fronts(stages, exp.objectives, out / f"{prefix}fidelity.png")
+    tau = summary.get("kendall_tau")
+    return ["<h3>Data-size fidelity: the subset front and the full-data front</h3>",
+            f"<p>Stage 1 trained every trial on a subset of the training split; its best {summary.get('n', 0)} "
+            "recipes (the subset front first, then the nearest in NSGA-II order) were retrained on all of it, "
+            "and the front above is made of those. Kendall's τ between the subset and the full-data "
+            f"{html.escape(exp.acc_name)} of the promoted recipes: <b>{_fmt(tau)}</b> "
+            f"(p = {_fmt(summary.get('kendall_p'))}, n = {summary.get('n', 0)}); 1: the subset ranked them "
+            "exactly as the full data did, 0: no better than chance.</p>",
+            report.img_tag(out / f"{prefix}fidelity.png", "the subset front and the full-data front"),
+            report.html_table(table)]
 
 
 def _comparison_section(exps: Sequence[Experiment], out: Path) -> list[str]:

@@ -9,12 +9,14 @@ plain JSON.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from raytune_ft import layout
@@ -133,7 +135,31 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
             trials[column] = pd.Series([None] * len(trials), dtype=object if column in texts else float)
     if len(trials):
         trials = trials.sort_values(["start_time", "trial_id"], kind="stable", na_position="last")
-    return trials.reset_index(drop=True)
+    trials = trials.reset_index(drop=True)
+    stage_dir = exp_dir / layout.STAGE2_DIR
+    if stage_dir.is_dir() and any(stage_dir.glob("trial_*")):
+        trials = with_stage2(trials, read_trials(stage_dir), space.get("params") or [])
+    return trials
+
+
+def with_stage2(stage1: pd.DataFrame, stage2: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+    """A two-stage search's table (search/fidelity.py): stage-1 rows, then stage-2 rows (trained on
+    all the data), a `stage` column, and `promoted_from`: the stage-1 trial whose recipe (its
+    searched values) a stage-2 trial retrained."""
+    keys = {_recipe_key(row, params): str(row["trial_id"]) for _, row in stage1.iterrows()}
+    stage2 = stage2.assign(stage=2, promoted_from=[keys.get(_recipe_key(row, params)) for _, row in stage2.iterrows()])
+    return pd.concat([stage1.assign(stage=1), stage2], ignore_index=True, sort=False)
+
+
+def _recipe_key(row: pd.Series, params: list[str]) -> tuple:
+    def plain(value: Any) -> Any:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if isinstance(value, float | np.floating):
+            return round(float(value), 12)
+        return value.item() if isinstance(value, np.generic) else value
+
+    return tuple((p, plain(row.get(p))) for p in params)
 
 
 def _retimed_latency(export: Path | None, metrics: dict[str, Any]) -> dict[str, Any]:

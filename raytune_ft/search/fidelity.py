@@ -113,32 +113,6 @@ class GivenConfigs(Searcher):
         self.configs, self.given = state["configs"], state["given"]
 
 
-def combine(stage1: pd.DataFrame, stage2: pd.DataFrame, chosen: pd.DataFrame, params: list[str]) -> pd.DataFrame:
-    """One table of both stages: `stage` (1 or 2), `data_fraction`, and for stage-2 rows
-    `promoted_from` (the stage-1 trial whose recipe it retrained, matched on the searched values)."""
-    ranks = dict(zip(chosen["trial_id"].astype(str), chosen["stage1_rank"], strict=True))
-    stage1 = stage1.assign(stage=1, stage1_rank=[ranks.get(str(t)) for t in stage1["trial_id"]])
-    stage2 = stage2.assign(stage=2, data_fraction=1.0)
-    keys = {_recipe_key(row, params): str(row["trial_id"]) for _, row in chosen.iterrows()}
-    stage2["promoted_from"] = [keys.get(_recipe_key(row, params)) for _, row in stage2.iterrows()]
-    return pd.concat([stage1, stage2], ignore_index=True, sort=False)
-
-
-def full_data(trials: pd.DataFrame) -> pd.DataFrame:
-    """The trials trained on all the data (the rows a two-stage search's front is made of)."""
-    if "data_fraction" not in trials.columns:
-        return trials
-    fraction = pd.to_numeric(trials["data_fraction"], errors="coerce").fillna(1.0)
-    return trials[fraction >= 1.0]
-
-
-def front_source(trials: pd.DataFrame) -> pd.DataFrame:
-    """The rows the front is made of: the full-data trials, or every trial when none finished on
-    all the data (a one-stage search, or a stage 2 that failed: then the subset front is shown)."""
-    full = full_data(trials)
-    return full if (full["status"] == COMPLETED).any() else trials
-
-
 def second_stage(stage1: pd.DataFrame, space: Any, exp_dir: Path, trial_inputs: dict[str, Any]) -> pd.DataFrame:
     """After the subset stage: promote, retrain on all the data (resumable), join the stages and
     write fidelity.csv / fidelity.json. A stage-2 failure is reported and loses nothing of stage 1
@@ -155,13 +129,16 @@ def second_stage(stage1: pd.DataFrame, space: Any, exp_dir: Path, trial_inputs: 
     trainable = tune.with_resources(tune.with_parameters(trial.tune_trial, **trial_inputs),
                                     trial.resources_for(space.fixed))
     try:
-        stage_dir = run_stage2(stage2_configs(chosen, params), exp_dir, trainable,
-                               max_concurrent=space.search.max_concurrent,
-                               keep_checkpoints=space.search.keep_checkpoints, max_failures=space.search.max_failures)
+        run_stage2(stage2_configs(chosen, params), exp_dir, trainable,
+                   max_concurrent=space.search.max_concurrent,
+                   keep_checkpoints=space.search.keep_checkpoints, max_failures=space.search.max_failures)
     except Exception as err:  # noqa: BLE001  (stage 1's results must survive whatever stage 2 does)
         print(f"stage 2 failed: {type(err).__name__}: {err}; the front is the subset stage's", flush=True)
         return stage1.assign(stage=1)
-    trials = combine(stage1, results.read_trials(stage_dir), chosen, params)
+    trials = results.read_trials(exp_dir)  # both stages: it joins <exp>/stage2
+    ranks = dict(zip(chosen["trial_id"].astype(str), chosen["stage1_rank"], strict=True))
+    trials["stage1_rank"] = [ranks.get(str(t)) if stage == 1 else None
+                             for t, stage in zip(trials["trial_id"], trials["stage"], strict=True)]
     summary = write_agreement(exp_dir, trials, space.objectives)
     print(f"stage 2: Kendall tau of val_acc, subset vs all data, over {summary['n']} promoted recipe(s): "
           f"{summary['kendall_tau']:.2f}", flush=True)
@@ -177,6 +154,8 @@ def agreement(trials: pd.DataFrame, objectives: Mapping[str, str], accuracy: str
     from scipy.stats import kendalltau
 
     stage1 = trials[trials["stage"] == 1].set_index("trial_id")
+    if "stage1_rank" not in stage1.columns:
+        stage1 = stage1.assign(stage1_rank=None)
     stage2 = trials[(trials["stage"] == 2) & (trials["status"] == COMPLETED) & trials["promoted_from"].notna()]
     front_ids = set(pareto.pareto_front(stage2, objectives)["trial_id"]) if len(stage2) else set()
     rows = []
@@ -205,18 +184,6 @@ def write_agreement(exp_dir: Path, trials: pd.DataFrame, objectives: Mapping[str
     table.to_csv(exp_dir / layout.FIDELITY_CSV, index=False)
     (exp_dir / layout.FIDELITY_JSON).write_text(json.dumps(summary, indent=2, default=_json_number))
     return summary
-
-
-def _recipe_key(row: pd.Series, params: list[str]) -> tuple:
-    return tuple((p, _plain(row.get(p))) for p in params)
-
-
-def _plain(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, float | np.floating):
-        return round(float(value), 12)
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _json_number(value: Any) -> Any:

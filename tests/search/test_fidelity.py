@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from raytune_ft import search, train
+from raytune_ft import pareto, search, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.search import fidelity, trial
 
@@ -49,10 +49,14 @@ def test_combine_marks_stages_and_the_front_uses_full_data_only():
     chosen = fidelity.promoted(stage1, OBJECTIVES, 3)
     stage2 = pd.DataFrame({"trial_id": ["x", "y", "z"], "status": ["completed"] * 3,
                            "val_acc": [0.97, 0.93, 0.85], "nonzero_params": [1000, 500, 100], "lr": [0.1, 0.2, 0.3]})
-    both = fidelity.combine(stage1, stage2, chosen, ["lr"])
+    from raytune_ft.report import results
+
+    both = results.with_stage2(stage1, stage2, ["lr"])
+    both["stage1_rank"] = both["trial_id"].map(dict(zip(chosen["trial_id"], chosen["stage1_rank"], strict=True)))
     assert both["stage"].tolist() == [1] * 6 + [2] * 3
     assert both.loc[both["stage"] == 2, "promoted_from"].tolist() == ["a", "b", "c"]
-    assert set(fidelity.full_data(both)["trial_id"]) == {"x", "y", "z"}
+    assert set(pareto.pareto_front(both, OBJECTIVES)["trial_id"]) <= {"x", "y", "z"}  # full-data trials only
+    assert set(pareto.pareto_front(stage1, OBJECTIVES)["trial_id"]) == {"a", "b", "c"}  # none: the subset front
     table, summary = fidelity.agreement(both, OBJECTIVES)
     assert summary["n"] == 3 and summary["kendall_tau"] == pytest.approx(1.0)  # same order in both stages
     assert table["on_full_front"].all() and table["rank_full"].tolist() == [1, 2, 3]
@@ -110,6 +114,11 @@ def test_two_stage_search_promotes_retrains_and_resumes_without_repeating_stage_
         assert set(front["trial_id"]) <= set(stage2["trial_id"])  # the front is made of full-data trials
         summary = json.loads((exp / "fidelity.json").read_text())
         assert summary["n"] == 2 and "kendall_tau" in summary
+        from raytune_ft import analyze
+
+        assert analyze.main([str(exp), "--out", str(tmp_path / "report")]) == 0
+        page = (tmp_path / "report" / "report.html").read_text()
+        assert "Data-size fidelity" in page and (tmp_path / "report" / "fidelity.png").stat().st_size > 0
         # --resume after the end: neither stage runs a trial again
         assert search.main([*argv, "--resume"]) == 0
         again = pd.read_csv(exp / "trials.csv")
