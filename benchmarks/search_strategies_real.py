@@ -19,6 +19,21 @@ completed trials and against minutes, the median over seeds and the min-max band
         --strategies random+unseeded tpe tpe+unseeded gp --set teacher.checkpoint=runs/teacher \
         --storage-path runs/strategies   # ~20 runs x ~9 min on an idle 2-core CPU
     # a smoke test of the machinery (minutes): --num-samples 4 --set epochs=1 --set max_samples=300
+
+Cost to front (issue 20): strategy names also take `+fidelity` (a two-stage search:
+`search.data_fraction` = --fraction, `search.promote` = --promote), `+fulldata` (data_fraction 1:
+undo a space that ships with fidelity), `+mo_asha` (the MO-ASHA scheduler) and `by_hand` (the
+pipeline a practitioner runs by hand: one run of the space's first `initial` recipe — gradual
+magnitude pruning, distillation from the dense teacher, int8 — literature defaults). The dense
+teacher's own fp32 and int8 files (what a user ships first) come with every run (baselines).
+The cost table gives, per strategy, the wall time in minutes and in units of one dense full-data
+fine-tune (the teacher's own wall_time_s, measured in the same run), the hypervolume at equal wall
+time (each run's curve read at the shortest run's end), and the best test accuracy of a front file
+at <= 1 MB and <= 400 KB (gzip of the deployed file, `model_bytes_compressed`).
+
+    PYTHONPATH=. python benchmarks/search_strategies_real.py --space fashion_mnist --seeds 0 1 2 \
+        --strategies by_hand random+unseeded+fulldata tpe tpe+mo_asha --storage-path runs/cost \
+        --num-samples 12 --set teacher.checkpoint=runs/teacher/teacher --plot docs/cost_to_front.png
 """
 
 from __future__ import annotations
@@ -47,12 +62,9 @@ def run_search(strategy: str, seed: int, args: argparse.Namespace) -> Path:
         if exp.state == "finished":
             print(f"{folder.name}: finished earlier, read", flush=True)
             return folder
-    sampler, _, variant = strategy.partition("+")
     cmd = [sys.executable, "-m", "raytune_ft.search", "--space", args.space, "--seed", str(seed),
-           "--num-samples", str(args.num_samples), "--storage-path", str(args.storage_path),
-           "--name", folder.name, "--set", f"search.sampler={sampler}"]
-    if variant == "unseeded":
-        cmd += ["--set", "search.initial=[]"]
+           "--storage-path", str(args.storage_path), "--name", folder.name,
+           *strategy_args(strategy, args.num_samples, args.fraction, args.promote)]
     if folder.is_dir():
         cmd.append("--resume")
     for override in args.set:
@@ -62,6 +74,65 @@ def run_search(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if args.quiet else None)
     print(f"{folder.name}: {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     return folder
+
+
+def strategy_args(strategy: str, num_samples: int, fraction: float, promote: int) -> list[str]:
+    """The search's command-line arguments for a strategy name (see the module docstring)."""
+    if strategy == "by_hand":  # the space's first recipe, alone, on all the data
+        return ["--num-samples", "1", "--set", "search.data_fraction=1"]
+    sampler, *variants = strategy.split("+")
+    unknown = set(variants) - {"unseeded", "fidelity", "fulldata", "mo_asha"}
+    if sampler not in ("random", "tpe", "gp", "nsga2") or unknown:
+        raise SystemExit(f"unknown strategy {strategy!r}: a sampler (random, tpe, gp, nsga2) with optional "
+                         "+unseeded, +fidelity, +fulldata, +mo_asha; or by_hand")
+    out = ["--num-samples", str(num_samples), "--set", f"search.sampler={sampler}"]
+    if "unseeded" in variants:
+        out += ["--set", "search.initial=[]"]
+    if "fidelity" in variants:
+        out += ["--set", f"search.data_fraction={fraction}", "--set", f"search.promote={promote}"]
+    if "fulldata" in variants:
+        out += ["--set", "search.data_fraction=1"]
+    if "mo_asha" in variants:
+        out += ["--set", "scheduler.type=mo_asha"]
+    return out
+
+
+def cost_table(folders: dict[tuple[str, int], Path], table: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy (median over seeds, min-max): wall time in minutes and in dense fine-tunes, the
+    hypervolume at equal wall time, the best test accuracy at <= 1 MB and <= 400 KB; plus the dense
+    teacher's fp32 and int8 files (from the first run)."""
+    equal = table.groupby(["strategy", "seed"])["elapsed_s"].max().min()  # the shortest run's end
+    rows, dense = [], None
+    for (strategy, seed), folder in folders.items():
+        exp = results.load_experiment(folder)
+        teacher = exp.teacher or {}
+        unit = teacher.get("wall_time_s")
+        run = table[(table["strategy"] == strategy) & (table["seed"] == seed)].sort_values("elapsed_s")
+        hv_equal = float(np.interp(equal, run["elapsed_s"], run["hypervolume"], left=0.0)) if len(run) else 0.0
+        front = pd.read_csv(folder / "pareto.csv") if (folder / "pareto.csv").is_file() else pd.DataFrame()
+        best = {}
+        for label, limit in (("test_acc_le_1MB", 1e6), ("test_acc_le_400KB", 4e5)):
+            ok = front[pd.to_numeric(front.get("model_bytes_compressed"), errors="coerce") <= limit] \
+                if len(front) and "test_acc" in front else front.iloc[0:0]
+            best[label] = float(ok["test_acc"].max()) if len(ok) else np.nan
+        minutes = run["elapsed_s"].max() / 60 if len(run) else np.nan
+        rows.append({"strategy": strategy, "seed": seed, "minutes": minutes,
+                     "dense_fine_tunes": minutes * 60 / unit if unit else np.nan, "hv_at_equal_time": hv_equal,
+                     **best})
+        if dense is None and teacher.get("baselines"):
+            dense = teacher
+    frame = pd.DataFrame(rows)
+    out = frame.groupby("strategy", sort=False).agg(["median", "min", "max"])
+    out.columns = [f"{a}_{b}" for a, b in out.columns]
+    out = out.drop(columns=[c for c in out.columns if c.startswith("seed_")]).reset_index()
+    out.attrs["equal_time_min"] = equal / 60
+    if dense is not None:
+        for name, row in dense["baselines"].items():
+            size = row.get("model_bytes_compressed", np.nan)
+            out.loc[len(out), ["strategy", "test_acc_le_1MB_median", "test_acc_le_400KB_median"]] = [
+                f"dense {name} ({size / 1e6:.2f} MB)", row.get("test_acc") if size <= 1e6 else np.nan,
+                row.get("test_acc") if size <= 4e5 else np.nan]
+    return out
 
 
 def curves(folders: dict[tuple[str, int], Path]) -> pd.DataFrame:
@@ -136,12 +207,18 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every search")
     p.add_argument("--plot", default="docs/search_strategies_real.png")
     p.add_argument("--quiet", action="store_true", help="hide the searches' own output")
+    p.add_argument("--fraction", type=float, default=0.25, help="+fidelity: the subset stage's data fraction")
+    p.add_argument("--promote", type=int, default=3, help="+fidelity: recipes retrained on all the data")
     args = p.parse_args()
     folders = {(s, seed): run_search(s, seed, args) for s in args.strategies for seed in args.seeds}
     table = curves(folders)
     out = Path(args.storage_path) / "hypervolume_curves.csv"
     table.to_csv(out, index=False)
     print(summary(table, args.num_samples).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    costs = cost_table(folders, table)
+    costs.to_csv(Path(args.storage_path) / "cost_to_front.csv", index=False)
+    print(f"\ncost to front (hypervolume read at {costs.attrs['equal_time_min']:.1f} min, the shortest run):")
+    print(costs.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     plot(table, Path(args.plot))
     print(f"wrote {out} and {args.plot}")
 

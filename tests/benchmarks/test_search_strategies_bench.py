@@ -123,3 +123,17 @@ def test_real_runs_summary_measures_the_budget_to_reach_random_searchs_final_hyp
     assert table.loc["random+unseeded", "reached"] == "1/2"  # seed 0 ends at 0.5 < 0.6
     assert table.loc["random", "reach_random_median"] == pytest.approx(0.25)
     assert table.loc["tpe", "final_hv_median"] == pytest.approx(0.675)
+
+
+def test_cost_to_front_strategy_names_become_search_arguments():
+    spec = importlib.util.spec_from_file_location("search_strategies_real",
+                                                  ROOT / "benchmarks" / "search_strategies_real.py")
+    real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real)
+    assert real.strategy_args("by_hand", 12, 0.25, 3) == ["--num-samples", "1", "--set", "search.data_fraction=1"]
+    args = real.strategy_args("tpe+fidelity+mo_asha", 12, 0.25, 3)
+    assert args[:2] == ["--num-samples", "12"] and "search.data_fraction=0.25" in args and "search.promote=3" in args
+    assert "scheduler.type=mo_asha" in args and "search.initial=[]" not in args
+    assert "search.initial=[]" in real.strategy_args("random+unseeded+fulldata", 4, 0.5, 2)
+    with pytest.raises(SystemExit, match="unknown strategy 'tpe\\+bogus'"):
+        real.strategy_args("tpe+bogus", 4, 0.5, 2)
