@@ -3,7 +3,8 @@ exported model holds, in one place. Writers and readers (search, trial glue, exp
 analysis, the Python API) take the names from here.
 
     <storage>/<name>/                      one experiment
-        space.json  trials.csv  pareto.csv  pareto.png  report.html  optuna_trials.csv
+        space.json  space.yaml  trials.csv  pareto.csv  pareto.png  report.html  optuna_trials.csv
+        optuna_journal.log  mlflow.db
         teacher.json  teacher/  baselines.csv  train_logits.pt  test_front.json
         confirmed.csv  confirm/  mo_asha_state.pkl  stage2/  fidelity.csv  fidelity.json
         <Tune's trial folders>/checkpoint_*/
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 # the experiment folder
 SPACE_JSON = "space.json"  # the resolved space: file, fixed settings, teacher overrides
+SPACE_YAML = "space.yaml"  # a space given as a dict (the Python API), written as the file it names
 TRIALS_CSV = "trials.csv"  # one row per trial: status, config, metrics, checkpoint
 PARETO_CSV = "pareto.csv"  # the front: non-dominated, fully trained trials
 PARETO_PNG = "pareto.png"
 REPORT_HTML = "report.html"
 OPTUNA_TRIALS_CSV = "optuna_trials.csv"  # the sampler's study as a table
+OPTUNA_JOURNAL = "optuna_journal.log"  # the sampler's study in Optuna's JournalStorage (optuna.load_study)
+MLFLOW_DB = "mlflow.db"  # search.callbacks=[mlflow]: MLflow's tracking store, one run per trial (SQLite)
 TEACHER_JSON = "teacher.json"  # the dense teacher's config and metrics
 TEACHER_DIR = "teacher"  # its checkpoint and exported files
 BASELINES_CSV = "baselines.csv"  # the dense teacher as a user would ship it (fp32, int8)

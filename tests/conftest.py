@@ -1,6 +1,9 @@
-"""Shared tiny inputs for the unit tests."""
+"""Shared tiny inputs for the unit tests, and one small real search shared by the end-to-end tests of
+the Python API, the examples, the README, the study's journal and tracking (`readme_run`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +99,56 @@ def kill_session(proc) -> None:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
     proc.wait(timeout=30)
+
+
+# --- one small real search, shared by the API, examples, README, study and tracking tests ---------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_SECTION = "## From a notebook or a script"
+README_OVERRIDES = '{"epochs": 2, "search.num_samples": 4}'  # as the README's example writes them
+
+
+def readme_example() -> str:
+    """The python block of the README's section "From a notebook or a script", as written."""
+    text = README.read_text()
+    section = text[text.index(README_SECTION):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("```", start)]
+
+
+def tiny_overrides() -> dict:
+    """The README example's search made small: 240 digits, 1 epoch, the quickstart's 3 seeded recipes,
+    a 1-epoch Lite0 teacher, 0.05 s of latency timing; logged to MLflow when its package is installed."""
+    import importlib.util
+
+    overrides = {"epochs": 1, "search.num_samples": 3, "max_samples": 240, "teacher.epochs": 1,
+                 "teacher.model": "efficientnet_lite0", "latency_budget_s": 0.05}
+    if importlib.util.find_spec("mlflow") is not None:
+        overrides["search.callbacks"] = ["mlflow"]
+    return overrides
+
+
+@pytest.fixture(scope="session")
+def readme_run(tmp_path_factory):
+    """The README's notebook example run as written, in a fresh folder, with `tiny_overrides()` in
+    place of its overrides: ONE real search (about 1.5 min here) whose experiment the API, examples,
+    README, study and tracking tests read. Returns the example's variables (`exp`, `logits`, ...),
+    the folder it ran in (`cwd`) and the experiment folder (`path`)."""
+    import json
+    import os
+    import time
+    from types import SimpleNamespace
+
+    code = readme_example()
+    assert README_OVERRIDES in code, "the README example's overrides changed: update README_OVERRIDES"
+    cwd = tmp_path_factory.mktemp("notebook")
+    here = Path.cwd()
+    variables: dict = {}
+    started = time.perf_counter()
+    os.chdir(cwd)
+    try:
+        exec(compile(code.replace(README_OVERRIDES, json.dumps(tiny_overrides())), str(README), "exec"), variables)
+    finally:
+        os.chdir(here)
+    return SimpleNamespace(variables=variables, cwd=cwd, path=Path(variables["exp"].path),
+                           seconds=time.perf_counter() - started)

@@ -1,5 +1,6 @@
 """A search: the command line (`cli`, also `python -m raytune_ft.search`), the trial glue that runs
-one trial in Tune (`trial`), the searcher that tells Optuna how trials ended (`searcher`),
+one trial in Tune (`trial`), the searcher that tells Optuna how trials ended (`searcher`) and
+writes its study to Optuna's journal file (`journal`), the tracking callbacks (`tracking`),
 MO-ASHA (`mo_asha`), the planned sizes it ranks (`planned`) and the confirmation runs of the
 front (`confirmation`). Only this layer (and the CLIs above it) imports `ray.tune`.
 """

@@ -1,9 +1,11 @@
 """CLI: python -m raytune_ft.search — run a joint search and write the Pareto front.
 
-Flow: validate everything the user gave (space file, --set, model, data) before Ray starts;
-fine-tune (or load) the dense teacher once; run the trials with Ray Tune + OptunaSearch;
-write trials.csv, pareto.csv, pareto.png, teacher.json and optuna_trials.csv (the sampler's
-study: early-stopped trials PRUNED) into <storage-path>/<name>/.
+`run_experiment` is the search, with keyword arguments; `main` (the command line) and the Python
+API (`raytune_ft.run_search`, api.py) are thin layers over it.
+Flow: validate everything the user gave (space file or dict, --set, model, data, tracking
+packages) before Ray starts; fine-tune (or load) the dense teacher once; run the trials with Ray
+Tune + OptunaSearch; write trials.csv, pareto.csv, pareto.png, teacher.json, optuna_trials.csv and
+optuna_journal.log (the sampler's study: early-stopped trials PRUNED) into <storage-path>/<name>/.
 The storage path is a local folder or a URI pyarrow.fs understands (s3://bucket/prefix): for a
 URI the driver writes its own files in a local staging folder and uploads them, Tune persists
 trials and checkpoints there itself.
@@ -19,13 +21,14 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raytune_ft import layout
 from raytune_ft.errors import ExportError
-from raytune_ft.search.searcher import make_searcher
+from raytune_ft.search.searcher import make_searcher, resume_into
 
 DEFAULT_STORAGE = "ray_results"  # relative to the current directory
 STORAGE_ENV = "RAYTUNE_FT_STORAGE"  # the default --storage-path where set, e.g. s3://bucket/prefix on a cluster
@@ -41,6 +44,27 @@ BASELINE_METRICS = ("val_acc", "val_acc_fp32", "params", "nonzero_params", "mode
 
 class UserError(Exception):
     """Bad input from the command line or a file: reported in one line, without a traceback."""
+
+
+DICT_SPACE = "<space dict>"  # where a space given as a dict is said to come from in its error messages
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What one search is asked to do: the command line's flags (parse_args gives the same names) or
+    `run_experiment`'s keyword arguments."""
+
+    space: str | os.PathLike | Mapping[str, Any] = "quickstart"  # built-in name, YAML path, or a dict like one
+    overrides: tuple[str, ...] = ()  # KEY=VALUE, as --set
+    num_samples: int | None = None  # None: the space's search.num_samples (likewise the next two)
+    max_concurrent: int | None = None
+    seed: int | None = None
+    storage_path: str | None = None  # None: $RAYTUNE_FT_STORAGE, else ./ray_results
+    name: str | None = None  # None: <space name>-<date>-<time>
+    address: str | None = None  # a running Ray cluster to join; None: start a local one
+    dashboard_host: str | None = None  # the local cluster's dashboard address; None: no dashboard
+    confirm: int = 1  # runs per front recipe (1: no confirmation runs)
+    resume: bool = False  # continue <storage_path>/<name>
 
 
 @dataclass(frozen=True)
@@ -143,17 +167,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def prepare(args: argparse.Namespace):
-    """Everything that can fail on user input, checked before Ray starts."""
+def load_space(space: str | os.PathLike | Mapping[str, Any]) -> Any:
+    """A space given as a built-in name, a YAML path, or a dict shaped like a space file (its
+    errors name DICT_SPACE); validated like a file. Raises SpaceError."""
+    from raytune_ft.space import recipes, spaces
+
+    if isinstance(space, Mapping):
+        fields = spaces.parse_space(DICT_SPACE, dict(space))
+        fields["search"] = recipes.check_initial(DICT_SPACE, fields["search"], fields["params"], fields["fixed"])
+        return spaces.Space(path=DICT_SPACE, **fields)
+    return spaces.load_space(spaces.resolve_space(str(space)))
+
+
+def prepare(args: SearchOptions | argparse.Namespace):
+    """Everything that can fail on user input, checked before Ray starts; returns (space, where).
+    `args`: SearchOptions, or parse_args' Namespace (the same names). A space given as a dict is
+    written into the experiment folder as space.yaml once all checks passed (the file space.json names)."""
     from raytune_ft import data, models
     from raytune_ft.config import TrialConfig
+    from raytune_ft.search import tracking
     from raytune_ft.space import spaces
     from raytune_ft.train import teachers
 
-    if getattr(args, "confirm", 1) < 1:
+    if not isinstance(args, SearchOptions):
+        args = SearchOptions(**{**vars(args), "overrides": tuple(args.overrides)})
+    if args.confirm < 1:
         raise UserError(f"--confirm must be >= 1 (runs per front recipe), got {args.confirm}")
     try:
-        space = spaces.load_space(spaces.resolve_space(args.space))
+        space = load_space(args.space)
         overrides = list(args.overrides)
         for flag, key in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"), ("seed", "seed")):
             if getattr(args, flag) is not None:
@@ -165,11 +206,12 @@ def prepare(args: argparse.Namespace):
                             f"({', '.join(DATA_FIELDS)}) must be fixed, not searched")
         data.check_dataset(TrialConfig.from_dict(space.fixed))  # the students' data, which the teacher shares
         teachers.check_architectures(space)  # every student choice and the teacher: names, local weights, classes
+        tracking.check_installed(space.search.callbacks)
     except (spaces.SpaceError, models.ModelError, data.DataError, ValueError) as err:
         raise UserError(str(err)) from err
 
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    where = locate(args.storage_path, name)
+    where = locate(args.storage_path or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE, name)
     try:
         exists = where.exists()
     except OSError as err:  # a URI: no credentials, no such bucket, unreachable endpoint
@@ -187,6 +229,14 @@ def prepare(args: argparse.Namespace):
 
         where.local.rmdir()
         where = Location(where.uri, results.fetch(where.uri))
+    if isinstance(args.space, Mapping):
+        import yaml
+
+        where.local.mkdir(parents=True, exist_ok=True)
+        plain = json.loads(json.dumps(dict(args.space), default=str))  # tuples -> lists, paths -> strings
+        (where.local / layout.SPACE_YAML).write_text(yaml.safe_dump(plain, sort_keys=False))
+        where.upload(layout.SPACE_YAML)
+        space = dataclasses.replace(space, path=f"{where.uri}/{layout.SPACE_YAML}")
     return space, where
 
 
@@ -299,8 +349,10 @@ def teacher_baselines(model: Any, cfg: Any, data: Any, metrics: dict[str, Any], 
     return rows
 
 
-def run_search(space, where: Location, args: argparse.Namespace):
-    """Start Ray, obtain the teacher, run the trials; returns (Tune's ResultGrid, teacher info)."""
+def run_search(space, where: Location, *, address: str | None = None, dashboard_host: str | None = None,
+               resume: bool = False):
+    """Start Ray (or join `address`), obtain the teacher, run the trials, or continue them (`resume`);
+    returns (Tune's ResultGrid, teacher info, the trials' inputs)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from offline machines
     # Every epoch checkpoints (num_to_keep=1) and forces a state snapshot; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -314,7 +366,7 @@ def run_search(space, where: Location, args: argparse.Namespace):
     from raytune_ft import data as data_mod
     from raytune_ft.config import TrialConfig
     from raytune_ft.data import parquet
-    from raytune_ft.search import mo_asha, planned, trial
+    from raytune_ft.search import mo_asha, planned, tracking, trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     exp_dir = where.local
@@ -331,17 +383,17 @@ def run_search(space, where: Location, args: argparse.Namespace):
         print("raytune_ft.search: warning: RAY_AUTH_MODE=disabled turns Ray's token authentication off: "
               "anyone who can reach the cluster's ports can run code on it", file=sys.stderr, flush=True)
     if not ray.is_initialized():
-        dashboard = {"include_dashboard": args.dashboard_host is not None}
-        if args.dashboard_host is not None:
-            dashboard["dashboard_host"] = args.dashboard_host
-            if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
-                print(f"raytune_ft.search: warning: the dashboard listens on {args.dashboard_host}: whoever "
+        dashboard = {"include_dashboard": dashboard_host is not None}
+        if dashboard_host is not None:
+            dashboard["dashboard_host"] = dashboard_host
+            if dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+                print(f"raytune_ft.search: warning: the dashboard listens on {dashboard_host}: whoever "
                       "reaches that address can submit jobs (code) to this cluster", file=sys.stderr, flush=True)
         # no --address: a fresh local cluster, never a stale one recorded in /tmp/ray (Ray's default
         # for address=None), except under `ray job submit`, which sets RAY_ADDRESS for its driver
-        address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")
-        ray.init(address=address, log_to_driver=True, **dashboard)
-    if args.address in (None, "local") and not {"workers_per_trial", "cpus_per_worker", "cpus_per_trial",
+        ray.init(address=address or (None if os.environ.get("RAY_ADDRESS") else "local"), log_to_driver=True,
+                 **dashboard)
+    if address in (None, "local") and not {"workers_per_trial", "cpus_per_worker", "cpus_per_trial",
                                                  "gpus_per_worker"} & {p.name for p in space.params}:
         # a local cluster does not grow: refuse a trial that could never be placed
         available = ray.cluster_resources()
@@ -375,8 +427,9 @@ def run_search(space, where: Location, args: argparse.Namespace):
                         epoch_metrics=epoch_metrics, checkpoint_every=space.search.checkpoint_every)
     trainable = tune.with_resources(tune.with_parameters(trial.tune_trial, **trial_inputs),
                                     trial.resources_for(space.fixed))
-    if args.resume and tune.Tuner.can_restore(where.uri):
+    if resume and tune.Tuner.can_restore(where.uri):
         print(f"resuming {where.uri}", flush=True)
+        resume_into(exp_dir)  # the searcher was pickled naming its first folder (moved, or a new s3 staging copy)
         tuner = tune.Tuner.restore(where.uri, trainable, resume_errored=True)  # callbacks are restored too
     else:
         metrics, modes = space.metric_and_mode()
@@ -399,10 +452,14 @@ def run_search(space, where: Location, args: argparse.Namespace):
                 failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
                 verbose=0,  # progress comes from trial.Progress and the trials' epoch lines
                 callbacks=[trial.Progress(space.search.num_samples, space.objectives, teacher=teacher,
-                                          epochs=space.fixed.get("epochs", TrialConfig().epochs))],
+                                          epochs=space.fixed.get("epochs", TrialConfig().epochs)),
+                           *tracking.logger_callbacks(space.search.callbacks, exp_dir)],  # mlflow, wandb, ...
             ),
         )
-    return tuner.fit(), teacher, trial_inputs
+    try:
+        return tuner.fit(), teacher, trial_inputs
+    finally:
+        resume_into(None)
 
 
 def write_results(trials, space, where: Location, teacher: dict[str, Any]):
@@ -410,35 +467,48 @@ def write_results(trials, space, where: Location, teacher: dict[str, Any]):
 
     exp_dir = where.local
     trials.to_csv(exp_dir / layout.TRIALS_CSV, index=False)
-    from raytune_ft.search import fidelity
-
-    front = pareto.pareto_front(fidelity.front_source(trials), space.objectives)  # full-data trials only
+    front = pareto.pareto_front(trials, space.objectives)  # of a two-stage search: its full-data trials
     front.to_csv(exp_dir / layout.PARETO_CSV, index=False)
     report.plot_pareto(trials, space.objectives, exp_dir / layout.PARETO_PNG, teacher=teacher,
                        baselines=list((teacher.get("baselines") or {}).values()),
                        title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front")
-    where.upload(layout.TRIALS_CSV, layout.PARETO_CSV, layout.PARETO_PNG, layout.OPTUNA_TRIALS_CSV)
+    tracked = [layout.MLFLOW_DB] if (exp_dir / layout.MLFLOW_DB).exists() else []
+    where.upload(layout.TRIALS_CSV, layout.PARETO_CSV, layout.PARETO_PNG, layout.OPTUNA_TRIALS_CSV,
+                 layout.OPTUNA_JOURNAL, *tracked)
     return front
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m raytune_ft.search`: the flags, then `run_experiment`; bad input exits with status 2
+    and one line on stderr."""
+    args = parse_args(argv)
+    try:
+        run_experiment(**vars(args))
+    except UserError as err:
+        print(f"raytune_ft.search: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_experiment(space: str | os.PathLike | Mapping[str, Any] = "quickstart", *, overrides: Sequence[str] = (),
+                   num_samples: int | None = None, max_concurrent: int | None = None, seed: int | None = None,
+                   storage_path: str | None = None, name: str | None = None, address: str | None = None,
+                   dashboard_host: str | None = None, confirm: int = 1, resume: bool = False) -> Location:
+    """One search, end to end: check the inputs (prepare), run the trials (run_search), re-time and
+    test the deployed files, write the results and print the summary; returns where the experiment
+    is. The arguments are the command line's flags (SearchOptions). Raises UserError on bad input,
+    before Ray starts for everything that can be checked then."""
     # before Ray is imported: Ray folds log lines of concurrent trials that differ only in numbers
     # ("[repeated 2x across cluster]"), so one trial's epoch line would hide the other's
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    args = parse_args(argv)
-    try:
-        space, where = prepare(args)
-    except UserError as err:
-        print(f"raytune_ft.search: error: {err}", file=sys.stderr)
-        return 2
+    options = SearchOptions(space=space, overrides=tuple(overrides), num_samples=num_samples,
+                            max_concurrent=max_concurrent, seed=seed, storage_path=storage_path, name=name,
+                            address=address, dashboard_host=dashboard_host, confirm=confirm, resume=resume)
+    space, where = prepare(options)
     started = time.perf_counter()
     print(f"experiment: {where.uri}\nspace: {space.path} ({space.search.num_samples} trials, "
           f"sampler {space.search.sampler}, seed {space.search.seed})", flush=True)
-    try:
-        _, teacher, trial_inputs = run_search(space, where, args)
-    except UserError as err:
-        print(f"raytune_ft.search: error: {err}", file=sys.stderr)
-        return 2
+    _, teacher, trial_inputs = run_search(space, where, address=address, dashboard_host=dashboard_host, resume=resume)
     from raytune_ft.report import results as results_mod
 
     # Tune's files are complete once fit() returned
@@ -452,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
 
     trials, teacher = remeasure.after_search(trials, teacher, space.fixed, where.local, where.upload)
     front = write_results(trials, space, where, teacher)
-    front, teacher, confirmed = honest_results(trials, front, space, where, teacher, trial_inputs, args.confirm)
+    front, teacher, confirmed = honest_results(trials, front, space, where, teacher, trial_inputs, confirm)
 
     from raytune_ft import report
 
@@ -483,9 +553,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{where.uri}/pareto.png\n      {where.uri}/teacher.json\n"
           f"full report: python -m raytune_ft.analyze {where.uri}")
     if confirmed is not None:
-        print(f"\nconfirmed with {args.confirm} seeds per front recipe ({where.uri}/confirmed.csv):\n"
+        print(f"\nconfirmed with {confirm} seeds per front recipe ({where.uri}/confirmed.csv):\n"
               + report.format_front(confirmed, list(confirmed.columns)))
-    return 0
+    return where
 
 
 def honest_results(trials, front, space, where: Location, teacher: dict[str, Any], trial_inputs: dict[str, Any],

@@ -1,5 +1,6 @@
 """The search algorithm Tune is given: Ray's OptunaSearch made honest about how a trial ended
-(`HonestOptunaSearch`), and `make_searcher`, which builds it from a space."""
+(`HonestOptunaSearch`), its study also written to Optuna's own storage (journal.py), and
+`make_searcher`, which builds it from a space."""
 
 from __future__ import annotations
 
@@ -11,6 +12,18 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raytune_ft import layout
 from raytune_ft.report import results
+from raytune_ft.search import journal
+
+# Where a resumed search writes: Tune restores the searcher with the file paths it had when it was
+# pickled, which name the old folder when the experiment was copied or moved, or, for an s3://
+# storage path, the first run's local staging folder. run_search sets this before Tune restores.
+_resumed_into: Path | None = None
+
+
+def resume_into(exp_dir: Path | None) -> None:
+    """The folder the searcher restored by the next --resume writes its table and journal into."""
+    global _resumed_into
+    _resumed_into = exp_dir
 
 
 class HonestOptunaSearch(OptunaSearch):
@@ -20,17 +33,22 @@ class HonestOptunaSearch(OptunaSearch):
     stopped early would enter the study (and NSGA-II's or TPE's model) with truncated metrics.
     Here a trial that reported fewer `epoch`s than its config's `epochs` (default: `epochs`) is
     told PRUNED, without values (Optuna takes none for a pruned multi-objective trial), its last
-    epoch and metrics kept as user attributes; a trial that errored is FAIL. After every trial the
-    study's table (`study.trials_dataframe()`) is written to `table_path` (CSV) when given.
+    epoch and metrics kept as user attributes; a trial that errored is FAIL. Every Optuna trial
+    carries Tune's id as its user attribute `trial_id` (the row of trials.csv).
+    After every trial the study's table (`study.trials_dataframe()`) is written to `table_path` (CSV)
+    when given; after every ask and tell, and when Tune restores the searcher on --resume, the study
+    is written to the Optuna journal file `study_path` when given (journal.write_study), with the
+    objectives' names, so that `optuna.load_study` and optuna-dashboard open it.
     When the define-by-run `space` has an `active` method (spaces._DefineByRun), a trial's config
     is `space.active(params)`: a flat space samples every param, the config keeps the active ones.
     `points_to_evaluate` (the space's `search.initial` recipes) are enqueued in the study by Ray's
     OptunaSearch and asked for first, in order.
     """
 
-    def __init__(self, *args: Any, epochs: int, table_path: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, epochs: int, table_path: str | None = None, study_path: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.epochs, self.table_path = epochs, table_path
+        self.epochs, self.table_path, self.study_path = epochs, table_path, study_path
 
     def suggest(self, trial_id: str) -> dict | None:
         import warnings
@@ -38,6 +56,9 @@ class HonestOptunaSearch(OptunaSearch):
         with warnings.catch_warnings():  # the time is the sampler's (GPSampler fits its model here)
             warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
             config = super().suggest(trial_id)
+        if config is not None:
+            self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
+            self.write_study()
         active = getattr(self._space, "active", None)
         return active(config) if config is not None and active is not None else config
 
@@ -61,15 +82,32 @@ class HonestOptunaSearch(OptunaSearch):
         else:
             super().on_trial_complete(trial_id, result, error)
         self.write_table()
+        self.write_study()
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's --resume: the searcher as it was at the last snapshot, writing into the folder given
+        to `resume_into`; the journal follows the study back to the snapshot."""
+        super().restore(checkpoint_path)
+        if _resumed_into is not None:
+            for attr in ("table_path", "study_path"):
+                if getattr(self, attr, None):
+                    setattr(self, attr, str(_resumed_into / Path(getattr(self, attr)).name))
+        self.write_study()
 
     def write_table(self) -> None:
         if self.table_path:
             self._ot_study.trials_dataframe().to_csv(self.table_path, index=False)
 
+    def write_study(self) -> None:
+        if getattr(self, "study_path", None) and self._ot_study is not None:  # older pickles have no study_path
+            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            journal.write_study(self._ot_study, self.study_path, metrics)
+
 
 def make_searcher(space: Any, exp_dir: Path) -> Any:
     """The search algorithm Tune is given: the space's Optuna sampler in `HonestOptunaSearch`
-    (early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv; the
+    (early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv, the
+    study itself optuna_journal.log, named after the experiment folder; the
     `search.initial` recipes are enqueued and run first, recipes.py), behind a ConcurrencyLimiter
     with batch=True: a new group of trials is asked for only when the previous one finished, so
     the sampler sees the same history on every run with the same seed. Tune pickles it."""
@@ -82,5 +120,6 @@ def make_searcher(space: Any, exp_dir: Path) -> Any:
                                           sampler=space.make_sampler(),
                                           epochs=space.fixed.get("epochs", TrialConfig().epochs),
                                           points_to_evaluate=[dict(r) for r in space.search.initial] or None,
-                                          table_path=str(exp_dir / layout.OPTUNA_TRIALS_CSV))
+                                          table_path=str(exp_dir / layout.OPTUNA_TRIALS_CSV),
+                                          study_path=str(exp_dir / layout.OPTUNA_JOURNAL), study_name=exp_dir.name)
     return ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent, batch=True)

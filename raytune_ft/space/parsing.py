@@ -31,6 +31,7 @@ PARAM_KEYS = {
     "categorical": ("type", "choices", "when"),
 }
 SAMPLERS = ("tpe", "gp", "nsga2", "random")  # spaces.Space.make_sampler builds them
+CALLBACKS = ("mlflow", "tensorboard", "wandb")  # search.callbacks: search/tracking.py builds them
 MODES = ("max", "min")
 # The teacher is a plain dense fine-tune: these switches are forced off for it (use_gpu is
 # where it runs, not a technique: the teacher keeps it).
@@ -76,6 +77,9 @@ class SearchSettings:
     # front first, then the nearest in NSGA-II order) are retrained on all of it; the front is theirs
     data_fraction: float = 1.0
     promote: int = 3
+    # experiment tracking (search/tracking.py): Ray Tune logger callbacks by name, one of CALLBACKS
+    # each; tensorboard's files are written anyway (Tune's default), mlflow into <experiment>/mlflow.db
+    callbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,14 @@ def parse_search(where: str, raw: dict[str, Any]) -> SearchSettings:
                 fail(
                     where, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, got {value!r}"
                 )
+        elif key == "callbacks":  # a name or a list of names
+            names = (value,) if isinstance(value, str) else value
+            if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+                fail(where, "search.callbacks", f"must be a list of names from {', '.join(CALLBACKS)}, got {value!r}")
+            for name in names:
+                if name not in CALLBACKS:
+                    fail(where, "search.callbacks", f"unknown callback {name!r}; choose from {', '.join(CALLBACKS)}")
+            raw[key] = tuple(dict.fromkeys(names))
         elif key == "data_fraction":
             if not is_number(value) or not 0 < value <= 1:
                 fail(where, "search.data_fraction", f"must be a number in (0, 1] (1: no subset stage), got {value!r}")
