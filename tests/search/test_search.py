@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from raytune_ft import data, models, search, train
+from raytune_ft import data, layout, models, search, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.families import pruning
 
@@ -79,9 +79,9 @@ def test_front_is_non_dominated_and_checkpoints_reproduce_metrics_exactly(first_
         model, meta = models.load_checkpoint(row.checkpoint)
         cfg = TrialConfig.from_dict(meta["config"])
         splits = data.load_splits(cfg)
-        layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        x_val = splits.x_val.contiguous(memory_format=layout)
-        model.to(memory_format=layout)
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        x_val = splits.x_val.contiguous(memory_format=memory_format)
+        model.to(memory_format=memory_format)
         torch_acc = row.val_acc_fp32 if cfg.use_quantization else row.val_acc  # int8: val_acc is the ORT file's
         assert train.evaluate(model, x_val, splits.y_val)["val_acc"] == torch_acc
         deployed = Path(row.export_path) / json.loads((Path(row.export_path) / layout.MANIFEST).read_text())["deployed"]
