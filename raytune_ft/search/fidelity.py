@@ -56,7 +56,7 @@ def stage2_configs(chosen: pd.DataFrame, params: list[str]) -> list[dict[str, An
 
 
 def run_stage2(configs: list[dict[str, Any]], exp_dir: Path, trainable: Any, *, max_concurrent: int,
-               keep_checkpoints: int, max_failures: int) -> Path:
+               keep_checkpoints: int, max_failures: int, callbacks: list[Any] | None = None) -> Path:
     """Train `configs` as one Tune experiment `exp_dir/stage2` with the search's own trainable (no
     sampler, no scheduler); continues it where it stopped when it exists. Returns its folder."""
     from ray import tune
@@ -80,7 +80,8 @@ def run_stage2(configs: list[dict[str, Any]], exp_dir: Path, trainable: Any, *, 
                                         trial_dirname_creator=trial.trial_dirname),
             run_config=tune.RunConfig(name=layout.STAGE2_DIR, storage_path=str(exp_dir), verbose=0,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
-                                      failure_config=tune.FailureConfig(max_failures=max_failures)))
+                                      failure_config=tune.FailureConfig(max_failures=max_failures),
+                                      callbacks=callbacks or []))
     tuner.fit()
     return stage_dir
 
@@ -120,7 +121,7 @@ def second_stage(stage1: pd.DataFrame, space: Any, exp_dir: Path, trial_inputs: 
     from ray import tune
 
     from raytune_ft.report import results
-    from raytune_ft.search import trial
+    from raytune_ft.search import tracking, trial
 
     params = [p.name for p in space.params]
     chosen = promoted(stage1, space.objectives, space.search.promote)
@@ -131,7 +132,8 @@ def second_stage(stage1: pd.DataFrame, space: Any, exp_dir: Path, trial_inputs: 
     try:
         run_stage2(stage2_configs(chosen, params), exp_dir, trainable,
                    max_concurrent=space.search.max_concurrent,
-                   keep_checkpoints=space.search.keep_checkpoints, max_failures=space.search.max_failures)
+                   keep_checkpoints=space.search.keep_checkpoints, max_failures=space.search.max_failures,
+                   callbacks=tracking.logger_callbacks(space.search.callbacks, exp_dir))  # mlflow etc. see them too
     except Exception as err:  # noqa: BLE001  (stage 1's results must survive whatever stage 2 does)
         print(f"stage 2 failed: {type(err).__name__}: {err}; the front is the subset stage's", flush=True)
         return stage1.assign(stage=1)
