@@ -283,8 +283,9 @@ def count_flops(module: nn.Module, image_size: int) -> int:
     """FLOPs of one forward pass on a single image (torch.utils.flop_counter: a multiply-add is 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    device = next(module.parameters()).device  # a GPU trial measures its live network
     with FlopCounterMode(display=False) as counter:
-        module(torch.randn(1, 3, image_size, image_size))
+        module(torch.randn(1, 3, image_size, image_size, device=device))
     return int(counter.get_total_flops())
 
 

@@ -95,4 +95,5 @@ class Regularization(Family):
 
     def load_state_dict(self, run: Run, state: dict[str, Any]) -> None:
         if self.l2sp is not None:
-            self.l2sp.anchors = dict(state["l2sp_anchors"])
+            # checkpoints load onto the CPU: the anchors go back to the network's device
+            self.l2sp.anchors = {name: a.to(run.device) for name, a in state["l2sp_anchors"].items()}

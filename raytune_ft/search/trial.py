@@ -48,6 +48,10 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
         "class_names": list(data.class_names),
         "normalization": {"mean": list(inp.mean), "std": list(inp.std)},
     }
+    # export and its measurements run on the CPU (ONNX Runtime's CPU provider is the deployment
+    # target); a GPU trial's network goes back to its device afterwards
+    device = next(model.parameters()).device
+    model.cpu()
     active = families.build(cfg)
     for family in active:
         family.before_export(model)
@@ -67,7 +71,7 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
                            val_acc=metrics.get("val_acc"), quantize=transform if transforms else None)
     model.train()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
+    model.to(device=device, memory_format=memory_format)
     return measured
 
 

@@ -173,6 +173,9 @@ def start_run(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: s
 def follow_structure(run: Run) -> None:
     """A family replaced parameters (channel pruning): a fresh optimizer over the new ones, every
     family's references, no stale gradients, and a new DDP wrapper (its buckets hold the old ones)."""
+    # new parameters come in the default layout: back to the run's (channels_last), as a resumed
+    # run lays out the loaded network, or the two drift apart
+    run.model.to(memory_format=run.memory_format)
     run.optimizer = _optimizer(run.cfg, run.model)
     for family in run.families:
         family.structure_changed(run)
@@ -202,6 +205,8 @@ def training_state(run: Run, *, epoch: int) -> dict[str, Any]:
         "optimizer": run.optimizer.state_dict(),
         "batch_rng": run.source.state(),
         "torch_rng": torch.get_rng_state(),
+        # dropout on a GPU draws from the device's generator
+        "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
         "grad_scaler": run.scaler.state_dict() if run.scaler is not None else None,
     }
     for family in run.families:
@@ -217,6 +222,8 @@ def _load_state(run: Run, state: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.source.set_state(state["batch_rng"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and run.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
     for family in run.families:
         family.load_state_dict(run, state)
     if run.scaler is not None and state.get("grad_scaler"):

@@ -257,3 +257,18 @@ def test_a_registered_family_gets_every_moment_in_order_and_its_term_metric_and_
               report=lambda metrics, model, state: resumed.append(metrics))
     assert [r["probe_steps"] for r in resumed] == [6]  # its state came back
     assert Probe.calls[1] == ("before_forward", 3)
+
+
+def test_resumed_l2sp_anchors_follow_the_network_to_its_device():
+    """Checkpoints are loaded onto the CPU; a GPU trial's anchors must go back to its device (here
+    the meta device stands in for CUDA: the same `.to(run.device)` path, no GPU needed)."""
+    from types import SimpleNamespace
+
+    model = TinyClassifier()
+    cfg = TrialConfig(use_l2sp=True, l2sp_alpha=0.01)
+    family = Regularization(cfg)
+    family.start(SimpleNamespace(model=model, head_names=TINY_HEAD, cfg=cfg, criterion=None,
+                                 device=torch.device("cpu")))
+    state = family.state_dict()
+    family.load_state_dict(SimpleNamespace(device=torch.device("meta")), state)
+    assert {a.device.type for a in family.l2sp.anchors.values()} == {"meta"}

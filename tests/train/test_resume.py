@@ -25,6 +25,10 @@ RECIPES = {
     "channel-global-taylor": dict(use_channel_pruning=True, channel_pruning_ratio=0.4, channel_pruning_steps=4,
                                   channel_pruning_scope="global", channel_importance="taylor", pruning_end=1.0,
                                   channel_round_to=1, lr=0.01),
+    # channels_last on: the pruned network's new weights must come back in that layout, as a resumed
+    # run's loaded network does (they drifted 0.03 apart in 2 epochs before the loop restored it)
+    "channel+channels_last": dict(use_channel_pruning=True, channel_pruning_ratio=0.5, channel_pruning_steps=3,
+                                  pruning_end=0.9, channel_round_to=1, lr=0.01, channels_last=True),
     # quantization-aware from 20 % of training: the epoch-1 checkpoint is taken mid fake quantization
     "qat+magnitude": dict(use_quantization=True, export=True, quant_aware_fraction=0.8, use_pruning=True,
                           final_sparsity=0.5, pruning_end=0.5, pruning_frequency=2, lr=0.01),
