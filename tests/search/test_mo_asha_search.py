@@ -28,8 +28,8 @@ def test_quickstart_mo_asha_is_the_quickstart_with_a_scheduler(mo_space):
 
 
 @pytest.mark.parametrize("override,fragments", [
-    ("scheduler.max_t=3", ["scheduler.max_t", "3 is below the trials' epochs (4)"]),
-    ("scheduler.grace_period=4", ["scheduler.grace_period", "no rung before max_t (4"]),
+    ("scheduler.max_t=3", ["scheduler.max_t", "3 is below the trials' epochs (12)"]),
+    ("scheduler.grace_period=12", ["scheduler.grace_period", "no rung before max_t (12"]),
     ("scheduler.grace_period=0", ["scheduler.grace_period", "int >= 1", "0"]),
     ("scheduler.reduction_factor=1", ["scheduler.reduction_factor", "> 1", "1"]),
     ("scheduler.type=asha", ["scheduler.type", "mo_asha", "'asha'"]),

@@ -82,7 +82,7 @@ def test_builtin_names_and_resolve(tmp_path: Path) -> None:
 def test_quickstart_teacher_and_trial_config(quickstart: Space) -> None:
     assert quickstart.fixed["use_pruning"] is True
     assert quickstart.teacher_config().use_pruning is False  # the teacher stays dense
-    assert quickstart.teacher_config().epochs == 5
+    assert quickstart.teacher_config().epochs == 15
     cfg = quickstart.trial_config({"lr": 0.002, "use_kd": True, "kd_alpha": 0.4})
     assert (cfg.lr, cfg.use_kd, cfg.kd_alpha, cfg.epochs) == (0.002, True, 0.4, quickstart.fixed["epochs"])
 
