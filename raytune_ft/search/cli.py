@@ -134,15 +134,34 @@ def locate(storage_path: str, name: str) -> Location:
     return Location(f"{storage_path.rstrip('/')}/{name}", staging)
 
 
+def _builtin_spaces_text() -> str:
+    """One line per built-in space: its name and the first sentence of its description."""
+    import textwrap
+
+    from raytune_ft.space import spaces
+
+    lines = []
+    for name in spaces.builtin_space_names():
+        try:
+            text = " ".join(spaces.load_space(spaces.builtin_space_path(name)).description.split())
+        except Exception as err:  # noqa: BLE001  (--help must print even if one file is broken)
+            text = f"(cannot be read: {err})"
+        first = text.split(": ")[0] if len(text) > 100 else text
+        lines.append(textwrap.fill(f"{name}: {first}", width=100, initial_indent="  ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m raytune_ft.search",
-        description="Search fine-tuning recipes (regularization x distillation x pruning) and "
-        "report the accuracy-versus-size Pareto front. With no arguments: the embedded "
-        "quickstart (scikit-learn digits + ImageNet-pretrained EfficientNet-Lite0, offline).",
+        description="Search fine-tuning recipes (regularization x distillation x pruning x int8 quantization) "
+        "and report the accuracy-versus-size Pareto front. With no arguments: the embedded quickstart "
+        "(scikit-learn digits + ImageNet-pretrained EfficientNet-Lite students, offline).",
+        epilog="built-in spaces (--space NAME):\n" + _builtin_spaces_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--space", default="quickstart",
-                   help="search space: a YAML path or a built-in name (quickstart, joint); default: quickstart")
+                   help="search space: a YAML path or a built-in name (listed below); default: quickstart")
     p.add_argument("--num-samples", type=int, help="number of trials (default: the space's search.num_samples)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's search.max_concurrent)")
     p.add_argument("--seed", type=int, help="sampler seed (default: the space's search.seed)")

@@ -219,3 +219,14 @@ def test_structured_space_ships_a_smaller_exported_model(first_run, tmp_path):
     assert (trials.macs < 0.7 * info["macs"]).all()
     front = pd.read_csv(tmp_path / "s" / "pareto.csv")
     assert list(front.model_bytes) == sorted(front.model_bytes)
+
+
+def test_help_lists_every_built_in_space_with_its_description(capsys):
+    from raytune_ft.space import spaces
+
+    with pytest.raises(SystemExit):
+        search.parse_args(["--help"])
+    out = capsys.readouterr().out
+    for name in spaces.builtin_space_names():
+        description = " ".join(spaces.load_space(spaces.builtin_space_path(name)).description.split())
+        assert f"  {name}: {description[:20]}" in out, name
