@@ -270,7 +270,7 @@ def test_s3_storage_on_two_nodes(cluster, space, teacher, tmp_path):
     assert {seen.get(pid) for pid in pids} == {"node_a", "node_b"}  # one trial on each worker node
     assert exp.trials.checkpoint.str.startswith(f"{uri}/s3/trial_").all()
     front = pd.read_csv(exp.local_dir / "pareto.csv")
-    assert len(front) >= 1 and set(front.trial_id.astype(str)) <= set(exp.trials.trial_id.astype(str))  # an all-digit id reads as int
+    assert len(front) >= 1 and set(front.trial_id.astype(str)) <= set(exp.trials.trial_id.astype(str))
     proc = subprocess.run([sys.executable, "-m", "raytune_ft.analyze", f"{uri}/s3", "--out", str(tmp_path / "a")],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
