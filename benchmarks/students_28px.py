@@ -14,20 +14,11 @@ the seconds so far; `--jobs 2` runs two models at a time (one per core), as a se
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-ROOT = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _idx(name: str, offset: int):
-    import numpy as np
-
-    return np.frombuffer(gzip.open(ROOT / name).read(), np.uint8, offset=offset)
 
 
 def train(spec: str, epochs: int, seed: int) -> list[dict]:
@@ -36,18 +27,20 @@ def train(spec: str, epochs: int, seed: int) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from raytune_ft import models  # registers the compact CNNs in timm
+    import raytune_ft.models  # noqa: F401  (registers the compact CNNs in timm)
+    from raytune_ft.data.memory import FASHION_MNIST_FILES, FASHION_MNIST_ROOT, read_idx
 
-    assert models.COMPACT_CNNS
+    root = Path(FASHION_MNIST_ROOT)
+    (train_images, train_labels), (test_images, test_labels) = FASHION_MNIST_FILES.values()
     name, size = spec.split("@")
     size = int(size)
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    x_train = torch.from_numpy(_idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).copy())[:48000]
-    y_train = torch.from_numpy(_idx("train-labels-idx1-ubyte.gz", 8).astype(np.int64))[:48000]
-    x_test = torch.from_numpy(_idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).copy())
-    y_test = torch.from_numpy(_idx("t10k-labels-idx1-ubyte.gz", 8).astype(np.int64))
+    x_train = torch.from_numpy(read_idx(root / train_images)[:48000, None])
+    y_train = torch.from_numpy(read_idx(root / train_labels)[:48000].astype(np.int64))
+    x_test = torch.from_numpy(read_idx(root / test_images)[:, None])
+    y_test = torch.from_numpy(read_idx(root / test_labels).astype(np.int64))
 
     def prep(x):
         x = x.float().div(255).sub(0.2860).div(0.3530).expand(-1, 3, -1, -1)

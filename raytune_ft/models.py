@@ -68,7 +68,6 @@ def input_config(name: str) -> InputConfig:
     return InputConfig(tuple(cfg.mean), tuple(cfg.std), cfg.interpolation or "bilinear", cfg.crop_pct or 1.0)
 
 
-
 # --- compact CNNs for small images: registered in timm, so every timm name path serves them ------
 
 class CompactCNN(nn.Module):
@@ -119,11 +118,11 @@ COMPACT_CNNS = {"compact_cnn_16": (16, 2), "compact_cnn_24": (24, 2), "compact_c
 
 
 def _register_compact_cnns() -> None:
+    import timm
     from timm.models import register_model
-    from timm.models._registry import _model_entrypoints
 
     for name, (width, depth) in COMPACT_CNNS.items():
-        if name in _model_entrypoints:
+        if timm.is_model(name):  # registered already (the module was reloaded)
             continue
 
         def entrypoint(pretrained: bool = False, *, _w: int = width, _d: int = depth, **kwargs) -> CompactCNN:
@@ -138,6 +137,7 @@ def _register_compact_cnns() -> None:
 
 
 _register_compact_cnns()
+
 
 def _torchvision_names() -> list[str]:
     import torchvision.models as tvm
