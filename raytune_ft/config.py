@@ -99,7 +99,10 @@ class TrialConfig:
     cpus_per_worker: int | None = None  # Ray CPUs and torch threads of each worker; null = cpus_per_trial
     gpus_per_worker: float = 0.0  # with use_gpu: GPUs per worker (or per one-worker trial); 0.25 packs four
     use_gpu: bool = False  # train on CUDA (NCCL between workers); gloo and the CPU otherwise
-    amp: bool = False  # mixed precision: bf16 autocast if supported, else fp16 + GradScaler (CUDA); bf16 on CPU
+    # mixed precision: true = bf16 autocast if supported, else fp16 + GradScaler (CUDA); bf16 on CPU.
+    # "auto": on CUDA as true; on a CPU, time a few training steps of the model in fp32 and bf16
+    # and keep the faster (train/loop.py `measured_dtype`; the teacher's forward is timed on its own)
+    amp: bool | str = False
     sync_batchnorm: bool = False  # workers_per_trial > 1 on GPU: BatchNorm statistics over the global batch
 
     def __post_init__(self) -> None:
@@ -107,6 +110,8 @@ class TrialConfig:
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("pruning_scope", self.pruning_scope, PRUNING_SCOPES)
         _check_choice("dataset", self.dataset, DATASETS)
+        if self.amp not in (True, False, "auto"):
+            raise ValueError(f"amp must be true, false or \"auto\", got {self.amp!r}")
         _check_choice("on_bad_image", self.on_bad_image, ON_BAD_IMAGE)
         _check_range("crop_min_scale", self.crop_min_scale, low=0.0, high=1.0, low_open=True)
         _check_choice("channel_importance", self.channel_importance, CHANNEL_IMPORTANCE)

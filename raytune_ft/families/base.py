@@ -170,6 +170,7 @@ class Run:
     total_steps: int
     teacher_logits: torch.Tensor | None = None  # precomputed, by training sample index
     teacher: nn.Module | None = None
+    teacher_dtype: torch.dtype | None = None  # autocast dtype of the online teacher's forward (amp: auto times it)
     families: list[Family] = field(default_factory=list)  # the active ones, in registry order
     optimizer: torch.optim.Optimizer = field(init=False)
     trained: nn.Module = field(init=False)  # what forward and backward run on: DDP's wrapper or `model`

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from raytune_ft.config import TrialConfig
-from raytune_ft.families.base import Family
+from raytune_ft.families.base import Family, autocast
 
 if TYPE_CHECKING:
     from raytune_ft.families.base import Run
@@ -61,5 +61,5 @@ class Distillation(Family):
             if run.idx is None:
                 raise ValueError("precomputed teacher logits need the batch's sample indices (an `index` column)")
             return run.teacher_logits[run.idx.to(run.teacher_logits.device)]
-        with torch.no_grad(), run.autocast():
+        with torch.no_grad(), autocast(run.device, run.teacher_dtype):
             return run.teacher(run.x).float()

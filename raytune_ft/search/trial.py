@@ -195,7 +195,8 @@ def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
 
     def report(metrics: dict[str, Any], _model: torch.nn.Module, _state: Any) -> None:
         print(f"[teacher] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
-              f"train_loss={metrics['train_loss']:.4f}  ({metrics['epoch_time_s']:.1f}s)", flush=True)
+              f"train_loss={metrics['train_loss']:.4f}  {metrics['precision']}  ({metrics['epoch_time_s']:.1f}s)",
+              flush=True)
 
     metrics = train.fit(cfg, model, data, head_names=models.head_parameter_names(model), report=report,
                         batches=batches, dist=dist)
@@ -366,7 +367,8 @@ def _save_epoch(cfg: TrialConfig, data: Splits, metrics: dict[str, Any], model: 
         torch.save(state(), directory / layout.TRAINING_STATE)
     print(f"[{trial_id}] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
           f"sparsity={metrics['sparsity']:.3f}  params={metrics['params']:,}  "
-          f"nonzero_params={metrics['nonzero_params']:,}", flush=True)
+          f"nonzero_params={metrics['nonzero_params']:,}  {metrics['precision']}  ({metrics['epoch_time_s']:.1f}s)",
+          flush=True)
     if written:
         models.save_checkpoint(directory, model, config=cfg.to_dict(), class_names=data.class_names,
                                metrics=metrics)

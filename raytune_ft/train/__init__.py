@@ -9,7 +9,7 @@ from __future__ import annotations
 from raytune_ft.families.base import BatchSource, Dist, Run
 from raytune_ft.train.batches import IterableBatches, TensorBatches
 from raytune_ft.train.evaluation import evaluate, predict_logits, recalibrate_batchnorm
-from raytune_ft.train.loop import Report, fit, lr_at, precision, start_run, training_state
+from raytune_ft.train.loop import Report, fit, lr_at, measured_dtype, precision, start_run, training_state
 
 __all__ = ["BatchSource", "Dist", "IterableBatches", "Report", "Run", "TensorBatches", "evaluate", "fit", "lr_at",
-           "precision", "predict_logits", "recalibrate_batchnorm", "start_run", "training_state"]
+           "measured_dtype", "precision", "predict_logits", "recalibrate_batchnorm", "start_run", "training_state"]

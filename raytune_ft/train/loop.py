@@ -11,6 +11,7 @@ what `report` does differ. Batch sources (in memory, or an iterable such as Ray 
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import time
@@ -24,7 +25,7 @@ from raytune_ft import families
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 from raytune_ft.families import pruning
-from raytune_ft.families.base import BatchSource, Dist, Family, Run
+from raytune_ft.families.base import BatchSource, Dist, Family, Run, autocast
 from raytune_ft.train import losses
 from raytune_ft.train.batches import TensorBatches
 from raytune_ft.train.evaluation import evaluate, recalibrate_batchnorm
@@ -48,14 +49,53 @@ def precision(cfg: TrialConfig, device: torch.device) -> tuple[torch.dtype | Non
     """Autocast dtype and gradient scaler for `cfg.amp` on `device`.
 
     CUDA: bf16 where the GPU supports it (no scaler needed: bf16 has fp32's range), otherwise
-    fp16 with a GradScaler. CPU: bf16 autocast (no fp16 path on CPU; fast with AMX, slower than
-    fp32 without it, so `amp` is off by default). amp off: (None, None), plain fp32.
+    fp16 with a GradScaler. CPU: bf16 autocast (no fp16 path on CPU). Whether bf16 pays on a CPU
+    depends on the CPU and the network (2-core AMD EPYC with AVX512-BF16, one thread: compact_cnn_32
+    1.65x faster, EfficientNet-Lite0's depthwise convs 2.4x slower), so `amp` is off by default
+    and "auto" measures (`measured_dtype`); here "auto" on a CPU answers fp32, start_run times it.
+    amp off: (None, None), plain fp32.
     """
-    if not cfg.amp:
+    if not cfg.amp or (cfg.amp == "auto" and device.type != "cuda"):
         return None, None
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16, torch.amp.GradScaler("cuda")
     return torch.bfloat16, None
+
+
+def measured_dtype(model: nn.Module, x: torch.Tensor, *, train: bool, repeats: int = 3,
+                   margin: float = 1.1) -> torch.dtype | None:
+    """bf16 if autocast in bf16 runs `model` on batch `x` at least `margin` times faster than fp32
+    on this CPU, else None (fp32): a training step (forward + backward, `train`) or a no-grad
+    forward, best of `repeats` after one warm-up each. Runs on a copy, so `model`'s weights,
+    BatchNorm statistics and gradients are untouched; costs a few steps (about 1-3 s at 28 px)."""
+    probe = copy.deepcopy(model).train(train)
+    best: dict[torch.dtype | None, float] = {}
+    for dtype in (None, torch.bfloat16):
+        times = []
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            with torch.set_grad_enabled(train), autocast(x.device, dtype):
+                out = probe(x).float()
+            if train:
+                out.logsumexp(dim=1).mean().backward()
+                probe.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - started)
+        best[dtype] = min(times[1:])
+    return torch.bfloat16 if best[torch.bfloat16] * margin <= best[None] else None
+
+
+def _auto_dtypes(cfg: TrialConfig, model: nn.Module, teacher: nn.Module | None, x: torch.Tensor,
+                 dist: Dist) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """`amp: auto` on a CPU: the student's training dtype and the online teacher's forward dtype,
+    each measured on a batch of the trial's size (at most 64 images); under DDP bf16 only where
+    every rank measured it faster, so all ranks compute alike."""
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    x = x[: min(cfg.batch_size, 64)].to(dist.device).contiguous(memory_format=layout)
+    chosen = [measured_dtype(model, x, train=True),
+              measured_dtype(teacher, x, train=False) if teacher is not None else None]
+    votes = dist.sum([float(d is not None) for d in chosen])  # unchanged for one process
+    student, teacher_dtype = (torch.bfloat16 if v >= dist.world_size else None for v in votes)
+    return student, teacher_dtype
 
 
 def fit(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str], report: Report,
@@ -130,6 +170,7 @@ def fit(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str
             **pruning.size_metrics(run.model, pruning.prunable_parameters(run.model, head_names)),
             **{k: v for family in run.families for k, v in family.epoch_end(run).items()},
             "lr": run.lr,
+            "precision": _dtype_name(run.dtype),
             "epoch_time_s": time.perf_counter() - started,
         }
         report(metrics, run.model, functools.partial(training_state, run, epoch=epoch + 1))
@@ -153,12 +194,18 @@ def start_run(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: s
             for tensor in model.state_dict().values():
                 torch.distributed.broadcast(tensor, src=0)
     dtype, scaler = precision(cfg, dist.device)
+    teacher_dtype = dtype
+    if cfg.amp == "auto" and dist.device.type != "cuda":
+        if teacher is not None:
+            teacher.to(device=dist.device, memory_format=memory_format).eval()
+        dtype, teacher_dtype = _auto_dtypes(cfg, model, teacher, data.x_val, dist)  # same shapes as training
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     source = batches or TensorBatches(data.x_train, data.y_train, batch_size=cfg.batch_size, seed=cfg.seed,
                                       dist=dist)
     run = Run(cfg, model, head_names, source, dist, memory_format, dtype, scaler,
               total_steps=cfg.epochs * source.steps_per_epoch, teacher_logits=teacher_logits, teacher=teacher,
+              teacher_dtype=teacher_dtype,
               families=[*families.build(cfg), *(observers or [])])
     for family in run.families:
         family.start(run)
@@ -181,6 +228,13 @@ def follow_structure(run: Run) -> None:
         family.structure_changed(run)
     run.model.zero_grad(set_to_none=True)
     run.trained = _ddp(run.model, run.dist)
+
+
+_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return {v: k for k, v in _DTYPES.items()}[dtype]
 
 
 def _check_finite(terms: dict[str, torch.Tensor], epoch: int, run: Run) -> None:
@@ -208,6 +262,9 @@ def training_state(run: Run, *, epoch: int) -> dict[str, Any]:
         # dropout on a GPU draws from the device's generator
         "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
         "grad_scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        # what amp chose (amp: auto measures it): a resumed run trains on in the same precision
+        "precision": _dtype_name(run.dtype),
+        "teacher_precision": _dtype_name(run.teacher_dtype),
     }
     for family in run.families:
         share = family.state_dict()
@@ -222,6 +279,8 @@ def _load_state(run: Run, state: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.source.set_state(state["batch_rng"])
     torch.set_rng_state(state["torch_rng"])
+    if run.cfg.amp == "auto" and "precision" in state:
+        run.dtype, run.teacher_dtype = _DTYPES[state["precision"]], _DTYPES[state.get("teacher_precision", "fp32")]
     if state.get("cuda_rng") is not None and run.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_rng"], run.device)
     for family in run.families:

@@ -84,6 +84,41 @@ def test_bf16_autocast_on_cpu_trains(tiny_splits):
     assert reports[-1]["val_acc"] >= 0.9 and math.isfinite(reports[-1]["train_loss"])
 
 
+def test_measured_dtype_keeps_the_model_untouched_and_follows_the_margin(tiny_splits):
+    """amp: auto's probe: bf16 only when it is `margin` times faster; weights and BN stats unchanged."""
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = tiny_splits.x_train[:16]
+    assert train.measured_dtype(model, x, train=True, margin=float("inf")) is None
+    assert train.measured_dtype(model, x, train=True, margin=0.0) is torch.bfloat16
+    assert train.measured_dtype(model, x, train=False, margin=0.0) is torch.bfloat16
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_amp_auto_trains_reports_its_choice_and_keeps_it_on_resume(tiny_splits):
+    """amp: "auto" on a CPU picks fp32 or bf16 by timing (reported as `precision` every epoch); the
+    training state carries the choice, so a resumed run does not re-measure into another one."""
+    cfg = TrialConfig(epochs=2, batch_size=16, lr=0.02, amp="auto")
+    assert train.precision(cfg, torch.device("cpu")) == (None, None)  # start_run measures
+    states = []
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    reports = []
+    train.fit(cfg, model, tiny_splits, head_names=TINY_HEAD,
+              report=lambda metrics, m, state: (reports.append(dict(metrics)), states.append(state())))
+    assert {r["precision"] for r in reports} <= {"fp32", "bf16"} and len({r["precision"] for r in reports}) == 1
+    assert states[0]["precision"] == reports[0]["precision"]
+    other = "fp32" if reports[0]["precision"] == "bf16" else "bf16"
+    resumed = []
+    train.fit(cfg, TinyClassifier(), tiny_splits, head_names=TINY_HEAD, resume={**states[0], "precision": other},
+              report=lambda metrics, m, state: resumed.append(dict(metrics)))
+    assert [r["precision"] for r in resumed] == [other]
+    with pytest.raises(ValueError, match="amp must be true, false or \"auto\", got 'bf16'"):
+        TrialConfig(amp="bf16")
+
+
 def test_an_iterator_of_batches_trains_like_the_in_memory_tensors(tiny_splits):
     """The hook for streamed data (Ray Data's iter_torch_batches): dicts with image/label/index
     columns, exactly steps_per_epoch per epoch; KD looks the teacher's logits up by `index`."""
