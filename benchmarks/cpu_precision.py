@@ -14,22 +14,19 @@ with its compile time (the first two steps), in both precisions.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from gpu_throughput import _cpu_model  # benchmarks/ is on sys.path when this script runs
 
 from raytune_ft import models, train
+from raytune_ft.families.base import autocast
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+def cell(rates: list[float]) -> str:
+    return f"{statistics.median(rates):.0f} [{min(rates):.0f}-{max(rates):.0f}]"
 
 
 def rates(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None, *, training: bool,
@@ -40,8 +37,7 @@ def rates(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None, *,
     out = []
     for i in range(repeats + 2):
         started = time.perf_counter()
-        ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with torch.set_grad_enabled(training), ctx:
+        with torch.set_grad_enabled(training), autocast(x.device, dtype):
             logits = model(x).float()
         if training:
             loss = torch.nn.functional.cross_entropy(logits, y)
@@ -67,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size).contiguous(memory_format=torch.channels_last)
-    lines = [f"CPU: {cpu_model()}, {args.threads} thread(s), batch {args.batch_size}, {args.image_size} px, "
+    lines = [f"CPU: {_cpu_model()}, {args.threads} thread(s), batch {args.batch_size}, {args.image_size} px, "
              f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; images/s, median [min-max] of "
              f"{args.repeats} steps", "",
              "| model | role | fp32 | bf16 autocast | bf16 / fp32 | amp: auto picks |",
@@ -79,7 +75,6 @@ def main() -> None:
             bf16 = rates(model, x, torch.bfloat16, training=training, repeats=args.repeats)
             probe = x[: min(args.batch_size, 64)]
             picked = train.measured_dtype(model, probe, train=training)
-            cell = lambda r: f"{statistics.median(r):.0f} [{min(r):.0f}-{max(r):.0f}]"  # noqa: E731
             ratio = statistics.median(bf16) / statistics.median(fp32)
             right = (picked is torch.bfloat16) == (ratio >= 1.0)
             lines.append(f"| {name} | {role} | {cell(fp32)} | {cell(bf16)} | {ratio:.2f}x | "
@@ -99,7 +94,6 @@ def main() -> None:
             rates(compiled_model, x, dtype, training=True, repeats=0)  # the two warm-up steps compile
             compile_s = time.perf_counter() - started
             compiled = rates(compiled_model, x, dtype, training=True, repeats=args.repeats)
-            cell = lambda r: f"{statistics.median(r):.0f} [{min(r):.0f}-{max(r):.0f}]"  # noqa: E731
             lines.append(f"| {name} | {'bf16' if dtype else 'fp32'} | {cell(eager)} | {cell(compiled)} | "
                          f"{statistics.median(compiled) / statistics.median(eager):.2f}x | {compile_s:.0f} s |")
             print(lines[-1], flush=True)

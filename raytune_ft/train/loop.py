@@ -194,21 +194,17 @@ def start_run(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: s
             for tensor in model.state_dict().values():
                 torch.distributed.broadcast(tensor, src=0)
     dtype, scaler = precision(cfg, dist.device)
-    teacher_dtype = dtype
-    if cfg.amp == "auto" and dist.device.type != "cuda":
-        if teacher is not None:
-            teacher.to(device=dist.device, memory_format=memory_format).eval()
-        dtype, teacher_dtype = _auto_dtypes(cfg, model, teacher, data.x_val, dist)  # same shapes as training
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     source = batches or TensorBatches(data.x_train, data.y_train, batch_size=cfg.batch_size, seed=cfg.seed,
                                       dist=dist)
     run = Run(cfg, model, head_names, source, dist, memory_format, dtype, scaler,
               total_steps=cfg.epochs * source.steps_per_epoch, teacher_logits=teacher_logits, teacher=teacher,
-              teacher_dtype=teacher_dtype,
-              families=[*families.build(cfg), *(observers or [])])
+              teacher_dtype=dtype, families=[*families.build(cfg), *(observers or [])])
     for family in run.families:
         family.start(run)
+    if cfg.amp == "auto" and dist.device.type != "cuda":  # after `start`: the teacher is on the device, in eval
+        run.dtype, run.teacher_dtype = _auto_dtypes(cfg, model, run.teacher, data.x_val, dist)  # training's shapes
     run.optimizer = _optimizer(cfg, model)
     # Under DDP the wrapper only runs forward/backward (and all-reduces gradients); families and
     # evaluation use the module itself. Gradients are identical on every rank after the
@@ -231,10 +227,11 @@ def follow_structure(run: Run) -> None:
 
 
 _DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPE_NAMES: dict[torch.dtype | None, str] = {v: k for k, v in _DTYPES.items()}
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
-    return {v: k for k, v in _DTYPES.items()}[dtype]
+    return _DTYPE_NAMES[dtype]
 
 
 def _check_finite(terms: dict[str, torch.Tensor], epoch: int, run: Run) -> None:
@@ -280,7 +277,7 @@ def _load_state(run: Run, state: dict[str, Any]) -> None:
     run.source.set_state(state["batch_rng"])
     torch.set_rng_state(state["torch_rng"])
     if run.cfg.amp == "auto" and "precision" in state:
-        run.dtype, run.teacher_dtype = _DTYPES[state["precision"]], _DTYPES[state.get("teacher_precision", "fp32")]
+        run.dtype, run.teacher_dtype = _DTYPES[state["precision"]], _DTYPES[state["teacher_precision"]]
     if state.get("cuda_rng") is not None and run.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_rng"], run.device)
     for family in run.families:
