@@ -49,7 +49,9 @@ def input_config(name: str) -> InputConfig:
 
     timm: the model's default `pretrained_cfg` (mean, std, interpolation, crop_pct); torchvision:
     the DEFAULT weights' `transforms()` (mean, std, interpolation, crop_size / resize_size).
-    Models without pretrained weights fall back to the ImageNet statistics.
+    Models without pretrained weights (the compact CNNs, trained from scratch) fall back to the
+    ImageNet statistics and no centre crop: there is no pretrained evaluation transform to match,
+    so an image folder feeds them the whole image, as the IDX and CIFAR loaders do.
     """
     if name.startswith(TORCHVISION_PREFIX):
         import torchvision.models as tvm
@@ -57,14 +59,14 @@ def input_config(name: str) -> InputConfig:
         try:
             t = tvm.get_model_weights(name.removeprefix(TORCHVISION_PREFIX)).DEFAULT.transforms()
         except Exception:  # no weights enum for this model
-            return InputConfig(IMAGENET_MEAN, IMAGENET_STD)
+            return InputConfig(IMAGENET_MEAN, IMAGENET_STD, crop_pct=1.0)
         crop = t.crop_size[0] / t.resize_size[0] if t.resize_size else 1.0
         return InputConfig(tuple(t.mean), tuple(t.std), t.interpolation.value, crop)
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(name)
     if cfg is None:
-        return InputConfig(IMAGENET_MEAN, IMAGENET_STD)
+        return InputConfig(IMAGENET_MEAN, IMAGENET_STD, crop_pct=1.0)
     return InputConfig(tuple(cfg.mean), tuple(cfg.std), cfg.interpolation or "bilinear", cfg.crop_pct or 1.0)
 
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -147,6 +148,22 @@ def test_input_config_is_the_pretrained_weights_own():
     lite = models.input_config("efficientnet_lite0")
     assert lite.mean == (0.485, 0.456, 0.406) and lite.interpolation == "bicubic" and lite.crop_pct == 0.875
     assert models.input_config("torchvision/resnet18").crop_pct == 224 / 256
+
+
+def test_a_model_without_pretrained_weights_sees_the_whole_image_from_a_folder(tmp_path):
+    """A compact CNN (from scratch) has no evaluation crop: a 28 px image decoded from a file at
+    image_size 28 is the image itself, pixel for pixel, as the IDX loader gives it."""
+    from PIL import Image
+
+    from raytune_ft.data import decode_image
+
+    assert models.input_config("compact_cnn_16").crop_pct == 1.0
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    decoded = decode_image(tmp_path / "x.png", 28, models.input_config("compact_cnn_16"))
+    assert decoded.shape == (28, 28, 3) and (decoded == pixels[:, :, None]).all()
+    cropped = decode_image(tmp_path / "x.png", 28, models.input_config("efficientnet_lite0"))
+    assert not (cropped == pixels[:, :, None]).all()  # the pretrained model's 0.875 centre crop
 
 
 def test_timm_pretrained_weights_come_from_the_local_hugging_face_cache(tmp_path, monkeypatch):

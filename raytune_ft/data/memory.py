@@ -1,13 +1,13 @@
-"""In-memory datasets a trial trains on (`load_splits`), and the image decoding and augmentation
-shared with the streamed Parquet path (parquet.py).
+"""In-memory datasets a trial trains on (`load_splits`); images.py holds the image decoding and
+augmentation they share with the streamed Parquet path (parquet.py).
 
 Three splits: train (fit), val (selection, early stopping, the sampler) and test (evaluated once,
 after the search, by holdout.py; `Splits.without_test()` is what trials get). Normalized with the
 model's own mean/std: `digits` (scikit-learn, embedded), `imagefolder` (one sub-folder per class,
 optionally under `train/` + `val/` + `test/`), `cifar10` / `cifar100` (a local torchvision root,
 its official test batch), `fashion_mnist` (the four IDX files, e.g. Debian's
-dataset-fashion-mnist). Stored inputs are deterministic; `augment_batch` adds random resized crops
-and flips per batch.
+dataset-fashion-mnist). Stored inputs are deterministic; `images.augment_batch` adds random resized
+crops and flips per batch.
 """
 
 from __future__ import annotations
@@ -139,12 +139,6 @@ def class_names(cfg: TrialConfig) -> tuple[str, ...] | None:
         meta = _cifar_files(cfg)[-1]
         return tuple(_unpickle(meta)[CIFAR[cfg.dataset][3]])
     return None
-
-
-# --- augmentation -------------------------------------------------------------------------------
-
-
-# --- decoding one image (shared by the in-memory loader, the converter and the Ray Data path) -----
 
 
 # --- imagefolder --------------------------------------------------------------------------------
