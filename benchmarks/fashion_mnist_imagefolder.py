@@ -27,6 +27,7 @@ from PIL import Image
 
 from raytune_ft import data
 from raytune_ft.config import TrialConfig
+from raytune_ft.data.memory import FASHION_MNIST_FILES
 
 
 def folder_name(cls: str) -> str:
@@ -34,8 +35,7 @@ def folder_name(cls: str) -> str:
 
 
 def write(out: Path, root: Path) -> None:
-    for split, (images_file, labels_file) in (("train", ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")),
-                                              ("test", ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))):
+    for split, (images_file, labels_file) in FASHION_MNIST_FILES.items():
         images, labels = data.read_idx(root / images_file), data.read_idx(root / labels_file)
         for label, cls in enumerate(data.FASHION_MNIST_CLASSES):
             folder = out / split / folder_name(cls)
@@ -44,11 +44,12 @@ def write(out: Path, root: Path) -> None:
                 Image.fromarray(images[i]).save(folder / f"{n:05d}.png")
 
 
-def fingerprint(x, y, names: tuple[str, ...]) -> Counter:
-    """The multiset of (class name, pixel hash) of a split."""
-    pixels = x.numpy()
-    return Counter((folder_name(names[int(label)]), hashlib.sha1(row.tobytes()).hexdigest())
-                   for row, label in zip(pixels, y.tolist(), strict=True))
+def fingerprint(splits, *names: str) -> Counter:
+    """The multiset of (class name, pixel hash) over the named splits of `splits`."""
+    return Counter((folder_name(splits.class_names[int(label)]), hashlib.sha1(row.tobytes()).hexdigest())
+                   for name in names
+                   for row, label in zip(getattr(splits, f"x_{name}").numpy(), getattr(splits, f"y_{name}").tolist(),
+                                         strict=True))
 
 
 def main() -> None:
@@ -66,15 +67,11 @@ def main() -> None:
     loaded = time.perf_counter() - started
     idx = data.load_splits(TrialConfig(dataset="fashion_mnist", data_root=str(args.data_root), image_size=28,
                                        model="compact_cnn_16"))
-    sizes = {name: (len(getattr(folder, f"y_{name}")), len(getattr(idx, f"y_{name}"))) for name in ("train", "val", "test")}
+    sizes = {name: (len(getattr(folder, f"y_{name}")), len(getattr(idx, f"y_{name}")))
+             for name in ("train", "val", "test")}
     print(f"imagefolder loaded in {loaded:.0f} s; sizes (folder, idx): {sizes}")
-    pool_folder = fingerprint(folder.x_train, folder.y_train, folder.class_names) + \
-        fingerprint(folder.x_val, folder.y_val, folder.class_names)
-    pool_idx = fingerprint(idx.x_train, idx.y_train, idx.class_names) + \
-        fingerprint(idx.x_val, idx.y_val, idx.class_names)
-    same_pool = pool_folder == pool_idx
-    same_test = fingerprint(folder.x_test, folder.y_test, folder.class_names) == \
-        fingerprint(idx.x_test, idx.y_test, idx.class_names)
+    same_pool = fingerprint(folder, "train", "val") == fingerprint(idx, "train", "val")
+    same_test = fingerprint(folder, "test") == fingerprint(idx, "test")
     val_classes = Counter(folder.class_names[int(c)] for c in folder.y_val.tolist())
     print(f"same train+val pool: {same_pool}; same test split: {same_test}; "
           f"folder val per class: {dict(sorted(val_classes.items()))}")

@@ -41,7 +41,9 @@ class InputConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"  # resampling used to resize images ("bilinear" | "bicubic" | ...)
-    crop_pct: float = 0.875  # evaluation: the centre crop keeps this fraction of the shorter side
+    # evaluation: the centre crop keeps this fraction of the shorter side; 1 (the whole image) unless
+    # pretrained weights come with a crop of their own
+    crop_pct: float = 1.0
 
 
 def input_config(name: str) -> InputConfig:
@@ -59,14 +61,14 @@ def input_config(name: str) -> InputConfig:
         try:
             t = tvm.get_model_weights(name.removeprefix(TORCHVISION_PREFIX)).DEFAULT.transforms()
         except Exception:  # no weights enum for this model
-            return InputConfig(IMAGENET_MEAN, IMAGENET_STD, crop_pct=1.0)
+            return InputConfig(IMAGENET_MEAN, IMAGENET_STD)
         crop = t.crop_size[0] / t.resize_size[0] if t.resize_size else 1.0
         return InputConfig(tuple(t.mean), tuple(t.std), t.interpolation.value, crop)
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(name)
     if cfg is None:
-        return InputConfig(IMAGENET_MEAN, IMAGENET_STD, crop_pct=1.0)
+        return InputConfig(IMAGENET_MEAN, IMAGENET_STD)
     return InputConfig(tuple(cfg.mean), tuple(cfg.std), cfg.interpolation or "bilinear", cfg.crop_pct or 1.0)
 
 
