@@ -77,7 +77,8 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
     interrupted). Columns: trial_id, status, searched params (inactive conditional ones empty),
     fixed settings (`model`, the architecture, always), the last reported metrics, epochs_trained,
     wall_time_s, start_time, end_time (unix s), checkpoint (the newest checkpoint folder), export_path (its `export/`
-    folder when there is one), pruning_method (pruning.pruning_method), error.
+    folder when there is one), pruning_method (pruning.pruning_method), data_fraction (the share of
+    the training split the trial trained on: 1.0 unless a two-stage search's stage 1 set it), error.
     """
     from raytune_ft.config import TrialConfig
     from raytune_ft.families.pruning import pruning_method
@@ -124,6 +125,9 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
             "pruning_method": pruning_method({**fixed, **config}),
             # the student architecture of every row, also when it is neither fixed nor searched
             **({} if "model" in config or "model" in fixed else {"model": TrialConfig.model}),
+            # which share of the training split the row was trained on, also in a one-stage search
+            **({} if "data_fraction" in config or "data_fraction" in fixed
+               else {"data_fraction": TrialConfig.data_fraction}),
             "error": error if status == FAILED else None,
         })
     texts = ("trial_id", "status", "checkpoint", "error")

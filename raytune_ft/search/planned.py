@@ -22,8 +22,9 @@ the model the config will produce:
   params and nonzero_params by the same structural offset, measured once on the exported copy.
 
 Not planned: model_bytes_compressed (gzip depends on the trained values; MO-ASHA ranks its
-per-epoch stand-in) and the int8 file of use_quantization (space_parsing.check_scheduler refuses
-those objectives under MO-ASHA: its size is known only after calibration at export).
+per-epoch stand-in, for a quantized trial the weights on the int8 grid) and the int8 file's
+model_bytes and nonzero_params under use_quantization (space parsing's check_scheduler refuses
+those objectives under MO-ASHA: they are known only after calibration at export).
 """
 
 from __future__ import annotations

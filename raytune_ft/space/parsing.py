@@ -97,8 +97,9 @@ SCHEDULERS = ("mo_asha",)
 # every epoch when MO-ASHA needs them (trial.epoch_size_metrics); latency only at the end.
 PER_EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "task_loss", "params", "nonzero_params", "sparsity",
                      "model_bytes", "model_bytes_compressed", "macs", "flops")
-# Per-epoch stand-ins that the int8 file of a quantized trial changes (quantization.py)
-INT8_CHANGES = ("model_bytes", "model_bytes_compressed", "nonzero_params")
+# Per-epoch stand-ins that the int8 file of a quantized trial changes and that have no int8
+# stand-in (model_bytes_compressed has one: quantization.int8_weight_bytes)
+INT8_CHANGES = ("model_bytes", "nonzero_params")
 
 
 # Smallest accepted value of each integer search setting (numpy seeds must be >= 0).
@@ -228,7 +229,8 @@ def check_scheduler(where: str, scheduler: SchedulerSettings | None, fixed: dict
         if quantized and metric in INT8_CHANGES:
             fail(where, f"objectives.{metric}",
                  f"with use_quantization, {metric} of the shipped int8 file is known only after the last epoch, but "
-                 f"scheduler {scheduler.type} compares it at every rung; use another objective, fix "
+                 f"scheduler {scheduler.type} compares it at every rung; use model_bytes_compressed (ranked on "
+                 "the weights' int8 gzip each epoch) or another objective, fix "
                  "use_quantization: false, or remove the scheduler")
     epochs = max_epochs(fixed, params)
     max_t = scheduler.max_t if scheduler.max_t is not None else epochs

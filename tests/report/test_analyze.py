@@ -127,6 +127,7 @@ def test_read_trials_rebuilds_the_search_table_from_the_trial_folders(finished):
         assert list(ours[column]) == list(theirs[column]), column
     assert [Path(p) for p in ours["checkpoint"]] == [Path(p) for p in theirs["checkpoint"]]
     np.testing.assert_allclose(ours["wall_time_s"], theirs["wall_time_s"])
+    assert (ours["data_fraction"] == 1.0).all()  # a one-stage search trains every row on all the data
 
 
 @pytest.mark.e2e

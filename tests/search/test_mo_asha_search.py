@@ -141,3 +141,53 @@ def test_epoch_size_metrics_match_the_model():
     assert "model_bytes_compressed" not in out
     both = trial.epoch_size_metrics(model, ("model_bytes", "model_bytes_compressed"), image_size=8)
     assert 0 < both["model_bytes_compressed"] < both["model_bytes"]
+
+
+def test_int8_size_stand_in_is_the_weights_on_the_export_grid():
+    import gzip
+
+    import torch
+
+    from raytune_ft.families.quantization import WEIGHT_QMAX, int8_weight_bytes
+    from raytune_ft.models import CompactCNN
+    from raytune_ft.search import trial
+
+    torch.manual_seed(0)
+    model = CompactCNN(num_classes=10, width=16)
+    raw = int8_weight_bytes(model)
+    weights = [t for t in model.state_dict().values() if torch.is_floating_point(t) and t.dim() >= 2]
+    others = [t for t in model.state_dict().values() if torch.is_floating_point(t) and t.dim() < 2]
+    # one byte per weight + an fp32 scale per output channel; every other float tensor in fp32
+    assert len(raw) == sum(w.numel() + 4 * w.shape[0] for w in weights) + sum(4 * t.numel() for t in others)
+    first = weights[0]
+    q = torch.frombuffer(bytearray(raw[:first.numel()]), dtype=torch.int8)
+    assert int(q.abs().max()) == WEIGHT_QMAX  # each channel's largest weight sits on the grid's edge
+
+    fp32 = trial.epoch_size_metrics(model, ("model_bytes_compressed",), image_size=28)
+    int8 = trial.epoch_size_metrics(model, ("model_bytes_compressed",), image_size=28, int8=True)
+    assert int8["model_bytes_compressed"] == len(gzip.compress(raw, compresslevel=6))
+    assert 3 * int8["model_bytes_compressed"] < fp32["model_bytes_compressed"]
+    with torch.no_grad():  # pruned weights are zeros on the grid too, and gzip shrinks them
+        for w in weights:
+            w.mul_((torch.rand_like(w) > 0.7).float())
+    pruned = trial.epoch_size_metrics(model, ("model_bytes_compressed",), image_size=28, int8=True)
+    assert pruned["model_bytes_compressed"] < 0.6 * int8["model_bytes_compressed"]
+
+
+def test_mo_asha_ranks_the_int8_file_size_but_refuses_int8_sizes_it_cannot_stand_in_for(tmp_path):
+    path = spaces.builtin_space_path("fashion_mnist")
+    space = spaces.load_space(path)
+    assert space.fixed["use_quantization"] is True
+    ranked = space.with_overrides(["scheduler.type=mo_asha", "scheduler.grace_period=3"])
+    assert ranked.objectives == {"val_acc": "max", "model_bytes_compressed": "min"}
+    text = open(path).read()
+    assert "\n  model_bytes_compressed: min" in text
+    for metric in ("nonzero_params", "model_bytes"):
+        bad = tmp_path / f"{metric}.yaml"
+        bad.write_text(text.replace("\n  model_bytes_compressed: min", f"\n  {metric}: min")
+                       + "\nscheduler: {type: mo_asha, grace_period: 3}\n")
+        with pytest.raises(SpaceError) as err:
+            spaces.load_space(bad)
+        for fragment in (str(bad), f"objectives.{metric}", "use_quantization", "model_bytes_compressed",
+                         "remove the scheduler"):
+            assert fragment in str(err.value), (metric, fragment)
