@@ -97,10 +97,20 @@ def strategy_args(strategy: str, num_samples: int, fraction: float, promote: int
     return out
 
 
-def cost_table(folders: dict[tuple[str, int], Path], table: pd.DataFrame) -> pd.DataFrame:
+def hv_at(run: pd.DataFrame, seconds: np.ndarray | float) -> np.ndarray:
+    """Hypervolume of the trials `run` had completed by each of `seconds` (a step function: a
+    trial counts from the moment it ends, never earlier; 0 before the first)."""
+    run = run.sort_values("elapsed_s")
+    index = np.searchsorted(run["elapsed_s"].to_numpy(), np.atleast_1d(seconds), side="right") - 1
+    return np.where(index >= 0, run["hypervolume"].to_numpy()[np.maximum(index, 0)], 0.0)
+
+
+def cost_table(folders: dict[tuple[str, int], Path], table: pd.DataFrame,
+               at_minutes: list[float] | None = None) -> pd.DataFrame:
     """Per strategy (median over seeds, min-max): wall time in minutes and in dense fine-tunes, the
-    hypervolume at equal wall time, the best test accuracy at <= 1 MB and <= 400 KB; plus the dense
-    teacher's fp32 and int8 files (from the first run)."""
+    hypervolume at equal wall time (the shortest run's end, and each of `at_minutes`), the best
+    test accuracy at <= 1 MB and <= 400 KB; plus the dense teacher's fp32 and int8 files (from the
+    first run)."""
     equal = table.groupby(["strategy", "seed"])["elapsed_s"].max().min()  # the shortest run's end
     rows, dense = [], None
     for (strategy, seed), folder in folders.items():
@@ -108,7 +118,8 @@ def cost_table(folders: dict[tuple[str, int], Path], table: pd.DataFrame) -> pd.
         teacher = exp.teacher or {}
         unit = teacher.get("wall_time_s")
         run = table[(table["strategy"] == strategy) & (table["seed"] == seed)].sort_values("elapsed_s")
-        hv_equal = float(np.interp(equal, run["elapsed_s"], run["hypervolume"], left=0.0)) if len(run) else 0.0
+        hv_equal = float(hv_at(run, equal)[0]) if len(run) else 0.0
+        budgets = {f"hv_at_{m:g}_min": float(hv_at(run, m * 60)[0]) if len(run) else 0.0 for m in at_minutes or []}
         front = pd.read_csv(folder / "pareto.csv") if (folder / "pareto.csv").is_file() else pd.DataFrame()
         best = {}
         for label, limit in (("test_acc_le_1MB", 1e6), ("test_acc_le_400KB", 4e5)):
@@ -118,7 +129,7 @@ def cost_table(folders: dict[tuple[str, int], Path], table: pd.DataFrame) -> pd.
         minutes = run["elapsed_s"].max() / 60 if len(run) else np.nan
         rows.append({"strategy": strategy, "seed": seed, "minutes": minutes,
                      "dense_fine_tunes": minutes * 60 / unit if unit else np.nan, "hv_at_equal_time": hv_equal,
-                     **best})
+                     **budgets, **best})
         if dense is None and teacher.get("baselines"):
             dense = teacher
     frame = pd.DataFrame(rows)
@@ -181,8 +192,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         line = axes[0].plot(by_k.index, by_k.median(axis=1), label=strategy)[0]
         axes[0].fill_between(by_k.index, by_k.min(axis=1), by_k.max(axis=1), color=line.get_color(), alpha=0.15)
         grid = np.linspace(0, group["elapsed_s"].max(), 60)
-        per_seed = [np.interp(grid, run["elapsed_s"], run["hypervolume"], left=0.0)
-                    for _, run in group.sort_values("elapsed_s").groupby("seed")]
+        per_seed = [hv_at(run, grid) for _, run in group.groupby("seed")]
         stack = np.vstack(per_seed)
         axes[1].plot(grid / 60, np.median(stack, axis=0), color=line.get_color(), label=strategy)
         axes[1].fill_between(grid / 60, stack.min(axis=0), stack.max(axis=0), color=line.get_color(), alpha=0.15)
@@ -209,13 +219,15 @@ def main() -> None:
     p.add_argument("--quiet", action="store_true", help="hide the searches' own output")
     p.add_argument("--fraction", type=float, default=0.25, help="+fidelity: the subset stage's data fraction")
     p.add_argument("--promote", type=int, default=3, help="+fidelity: recipes retrained on all the data")
+    p.add_argument("--at-minutes", nargs="+", type=float, default=[],
+                   help="also read every run's hypervolume at these wall times (minutes of its trial phase)")
     args = p.parse_args()
     folders = {(s, seed): run_search(s, seed, args) for s in args.strategies for seed in args.seeds}
     table = curves(folders)
     out = Path(args.storage_path) / "hypervolume_curves.csv"
     table.to_csv(out, index=False)
     print(summary(table, args.num_samples).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    costs = cost_table(folders, table)
+    costs = cost_table(folders, table, args.at_minutes)
     costs.to_csv(Path(args.storage_path) / "cost_to_front.csv", index=False)
     print(f"\ncost to front (hypervolume read at {costs.attrs['equal_time_min']:.1f} min, the shortest run):")
     print(costs.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

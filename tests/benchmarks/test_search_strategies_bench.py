@@ -125,6 +125,19 @@ def test_real_runs_summary_measures_the_budget_to_reach_random_searchs_final_hyp
     assert table.loc["tpe", "final_hv_median"] == pytest.approx(0.675)
 
 
+def test_hypervolume_at_a_wall_time_counts_only_trials_ended_by_then():
+    """A trial's hypervolume counts from the moment it ends: between two ends the curve is flat
+    (an interpolation would credit the next trial's result before it existed)."""
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("search_strategies_real",
+                                                  ROOT / "benchmarks" / "search_strategies_real.py")
+    real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real)
+    run = pd.DataFrame({"elapsed_s": [300.0, 100.0], "hypervolume": [0.9, 0.5]})  # unsorted on purpose
+    assert real.hv_at(run, np.array([50.0, 100.0, 299.0, 300.0, 1e6])).tolist() == [0.0, 0.5, 0.5, 0.9, 0.9]
+
+
 def test_cost_to_front_strategy_names_become_search_arguments():
     spec = importlib.util.spec_from_file_location("search_strategies_real",
                                                   ROOT / "benchmarks" / "search_strategies_real.py")
