@@ -40,6 +40,9 @@ class Splits:
     # the test split: evaluated once after the search (holdout.py), never given to a trial
     x_test: torch.Tensor = field(default_factory=lambda: torch.empty(0, 3, 1, 1))
     y_test: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    # (crop_pct, interpolation) the images were decoded from files with (imagefolder, parquet);
+    # () where decoding does not crop (arrays: digits, CIFAR, Fashion-MNIST)
+    decode_view: tuple = ()
 
     @property
     def num_classes(self) -> int:

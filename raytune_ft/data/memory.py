@@ -113,6 +113,7 @@ def load_splits(cfg: TrialConfig) -> Splits:
         to_model_input(x_val, cfg.image_size, inp), torch.as_tensor(y_val, dtype=torch.int64),
         pool.class_names, tuple(pool.skipped), tuple(inp.mean), tuple(inp.std),
         to_model_input(x_test, cfg.image_size, inp), torch.as_tensor(y_test, dtype=torch.int64),
+        (inp.crop_pct, inp.interpolation) if cfg.dataset == "imagefolder" else (),
     )
 
 

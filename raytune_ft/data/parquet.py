@@ -185,7 +185,7 @@ def parquet_splits(cfg: TrialConfig) -> Splits:
     inp = models.input_config(cfg.model)
     empty = torch.empty(0, 3, cfg.image_size, cfg.image_size)
     return Splits(empty, torch.empty(0, dtype=torch.int64), torch.cat(xs), torch.cat(ys).long(), info.class_names,
-                  tuple(info.bad_rows), tuple(inp.mean), tuple(inp.std))
+                  tuple(info.bad_rows), tuple(inp.mean), tuple(inp.std), decode_view=(inp.crop_pct, inp.interpolation))
 
 
 def _decode_batch(batch: dict[str, np.ndarray], *, size: int, inp: models.InputConfig, augment: bool,

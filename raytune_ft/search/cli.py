@@ -368,6 +368,14 @@ def teacher_baselines(model: Any, cfg: Any, data: Any, metrics: dict[str, Any], 
     return rows
 
 
+def students_data_config(space) -> Any:
+    """The config the trials' data and the test split are decoded with (teachers.data_config)."""
+    from raytune_ft.train import teachers
+
+    choices = next((tuple(p.choices) for p in space.params if p.name == "model" and p.type == "categorical"), ())
+    return teachers.data_config(space.fixed, choices)
+
+
 def run_search(space, where: Location, *, address: str | None = None, dashboard_host: str | None = None,
                resume: bool = False):
     """Start Ray (or join `address`), obtain the teacher, run the trials, or continue them (`resume`);
@@ -426,7 +434,7 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
     # The students' data (a searched model: normalized for the default one, trials convert it,
     # teachers.student_view); the teacher makes its own view of the same rows (obtain_teacher).
     # parquet: validation in memory, the training split streams in each trial (Ray Data)
-    student_cfg = TrialConfig.from_dict(space.fixed)
+    student_cfg = students_data_config(space)
     data = parquet.parquet_splits(student_cfg) if student_cfg.dataset == "parquet" \
         else data_mod.load_splits(student_cfg)
     data = data.without_test()  # trials, the teacher and the sampler never see the test split (holdout.py)
@@ -583,21 +591,23 @@ def honest_results(trials, front, space, where: Location, teacher: dict[str, Any
     teacher (pareto.csv, pareto.png and teacher.json get test_acc with its Wilson 95 % interval,
     test_front.json the McNemar pairs), then `confirm` - 1 more seeds per front recipe (confirmed.csv).
     Returns (front, teacher, confirmed table or None)."""
-    from raytune_ft import report
-    from raytune_ft.config import TrialConfig
+    from raytune_ft import models, report
     from raytune_ft.deploy import holdout
     from raytune_ft.search import confirmation
+    from raytune_ft.train import teachers
 
     exp_dir, cfg = where.local, space.teacher_config()
     started = time.perf_counter()
-    student_cfg = TrialConfig.from_dict(space.fixed)
-    test = holdout.load_test(student_cfg)  # the students' input view; the teacher's is its own
+    student_cfg = students_data_config(space)
+    test = holdout.load_test(student_cfg)  # decoded as the trials' data was; the teacher's view is its own
     views: dict[str, Any] = {student_cfg.model: test}
+    mean, std = models.input_config(student_cfg.model).mean, models.input_config(student_cfg.model).std
 
     def test_for(model: str) -> Any:
-        """The test images in the input view of a front point's architecture (loaded once each)."""
-        if model and model not in views:
-            views[model] = holdout.load_test(dataclasses.replace(student_cfg, model=model))
+        """The test images as a front point's architecture was trained on them: the same decode
+        (resize, crop) as the trials' data, normalized for the architecture (as student_view)."""
+        if model and model not in views and test is not None:
+            views[model] = holdout.TestSplit(teachers.renormalize(test.x, mean, std, model), test.y)
         return views.get(model) or test
 
     if test is None:
