@@ -91,9 +91,10 @@ def test_an_opened_experiment_holds_the_tables_the_search_wrote(readme_run):
     import pandas as pd
 
     exp = raytune_ft.open_experiment(readme_run.path)
-    written = pd.read_csv(readme_run.path / layout.TRIALS_CSV)
+    # trial ids are 8 hex digits: some are all digits, which pandas would read as numbers
+    written = pd.read_csv(readme_run.path / layout.TRIALS_CSV, dtype={"trial_id": str})
     assert sorted(exp.trials["trial_id"]) == sorted(written["trial_id"]) and exp.state == "finished"
-    pareto_csv = pd.read_csv(readme_run.path / layout.PARETO_CSV)
+    pareto_csv = pd.read_csv(readme_run.path / layout.PARETO_CSV, dtype={"trial_id": str})
     assert list(exp.front["trial_id"]) == list(pareto_csv["trial_id"])
     assert exp.front["test_acc"].tolist() == pytest.approx(pareto_csv["test_acc"].tolist())
     teacher = json.loads((readme_run.path / layout.TEACHER_JSON).read_text())

@@ -118,7 +118,7 @@ def finished_report(finished, tmp_path_factory) -> Path:
 @pytest.mark.e2e
 def test_read_trials_rebuilds_the_search_table_from_the_trial_folders(finished):
     exp, _ = finished
-    theirs = pd.read_csv(exp / "search_trials.csv", float_precision="round_trip")
+    theirs = pd.read_csv(exp / "search_trials.csv", float_precision="round_trip", dtype={"trial_id": str})
     theirs = theirs.set_index("trial_id").sort_index()
     ours = results.read_trials(exp).set_index("trial_id").sort_index()
     assert list(ours.index) == list(theirs.index) and len(ours) == 3
