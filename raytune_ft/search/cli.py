@@ -315,7 +315,8 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
         torch.set_num_threads(measure_cfg.cpus_per_trial)
         metrics = {**metrics, **trial.export_and_measure(model, measure_cfg, view, metrics, export_dir)}
         changed = True
-    baselines = teacher_baselines(model, measure_cfg, data, metrics, teacher_dir, recorded=(
+    # both baselines on the teacher's own view: calibration, val and the file's input size
+    baselines = teacher_baselines(model, measure_cfg, view, metrics, teacher_dir, recorded=(
         f"{location}/teacher" if location else str(teacher_dir))) if cfg.export else []
     if baselines:
         import pandas as pd
@@ -341,10 +342,11 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
     return info, logits, teacher_model
 
 
-def teacher_baselines(model: Any, cfg: Any, data: Any, metrics: dict[str, Any], teacher_dir: Path, *,
+def teacher_baselines(model: Any, cfg: Any, view: Any, metrics: dict[str, Any], teacher_dir: Path, *,
                       recorded: str) -> list[dict[str, Any]]:
     """The dense teacher as a user would ship it first, measured like a trial: fp32 (teacher/export,
-    model.onnx) and int8 PTQ with the default calibration (teacher/export_int8, model.int8.onnx).
+    model.onnx) and int8 PTQ with the default calibration (teacher/export_int8, model.int8.onnx),
+    calibrated and validated on `view`, the teacher's own view of the data (teachers.teacher_splits).
     Each is exported once and read back from its manifest afterwards; an int8 export that fails is
     left out with a one-line note (the search goes on)."""
     from raytune_ft.search import trial
@@ -357,7 +359,7 @@ def teacher_baselines(model: Any, cfg: Any, data: Any, metrics: dict[str, Any], 
                 continue  # teacher/export is written by obtain_teacher
             print("teacher: int8 baseline (post-training static quantization)", flush=True)
             try:
-                trial.export_and_measure(model, cfg, data, metrics, directory, quantize=True)
+                trial.export_and_measure(model, cfg, view, metrics, directory, quantize=True)
             except ExportError as err:
                 print(f"teacher: no int8 baseline: {err}", flush=True)
                 continue
