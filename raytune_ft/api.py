@@ -87,23 +87,31 @@ def override_strings(overrides: Mapping[str, Any] | Sequence[str] | None) -> lis
 class Preprocessing:
     """What a deployed model expects, from its manifest: RGB images resized to `input_size` (C, H, W)
     and normalized with `mean` / `std` (the pretrained weights' own); its outputs are logits over
-    `class_names`. Calling it converts images the way the search converted its data."""
+    `class_names`. Models trained on image files (imagefolder, parquet) also record how the files
+    were decoded: a centre crop of `crop_pct` of the shorter side, resized with `interpolation`
+    (the whole image, bilinear, for the in-memory datasets). `read(files)` decodes image files
+    exactly as the search did; calling it converts image arrays."""
 
     input_size: tuple[int, int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     class_names: tuple[str, ...]
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> Preprocessing:
+        decode = manifest.get("decode") or {}
         return cls(tuple(manifest["input_size"]), tuple(manifest["normalization"]["mean"]),
-                   tuple(manifest["normalization"]["std"]), tuple(manifest["class_names"]))
+                   tuple(manifest["normalization"]["std"]), tuple(manifest["class_names"]),
+                   float(decode.get("crop_pct", 1.0)), str(decode.get("interpolation", "bilinear")))
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """(n, 3 or 1, h, w) or one (3 or 1, h, w) image, uint8 or floats in [0, 1] -> (n, 3, H, W)
-        float32: bilinear resize to the input size, then (x − mean) / std — how the in-memory
-        datasets (digits, CIFAR, Fashion-MNIST) were made (data.images.to_model_input). Images of an
-        image folder were decoded with the model's centre crop first (data.images.decode_image)."""
+        float32: the centre crop of `crop_pct` (models trained on image files), bilinear resize to
+        the input size, then (x − mean) / std — how the in-memory datasets (digits, CIFAR,
+        Fashion-MNIST) were made (data.images.to_model_input). For image files, `read` reproduces
+        the search's decode exactly (PIL, with the recorded interpolation)."""
         from raytune_ft import models
         from raytune_ft.data.images import to_model_input
 
@@ -111,8 +119,25 @@ class Preprocessing:
         x = x[None] if x.ndim == 3 else x
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"images: expected channels-first (n, 3, h, w) or (n, 1, h, w), got shape {x.shape}")
+        if self.crop_pct < 1.0:
+            side = round(min(x.shape[-2:]) * self.crop_pct)
+            top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+            x = x[..., top : top + side, left : left + side]
         inputs = to_model_input(x, self.input_size[-1], models.InputConfig(self.mean, self.std))
         return inputs.numpy()
+
+    def read(self, files: Sequence[str | os.PathLike] | str | os.PathLike) -> np.ndarray:
+        """Image files (any format PIL reads) -> (n, 3, H, W) float32, decoded as the search decoded
+        its image folders and Parquet shards (data.images.decode_image: EXIF orientation, RGB, the
+        centre crop, `interpolation`), then normalized."""
+        from raytune_ft import models
+        from raytune_ft.data.images import decode_image, to_model_input
+
+        files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+        inp = models.InputConfig(self.mean, self.std, self.interpolation, self.crop_pct)
+        size = self.input_size[-1]
+        images = np.stack([decode_image(Path(f), size, inp).transpose(2, 0, 1) for f in files])
+        return to_model_input(images, size, inp).numpy()
 
     def labels(self, logits: np.ndarray) -> list[str]:
         """The class name of each row's largest logit."""

@@ -14,7 +14,7 @@ import pytest
 
 import raytune_ft
 from raytune_ft import layout
-from raytune_ft.api import override_strings
+from raytune_ft.api import Preprocessing, override_strings
 from raytune_ft.search import cli
 from raytune_ft.space.spaces import builtin_space_path, load_space
 
@@ -143,3 +143,17 @@ def test_export_best_copies_the_front_models_with_their_manifests(readme_run, tm
         manifest = json.loads((tmp_path / folder / layout.MANIFEST).read_text())
         assert (tmp_path / folder / manifest["deployed"]).is_file()
     assert np.isfinite(index["val_acc"]).all()
+
+
+def test_preprocessing_crops_like_the_recorded_decode():
+    """A model trained on image files with a centre crop (manifest "decode") gets the same crop
+    from arrays; without one, the whole image is resized."""
+    image = np.zeros((3, 8, 8), dtype=np.float32)
+    image[:, 2:6, 2:6] = 1.0
+    manifest = {"input_size": [3, 4, 4], "normalization": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+                "class_names": ["a"], "decode": {"crop_pct": 0.5, "interpolation": "bicubic"}}
+    cropped = Preprocessing.from_manifest(manifest)
+    assert (cropped.crop_pct, cropped.interpolation) == (0.5, "bicubic")
+    np.testing.assert_allclose(cropped(image), 1.0)
+    whole = Preprocessing.from_manifest({k: v for k, v in manifest.items() if k != "decode"})
+    assert whole.crop_pct == 1.0 and whole(image).min() < 0.1  # the dark border, resized in

@@ -1,4 +1,6 @@
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,24 +215,25 @@ def test_searched_architectures_train_and_test_on_one_decode_of_a_folder(tmp_pat
     assert teachers.same_view(splits, dataclasses.replace(teacher_cfg, model="compact_cnn_32"))
 
 
-def test_the_teachers_int8_baseline_is_calibrated_and_measured_on_the_teachers_own_view(tmp_path):
+def test_the_teachers_baselines_use_its_own_view_and_record_how_files_were_decoded(tmp_path):
     """Both baselines of the dense teacher (fp32 and int8 PTQ) read the teacher's view of the data,
     not the students'. (Found on a folder: the int8 baseline calibrated and validated on the students'
     whole-image decode while the teacher was trained on its 0.875 crop: val 0.8635 against the fp32
-    file's 0.9163.) Here the teacher's checkpoint is at 32 px and the students' data at 28 px, so
-    the students' images do not even fit its file."""
+    file's 0.9163.) Here the teacher is a Lite0 at 32 px (0.875 crop, bicubic) and the students'
+    data whole 28 px images, so the students' images do not even fit its file. Each file's manifest
+    records the decode, and `Preprocessing.read` decodes image files exactly as the search did."""
     import onnxruntime as ort
 
     from raytune_ft import data as data_mod
+    from raytune_ft.api import Preprocessing
     from raytune_ft.search import cli
     from raytune_ft.train import teachers
 
     space = _fashion_space_on_a_folder(tmp_path / "data", n=10)
     splits = data_mod.load_splits(cli.students_data_config(space)).without_test()
-    teacher_cfg = dataclasses.replace(space.teacher_config(), model="compact_cnn_16", weights="none",
-                                      image_size=32, latency_budget_s=0.05)
+    teacher_cfg = dataclasses.replace(space.teacher_config(), weights="none", image_size=32)
     torch.manual_seed(0)
-    net = models.build_model("compact_cnn_16", 2, weights="none")
+    net = models.build_model(teacher_cfg.model, 2, weights="none")
     models.save_checkpoint(tmp_path / "teacher", net, config=teacher_cfg.to_dict(),
                            class_names=splits.class_names, metrics={"val_acc": 0.5, "epoch": 1})
     space = space.with_overrides([f"teacher.checkpoint={tmp_path / 'teacher'}", "latency_budget_s=0.05"])
@@ -242,10 +245,17 @@ def test_the_teachers_int8_baseline_is_calibrated_and_measured_on_the_teachers_o
     assert view.x_val.shape[-1] == 32 and splits.x_val.shape[-1] == 28
     baselines = info["baselines"]
     assert set(baselines) == {"teacher_fp32", "teacher_int8"}  # an int8 export on 28 px data would fail
+    files = sorted((tmp_path / "data" / "train").rglob("*.png"))
+    seen = torch.cat([view.x_train, view.x_val])
     for row in baselines.values():
         session = ort.InferenceSession(row["file"], providers=["CPUExecutionProvider"])
         logits = session.run(None, {session.get_inputs()[0].name: view.x_val.numpy()})[0]
         assert row["val_acc"] == pytest.approx(float((logits.argmax(1) == view.y_val.numpy()).mean()))
+        manifest = json.loads((Path(row["file"]).parent / "manifest.json").read_text())
+        assert manifest["decode"] == {"crop_pct": 0.875, "interpolation": "bicubic"}
+        read = torch.from_numpy(Preprocessing.from_manifest(manifest).read(files))
+        assert read.shape == (len(files), 3, 32, 32)
+        assert all((seen == image).flatten(1).all(1).any() for image in read)  # each file: one of the view's rows
 
 
 def test_timm_pretrained_weights_come_from_the_local_hugging_face_cache(tmp_path, monkeypatch):

@@ -48,6 +48,8 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
         "class_names": list(data.class_names),
         "normalization": {"mean": list(inp.mean), "std": list(inp.std)},
     }
+    if data.decode_view:  # decoded from image files: the centre crop and resampling it was made with
+        manifest["decode"] = {"crop_pct": float(data.decode_view[0]), "interpolation": str(data.decode_view[1])}
     # export and its measurements run on the CPU (ONNX Runtime's CPU provider is the deployment
     # target); a GPU trial's network goes back to its device afterwards
     device = next(model.parameters()).device
