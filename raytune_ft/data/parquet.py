@@ -8,6 +8,7 @@ split (test/ shards, read only after a search). Ray is imported only inside thes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +97,17 @@ def parquet_info(cfg: TrialConfig) -> ParquetInfo:
     return ParquetInfo(names, files, rows, tuple(bad), labels, indices)
 
 
-def ray_datasets(cfg: TrialConfig, splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
+def ray_datasets(cfg: TrialConfig, splits: tuple[str, ...] = ("train", "val"), *,
+                 decode_view: tuple = ()) -> dict[str, Any]:
     """{"train": ray.data.Dataset, "val": ray.data.Dataset} streaming cfg.data_root's Parquet shards
     (`splits`: which; "test" only after a search, holdout.py).
 
     Rows after the map: `image` float32 (3, image_size, image_size) normalized with cfg.model's
     mean/std, `label` int64, `index` int64 (the stable sample index written by to_parquet).
+    Images are decoded in cfg.model's view (centre crop, interpolation) unless `decode_view`
+    (crop_pct, interpolation) says otherwise: a trial streams its training rows in the view its
+    validation split was decoded in (Splits.decode_view), which, with architectures that crop
+    differently, is the default model's rather than its own.
     Decoding (and, for train with cfg.augment, random resized crop + flip) runs in
     `map_batches` on CPU workers; rows with out-of-range labels or undecodable bytes raise a
     DataError naming the shard index, or are dropped under on_bad_image: skip. The train
@@ -120,6 +126,8 @@ def ray_datasets(cfg: TrialConfig, splits: tuple[str, ...] = ("train", "val")) -
     info = parquet_info(cfg)
     selection = parquet_selection(cfg, info)
     inp = models.input_config(cfg.model)
+    if decode_view:
+        inp = dataclasses.replace(inp, crop_pct=decode_view[0], interpolation=decode_view[1])
     out = {}
     for split in splits:
         if split not in info.files:

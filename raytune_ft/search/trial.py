@@ -186,9 +186,10 @@ def train_subset(y_train: torch.Tensor, cfg: TrialConfig) -> torch.Tensor:
     return torch.from_numpy(np.sort(keep))
 
 
-def _train_stream(cfg: TrialConfig) -> Any:
-    """The streamed training split for dataset parquet in this process, else None."""
-    return parquet.ray_datasets(cfg)["train"] if data_mod.streams(cfg) else None
+def _train_stream(cfg: TrialConfig, data: Splits) -> Any:
+    """The streamed training split for dataset parquet in this process, decoded as `data`'s
+    validation split was (its decode_view), else None."""
+    return parquet.ray_datasets(cfg, decode_view=data.decode_view)["train"] if data_mod.streams(cfg) else None
 
 
 def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
@@ -200,7 +201,7 @@ def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
     started = time.perf_counter()
     dist = train.Dist(device=_device(cfg))
-    batches, _, _ = training_inputs(cfg, data, dist=dist, stream=_train_stream(cfg))
+    batches, _, _ = training_inputs(cfg, data, dist=dist, stream=_train_stream(cfg, data))
 
     def report(metrics: dict[str, Any], _model: torch.nn.Module, _state: Any) -> None:
         print(f"[teacher] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
@@ -320,7 +321,7 @@ def tune_trial(
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp) if written else None)
 
     dist = train.Dist(device=_device(cfg))
-    batches, logits, teacher = training_inputs(cfg, data, dist=dist, stream=_train_stream(cfg),
+    batches, logits, teacher = training_inputs(cfg, data, dist=dist, stream=_train_stream(cfg, data),
                                                teacher_logits=teacher_logits, teacher_model=teacher_model)
     train.fit(
         cfg,
@@ -406,7 +407,7 @@ def _ray_train_trial(cfg: TrialConfig, data: Splits, teacher_logits: torch.Tenso
         train_loop_config={"cfg": cfg.to_dict(), "data": data, "teacher_logits": teacher_logits,
                            "trial_id": tune.get_context().get_trial_id(), "epoch_metrics": epoch_metrics,
                            "checkpoint_every": checkpoint_every, "teacher_model": teacher_model},
-        datasets={"train": _train_stream(cfg)} if data_mod.streams(cfg) else None,
+        datasets={"train": _train_stream(cfg, data)} if data_mod.streams(cfg) else None,
         scaling_config=ScalingConfig(num_workers=cfg.workers_per_trial, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -271,6 +273,17 @@ def test_parquet_streams_through_ray_data_as_torch_batches(tmp_path):
                 assert batch["label"].dtype == torch.int64
                 for x, label, index in zip(batch["image"], batch["label"], batch["index"], strict=True):
                     seen[int(index)] = (split, int(label), x)
+
+        def val_rows(c: TrialConfig, **kwargs) -> dict[int, torch.Tensor]:
+            stream = parquet.ray_datasets(c, ("val",), **kwargs)["val"].iter_torch_batches(batch_size=8)
+            return {int(i): x for batch in stream for x, i in zip(batch["image"], batch["index"], strict=True)}
+
+        # a trial streams its rows in the view its validation split was decoded in (a searched
+        # architecture's own crop can differ from it): Lite0 (0.875 crop, bicubic) in the whole-image view
+        lite = dataclasses.replace(cfg, model="efficientnet_lite0", augment=False)
+        whole = val_rows(dataclasses.replace(lite, model="compact_cnn_16"))
+        assert any(not torch.equal(x, whole[i]) for i, x in val_rows(lite).items())
+        assert all(torch.equal(x, whole[i]) for i, x in val_rows(lite, decode_view=(1.0, "bilinear")).items())
     finally:
         ray.shutdown()
     assert len(seen) == 18 and 99 not in seen  # every image once, the bad row dropped
