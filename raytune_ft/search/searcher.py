@@ -109,8 +109,9 @@ def make_searcher(space: Any, exp_dir: Path) -> Any:
     (early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv, the
     study itself optuna_journal.log, named after the experiment folder; the
     `search.initial` recipes are enqueued and run first, recipes.py), behind a ConcurrencyLimiter
-    with batch=True: a new group of trials is asked for only when the previous one finished, so
-    the sampler sees the same history on every run with the same seed. Tune pickles it."""
+    of search.max_concurrent trials: a new trial is asked for as soon as one ends, or, with
+    search.synchronous (batch=True), a new group only when the whole previous group ended, so the
+    sampler sees the same history on every run with the same seed. Tune pickles it."""
     from ray.tune.search import ConcurrencyLimiter
 
     from raytune_ft.config import TrialConfig
@@ -122,4 +123,4 @@ def make_searcher(space: Any, exp_dir: Path) -> Any:
                                           points_to_evaluate=[dict(r) for r in space.search.initial] or None,
                                           table_path=str(exp_dir / layout.OPTUNA_TRIALS_CSV),
                                           study_path=str(exp_dir / layout.OPTUNA_JOURNAL), study_name=exp_dir.name)
-    return ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent, batch=True)
+    return ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent, batch=space.search.synchronous)

@@ -64,6 +64,11 @@ class SearchSettings:
     sampler: str = "tpe"  # one of SAMPLERS; tpe: the best at a small budget (docs/benchmarks.md)
     num_samples: int = 12  # trials in the experiment
     max_concurrent: int = 1  # trials running at the same time
+    # false: a new trial is asked for as soon as one ends (no core idles). true: a new group of
+    # max_concurrent trials only when the whole previous group ended, so the sampler sees the same
+    # history on every run with the same seed (reproducible; a core idles while the group's longest
+    # trial runs: 20-25 % of the cores in the shipped Fashion-MNIST search, docs/benchmarks.md)
+    synchronous: bool = False
     seed: int = 0  # sampler seed
     population_size: int = 6  # NSGA-II generation size (ignored by the other samplers)
     n_startup_trials: int = 4  # finished trials (recipes included) before tpe / gp stop sampling at random
@@ -295,6 +300,9 @@ def parse_search(where: str, raw: dict[str, Any]) -> SearchSettings:
                 if name not in CALLBACKS:
                     fail(where, "search.callbacks", f"unknown callback {name!r}; choose from {', '.join(CALLBACKS)}")
             raw[key] = tuple(dict.fromkeys(names))
+        elif key == "synchronous":
+            if not isinstance(value, bool):
+                fail(where, "search.synchronous", f"must be true or false, got {value!r}")
         elif key == "data_fraction":
             if not is_number(value) or not 0 < value <= 1:
                 fail(where, "search.data_fraction", f"must be a number in (0, 1] (1: no subset stage), got {value!r}")

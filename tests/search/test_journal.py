@@ -24,7 +24,8 @@ EPOCHS = 2
 def space() -> Space:
     # two at a time, no seeded recipes: every trial is sampled
     return load_space(builtin_space_path("quickstart")).with_overrides(
-        [f"epochs={EPOCHS}", "search.max_concurrent=2", "search.initial=[]", "search.sampler=random"])
+        [f"epochs={EPOCHS}", "search.max_concurrent=2", "search.initial=[]", "search.sampler=random",
+         "search.synchronous=true"])
 
 
 def _searcher(space: Space, exp_dir: Path):
@@ -156,3 +157,18 @@ def test_a_resume_from_a_moved_folder_writes_into_the_new_one(space: Space, tmp_
     assert _rows(journal.load_study(moved / layout.OPTUNA_JOURNAL)) == [(0, "COMPLETE", "t0", [0.9, 2e6])]
     assert (moved / layout.OPTUNA_TRIALS_CSV).is_file() and not (first / layout.OPTUNA_TRIALS_CSV).exists()
     assert (first / layout.OPTUNA_JOURNAL).read_text() == written
+
+
+def test_a_new_trial_is_asked_for_as_soon_as_one_ends_unless_synchronous(space: Space, tmp_path: Path):
+    """Asynchronous (the default): the slot of a trial that ended is filled at once. synchronous:
+    only when the whole group of max_concurrent ended (reproducible sampling, idle cores)."""
+    for synchronous, refills in ((False, True), (True, False)):
+        exp = tmp_path / f"exp-{synchronous}"
+        exp.mkdir()
+        searcher = _searcher(space.with_overrides([f"search.synchronous={str(synchronous).lower()}"]), exp)
+        configs = {t: searcher.suggest(t) for t in ("t0", "t1")}
+        assert searcher.suggest("t2") is None  # two running: no third
+        _tell(searcher, "t0", configs["t0"], 0.9, 2e6)
+        assert (searcher.suggest("t2") is not None) is refills
+        _tell(searcher, "t1", configs["t1"], 0.8, 1e6)
+        assert searcher.suggest("t3") is not None

@@ -282,6 +282,7 @@ ERROR_CASES = {
         ["params", "{}"],
     ),
     "bad_sampler": (VALID + "search: {sampler: cmaes}\n", ["search.sampler", "'cmaes'"]),
+    "bad_synchronous": (VALID + "search: {synchronous: 1}\n", ["search.synchronous", "true or false", "1"]),
     "bad_num_samples": (VALID + "search: {num_samples: 0}\n", ["search.num_samples", "0"]),
     "unknown_search_key": (VALID + "search: {samples: 3}\n", ["search.samples", "'num_samples'"]),
     "teacher_technique_flag": (
