@@ -145,9 +145,11 @@ def main() -> None:
                                   **({"batch_size": batch} if batch else {}),
                                   **({"cpus_per_trial": args.threads} if args.threads else {}))
         view = teachers.teacher_splits(student_data, cfg)
-        record, model, seen = train_curve(cfg, view, label=f"teacher {cfg.model} {epochs}ep lr={lr:g} b{cfg.batch_size}")
+        record, model, seen = train_curve(cfg, view,
+                                          label=f"teacher {cfg.model} {epochs}ep lr={lr:g} b{cfg.batch_size}")
         logits = train.predict_logits(model, seen.x_train)
-        teacher_model = {"config": cfg.to_dict(), "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        teacher_model = {"config": cfg.to_dict(),
+                         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         results["teachers"].append(record)
         save()
 

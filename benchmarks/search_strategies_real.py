@@ -146,15 +146,39 @@ def cost_table(folders: dict[tuple[str, int], Path], table: pd.DataFrame,
     return out
 
 
-def curves(folders: dict[tuple[str, int], Path]) -> pd.DataFrame:
+REPLAYED = " (asynchronous replay)"
+
+
+def replay_asynchronous(trials: pd.DataFrame, slots: int) -> pd.DataFrame:
+    """The same trials as if a new one had started as soon as a slot freed (search.synchronous
+    false) instead of in groups of `slots`: each trial keeps its measured duration, and they start
+    in their recorded order, each at the earliest free slot. Exact only for a sampler whose
+    suggestions do not depend on earlier results (random search: its k-th draw is the same either
+    way); durations measured beside a different neighbour may differ slightly in reality."""
+    out = trials.copy()
+    order = out.sort_values(["start_time", "trial_id"], kind="stable").index
+    free = [float(out["start_time"].min())] * slots
+    for i in order:
+        duration = float(out.at[i, "end_time"]) - float(out.at[i, "start_time"])
+        if not np.isfinite(duration):
+            continue
+        slot = int(np.argmin(free))
+        out.at[i, "start_time"], out.at[i, "end_time"] = free[slot], free[slot] + duration
+        free[slot] += duration
+    return out
+
+
+def curves(folders: dict[tuple[str, int], Path], slots: int = 2) -> pd.DataFrame:
     """Hypervolume after each completed trial of every run, on one common normalisation (the first
-    run's dense teacher: the teacher is trained with the same seed-independent config each time)."""
+    run's dense teacher: the teacher is trained with the same seed-independent config each time).
+    A strategy named with REPLAYED is its run's trials replayed with `replay_asynchronous`."""
     exps = {key: results.load_experiment(folder) for key, folder in folders.items()}
     first = next(iter(exps.values()))
     scales = pareto.hv_scales(pd.concat([e.trials for e in exps.values()]), first.objectives, first.teacher)
     frames = []
     for (strategy, seed), exp in exps.items():
-        curve = pareto.hypervolume_curve(exp.trials, exp.objectives, scales, exp.start_time)
+        trials = replay_asynchronous(exp.trials, slots) if strategy.endswith(REPLAYED) else exp.trials
+        curve = pareto.hypervolume_curve(trials, exp.objectives, scales, exp.start_time)
         frames.append(curve.assign(strategy=strategy, seed=seed))
     return pd.concat(frames, ignore_index=True)
 
@@ -221,9 +245,14 @@ def main() -> None:
     p.add_argument("--promote", type=int, default=3, help="+fidelity: recipes retrained on all the data")
     p.add_argument("--at-minutes", nargs="+", type=float, default=[],
                    help="also read every run's hypervolume at these wall times (minutes of its trial phase)")
+    p.add_argument("--replay-asynchronous", nargs="+", default=[], metavar="STRATEGY",
+                   help="also read these strategies' runs (random search only: see replay_asynchronous) as if "
+                        "each trial had started as soon as a slot freed (a run made with search.synchronous true)")
+    p.add_argument("--slots", type=int, default=2, help="--replay-asynchronous: trials at a time")
     args = p.parse_args()
     folders = {(s, seed): run_search(s, seed, args) for s in args.strategies for seed in args.seeds}
-    table = curves(folders)
+    folders.update({(s + REPLAYED, seed): folders[s, seed] for s in args.replay_asynchronous for seed in args.seeds})
+    table = curves(folders, args.slots)
     out = Path(args.storage_path) / "hypervolume_curves.csv"
     table.to_csv(out, index=False)
     print(summary(table, args.num_samples).to_string(index=False, float_format=lambda v: f"{v:.4f}"))

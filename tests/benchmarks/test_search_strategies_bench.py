@@ -138,6 +138,21 @@ def test_hypervolume_at_a_wall_time_counts_only_trials_ended_by_then():
     assert real.hv_at(run, np.array([50.0, 100.0, 299.0, 300.0, 1e6])).tolist() == [0.0, 0.5, 0.5, 0.9, 0.9]
 
 
+def test_asynchronous_replay_starts_each_trial_when_a_slot_frees():
+    """Groups of two (measured with search.synchronous): a 1-min and a 5-min trial, then two more.
+    Replayed, the third starts when the short one ends, not when the group ended."""
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("search_strategies_real",
+                                                  ROOT / "benchmarks" / "search_strategies_real.py")
+    real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real)
+    trials = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "start_time": [0.0, 0.0, 300.0, 300.0],
+                           "end_time": [60.0, 300.0, 420.0, 360.0]})
+    out = real.replay_asynchronous(trials, slots=2).set_index("trial_id")
+    assert out["start_time"].to_dict() == {"a": 0.0, "b": 0.0, "c": 60.0, "d": 180.0}
+    assert out["end_time"].to_dict() == {"a": 60.0, "b": 300.0, "c": 180.0, "d": 240.0}  # durations kept
+
 def test_cost_to_front_strategy_names_become_search_arguments():
     spec = importlib.util.spec_from_file_location("search_strategies_real",
                                                   ROOT / "benchmarks" / "search_strategies_real.py")
