@@ -22,7 +22,8 @@ completed trials and against minutes, the median over seeds and the min-max band
 
 Cost to front (issue 20): strategy names also take `+fidelity` (a two-stage search:
 `search.data_fraction` = --fraction, `search.promote` = --promote), `+fulldata` (data_fraction 1:
-undo a space that ships with fidelity), `+mo_asha` (the MO-ASHA scheduler) and `by_hand` (the
+undo a space that ships with fidelity), `+mo_asha` (the MO-ASHA scheduler), `+synchronous` (trials
+in groups of max_concurrent, reproducible; the runs of 2026-12-05 were made so) and `by_hand` (the
 pipeline a practitioner runs by hand: one run of the space's first `initial` recipe — gradual
 magnitude pruning, distillation from the dense teacher, int8 — literature defaults). The dense
 teacher's own fp32 and int8 files (what a user ships first) come with every run (baselines).
@@ -81,10 +82,10 @@ def strategy_args(strategy: str, num_samples: int, fraction: float, promote: int
     if strategy == "by_hand":  # the space's first recipe, alone, on all the data
         return ["--num-samples", "1", "--set", "search.data_fraction=1"]
     sampler, *variants = strategy.split("+")
-    unknown = set(variants) - {"unseeded", "fidelity", "fulldata", "mo_asha"}
+    unknown = set(variants) - {"unseeded", "fidelity", "fulldata", "mo_asha", "synchronous"}
     if sampler not in ("random", "tpe", "gp", "nsga2") or unknown:
         raise SystemExit(f"unknown strategy {strategy!r}: a sampler (random, tpe, gp, nsga2) with optional "
-                         "+unseeded, +fidelity, +fulldata, +mo_asha; or by_hand")
+                         "+unseeded, +fidelity, +fulldata, +mo_asha, +synchronous; or by_hand")
     out = ["--num-samples", str(num_samples), "--set", f"search.sampler={sampler}"]
     if "unseeded" in variants:
         out += ["--set", "search.initial=[]"]
@@ -94,6 +95,8 @@ def strategy_args(strategy: str, num_samples: int, fraction: float, promote: int
         out += ["--set", "search.data_fraction=1"]
     if "mo_asha" in variants:
         out += ["--set", "scheduler.type=mo_asha"]
+    if "synchronous" in variants:
+        out += ["--set", "search.synchronous=true"]
     return out
 
 
@@ -249,9 +252,22 @@ def main() -> None:
                    help="also read these strategies' runs (random search only: see replay_asynchronous) as if "
                         "each trial had started as soon as a slot freed (a run made with search.synchronous true)")
     p.add_argument("--slots", type=int, default=2, help="--replay-asynchronous: trials at a time")
+    p.add_argument("--read-only", action="store_true",
+                   help="run nothing: read the finished runs among --strategies x --seeds, name the others")
     args = p.parse_args()
-    folders = {(s, seed): run_search(s, seed, args) for s in args.strategies for seed in args.seeds}
-    folders.update({(s + REPLAYED, seed): folders[s, seed] for s in args.replay_asynchronous for seed in args.seeds})
+    if args.read_only:
+        folders = {}
+        for s in args.strategies:
+            for seed in args.seeds:
+                folder = Path(args.storage_path) / run_name(s, seed)
+                if folder.is_dir() and results.load_experiment(folder).state == "finished":
+                    folders[s, seed] = folder
+                else:
+                    print(f"{folder}: not a finished run, left out", flush=True)
+    else:
+        folders = {(s, seed): run_search(s, seed, args) for s in args.strategies for seed in args.seeds}
+    folders.update({(s + REPLAYED, seed): folders[s, seed] for s in args.replay_asynchronous for seed in args.seeds
+                    if (s, seed) in folders})
     table = curves(folders, args.slots)
     out = Path(args.storage_path) / "hypervolume_curves.csv"
     table.to_csv(out, index=False)

@@ -163,5 +163,6 @@ def test_cost_to_front_strategy_names_become_search_arguments():
     assert args[:2] == ["--num-samples", "12"] and "search.data_fraction=0.25" in args and "search.promote=3" in args
     assert "scheduler.type=mo_asha" in args and "search.initial=[]" not in args
     assert "search.initial=[]" in real.strategy_args("random+unseeded+fulldata", 4, 0.5, 2)
+    assert "search.synchronous=true" in real.strategy_args("tpe+synchronous", 4, 0.5, 2)
     with pytest.raises(SystemExit, match="unknown strategy 'tpe\\+bogus'"):
         real.strategy_args("tpe+bogus", 4, 0.5, 2)
