@@ -159,6 +159,8 @@ def replay_asynchronous(trials: pd.DataFrame, slots: int) -> pd.DataFrame:
     suggestions do not depend on earlier results (random search: its k-th draw is the same either
     way); durations measured beside a different neighbour may differ slightly in reality."""
     out = trials.copy()
+    out["start_time"], out["end_time"] = (pd.to_numeric(out[c], errors="coerce").astype(float)
+                                          for c in ("start_time", "end_time"))
     order = out.sort_values(["start_time", "trial_id"], kind="stable").index
     free = [float(out["start_time"].min())] * slots
     for i in order:
@@ -264,6 +266,8 @@ def main() -> None:
                     folders[s, seed] = folder
                 else:
                     print(f"{folder}: not a finished run, left out", flush=True)
+        if not folders:
+            raise SystemExit(f"--read-only: no finished run under {args.storage_path}")
     else:
         folders = {(s, seed): run_search(s, seed, args) for s in args.strategies for seed in args.seeds}
     folders.update({(s + REPLAYED, seed): folders[s, seed] for s in args.replay_asynchronous for seed in args.seeds
