@@ -22,7 +22,8 @@ completed trials and against minutes, the median over seeds and the min-max band
 
 Cost to front (issue 20): strategy names also take `+fidelity` (a two-stage search:
 `search.data_fraction` = --fraction, `search.promote` = --promote), `+fulldata` (data_fraction 1:
-undo a space that ships with fidelity), `+mo_asha` (the MO-ASHA scheduler), `+synchronous` (trials
+undo a space that ships with fidelity), `+mo_asha` (the MO-ASHA scheduler), `+fifo` (no scheduler:
+undo a space that ships with one), `+synchronous` (trials
 in groups of max_concurrent, reproducible; the runs of 2026-12-05 were made so) and `by_hand` (the
 pipeline a practitioner runs by hand: one run of the space's first `initial` recipe — gradual
 magnitude pruning, distillation from the dense teacher, int8 — literature defaults). The dense
@@ -82,10 +83,10 @@ def strategy_args(strategy: str, num_samples: int, fraction: float, promote: int
     if strategy == "by_hand":  # the space's first recipe, alone, on all the data
         return ["--num-samples", "1", "--set", "search.data_fraction=1"]
     sampler, *variants = strategy.split("+")
-    unknown = set(variants) - {"unseeded", "fidelity", "fulldata", "mo_asha", "synchronous"}
+    unknown = set(variants) - {"unseeded", "fidelity", "fulldata", "mo_asha", "synchronous", "fifo"}
     if sampler not in ("random", "tpe", "gp", "nsga2") or unknown:
         raise SystemExit(f"unknown strategy {strategy!r}: a sampler (random, tpe, gp, nsga2) with optional "
-                         "+unseeded, +fidelity, +fulldata, +mo_asha, +synchronous; or by_hand")
+                         "+unseeded, +fidelity, +fulldata, +mo_asha, +fifo, +synchronous; or by_hand")
     out = ["--num-samples", str(num_samples), "--set", f"search.sampler={sampler}"]
     if "unseeded" in variants:
         out += ["--set", "search.initial=[]"]
@@ -95,6 +96,8 @@ def strategy_args(strategy: str, num_samples: int, fraction: float, promote: int
         out += ["--set", "search.data_fraction=1"]
     if "mo_asha" in variants:
         out += ["--set", "scheduler.type=mo_asha"]
+    if "fifo" in variants:
+        out += ["--set", "scheduler=none"]
     if "synchronous" in variants:
         out += ["--set", "search.synchronous=true"]
     return out

@@ -105,6 +105,11 @@ class Space:
                     )
                 else:
                     fail(where, key, unknown_key_message(sub, ["checkpoint", *FIELD_TYPES]))
+            elif key == "scheduler":  # --set scheduler=none: every trial trains to the end
+                if value not in (None, "none"):
+                    fail(where, "scheduler", f"--set scheduler= takes only none (no early stopping), got {value!r}; "
+                         "set its fields as scheduler.type=mo_asha, scheduler.grace_period=...")
+                scheduler = None
             elif dot and section == "scheduler":
                 raw = dataclasses.asdict(scheduler) if scheduler else {}
                 scheduler = parse_scheduler(where, {**raw, sub: value})
@@ -124,7 +129,7 @@ class Space:
             else:
                 valid = [*FIELD_TYPES, "teacher.checkpoint", "teacher.<field>"]
                 valid += [f"search.{k}" for k in search_fields()]
-                valid += [f"scheduler.{f.name}" for f in dataclasses.fields(SchedulerSettings)]
+                valid += ["scheduler", *(f"scheduler.{f.name}" for f in dataclasses.fields(SchedulerSettings))]
                 fail(where, "", unknown_key_message(key, valid))
         # Fields can depend on each other (pruning_start <= pruning_end): check them together.
         where = f"{self.path} with {' '.join(f'--set {a}' for a in assignments)}"

@@ -164,5 +164,6 @@ def test_cost_to_front_strategy_names_become_search_arguments():
     assert "scheduler.type=mo_asha" in args and "search.initial=[]" not in args
     assert "search.initial=[]" in real.strategy_args("random+unseeded+fulldata", 4, 0.5, 2)
     assert "search.synchronous=true" in real.strategy_args("tpe+synchronous", 4, 0.5, 2)
+    assert "scheduler=none" in real.strategy_args("tpe+fifo", 4, 0.5, 2)
     with pytest.raises(SystemExit, match="unknown strategy 'tpe\\+bogus'"):
         real.strategy_args("tpe+bogus", 4, 0.5, 2)

@@ -178,14 +178,17 @@ def test_mo_asha_ranks_the_int8_file_size_but_refuses_int8_sizes_it_cannot_stand
     path = spaces.builtin_space_path("fashion_mnist")
     space = spaces.load_space(path)
     assert space.fixed["use_quantization"] is True
-    ranked = space.with_overrides(["scheduler.type=mo_asha", "scheduler.grace_period=3"])
+    assert space.scheduler is not None and space.scheduler.type == "mo_asha"  # shipped with it
+    assert space.with_overrides(["scheduler=none"]).scheduler is None  # trains every trial to the end
+    with pytest.raises(SpaceError, match=r"scheduler.*takes only none.*got 'fifo'"):
+        space.with_overrides(["scheduler=fifo"])
+    ranked = space.with_overrides(["scheduler.grace_period=3"])
     assert ranked.objectives == {"val_acc": "max", "model_bytes_compressed": "min"}
     text = open(path).read()
     assert "\n  model_bytes_compressed: min" in text
     for metric in ("nonzero_params", "model_bytes"):
         bad = tmp_path / f"{metric}.yaml"
-        bad.write_text(text.replace("\n  model_bytes_compressed: min", f"\n  {metric}: min")
-                       + "\nscheduler: {type: mo_asha, grace_period: 3}\n")
+        bad.write_text(text.replace("\n  model_bytes_compressed: min", f"\n  {metric}: min"))
         with pytest.raises(SpaceError) as err:
             spaces.load_space(bad)
         for fragment in (str(bad), f"objectives.{metric}", "use_quantization", "model_bytes_compressed",
