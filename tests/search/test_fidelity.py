@@ -4,6 +4,7 @@ trains on, how the two stages are joined and compared; and a real two-stage sear
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -114,6 +115,12 @@ def test_two_stage_search_promotes_retrains_and_resumes_without_repeating_stage_
         assert set(front["trial_id"]) <= set(stage2["trial_id"])  # the front is made of full-data trials
         summary = json.loads((exp / "fidelity.json").read_text())
         assert summary["n"] == 2 and "kendall_tau" in summary
+        from raytune_ft.report import results
+
+        assert results.load_experiment(exp).state == "finished"
+        killed = tmp_path / "killed"  # as a kill during stage 2 leaves it: stage 1 only
+        shutil.copytree(exp, killed, ignore=shutil.ignore_patterns("stage2", "trials.csv", "pareto.csv"))
+        assert results.load_experiment(killed).state == "unfinished"
         from raytune_ft import analyze
 
         assert analyze.main([str(exp), "--out", str(tmp_path / "report")]) == 0
