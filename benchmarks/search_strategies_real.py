@@ -57,13 +57,16 @@ def run_name(strategy: str, seed: int) -> str:
     return f"{strategy.replace('+', '_')}-s{seed}"
 
 
+def finished(folder: Path) -> bool:
+    """Whether `folder` holds a search that ran to its end (both stages of a two-stage one)."""
+    return folder.is_dir() and results.load_experiment(folder).state == "finished"
+
+
 def run_search(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     folder = Path(args.storage_path) / run_name(strategy, seed)
-    if folder.is_dir():
-        exp = results.load_experiment(folder)
-        if exp.state == "finished":
-            print(f"{folder.name}: finished earlier, read", flush=True)
-            return folder
+    if finished(folder):
+        print(f"{folder.name}: finished earlier, read", flush=True)
+        return folder
     cmd = [sys.executable, "-m", "raytune_ft.search", "--space", args.space, "--seed", str(seed),
            "--storage-path", str(args.storage_path), "--name", folder.name,
            *strategy_args(strategy, args.num_samples, args.fraction, args.promote)]
@@ -265,7 +268,7 @@ def main() -> None:
         for s in args.strategies:
             for seed in args.seeds:
                 folder = Path(args.storage_path) / run_name(s, seed)
-                if folder.is_dir() and results.load_experiment(folder).state == "finished":
+                if finished(folder):
                     folders[s, seed] = folder
                 else:
                     print(f"{folder}: not a finished run, left out", flush=True)

@@ -101,15 +101,21 @@ def test_mo_asha_planned_ranks_the_final_size(bench, space):
     assert planned["trials"].iloc[-1] > planned["trials_done"].iloc[0]  # MO-ASHA stopped some trials
 
 
-def test_real_runs_summary_measures_the_budget_to_reach_random_searchs_final_hypervolume():
+@pytest.fixture(scope="module")
+def real():
+    """benchmarks/search_strategies_real.py as a module."""
+    spec = importlib.util.spec_from_file_location("search_strategies_real",
+                                                  ROOT / "benchmarks" / "search_strategies_real.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_real_runs_summary_measures_the_budget_to_reach_random_searchs_final_hypervolume(real):
     """benchmarks/search_strategies_real.py: the fraction of trials at which each seed first reaches
     the median final HV of random search (unseeded when it ran), and 'never' as infinity."""
     import pandas as pd
 
-    spec = importlib.util.spec_from_file_location("search_strategies_real",
-                                                  ROOT / "benchmarks" / "search_strategies_real.py")
-    real = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(real)
     rows = []
     for strategy, seed, curve in (("random+unseeded", 0, [0.1, 0.3, 0.5, 0.5]),
                                   ("random+unseeded", 1, [0.2, 0.4, 0.6, 0.7]),  # target: median(0.5, 0.7) = 0.6
@@ -125,39 +131,27 @@ def test_real_runs_summary_measures_the_budget_to_reach_random_searchs_final_hyp
     assert table.loc["tpe", "final_hv_median"] == pytest.approx(0.675)
 
 
-def test_hypervolume_at_a_wall_time_counts_only_trials_ended_by_then():
+def test_hypervolume_at_a_wall_time_counts_only_trials_ended_by_then(real):
     """A trial's hypervolume counts from the moment it ends: between two ends the curve is flat
     (an interpolation would credit the next trial's result before it existed)."""
     import pandas as pd
 
-    spec = importlib.util.spec_from_file_location("search_strategies_real",
-                                                  ROOT / "benchmarks" / "search_strategies_real.py")
-    real = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(real)
     run = pd.DataFrame({"elapsed_s": [300.0, 100.0], "hypervolume": [0.9, 0.5]})  # unsorted on purpose
     assert real.hv_at(run, np.array([50.0, 100.0, 299.0, 300.0, 1e6])).tolist() == [0.0, 0.5, 0.5, 0.9, 0.9]
 
 
-def test_asynchronous_replay_starts_each_trial_when_a_slot_frees():
+def test_asynchronous_replay_starts_each_trial_when_a_slot_frees(real):
     """Groups of two (measured with search.synchronous): a 1-min and a 5-min trial, then two more.
     Replayed, the third starts when the short one ends, not when the group ended."""
     import pandas as pd
 
-    spec = importlib.util.spec_from_file_location("search_strategies_real",
-                                                  ROOT / "benchmarks" / "search_strategies_real.py")
-    real = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(real)
     trials = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "start_time": [0.0, 0.0, 300.0, 300.0],
                            "end_time": [60.0, 300.0, 420.0, 360.0]})
     out = real.replay_asynchronous(trials, slots=2).set_index("trial_id")
     assert out["start_time"].to_dict() == {"a": 0.0, "b": 0.0, "c": 60.0, "d": 180.0}
     assert out["end_time"].to_dict() == {"a": 60.0, "b": 300.0, "c": 180.0, "d": 240.0}  # durations kept
 
-def test_cost_to_front_strategy_names_become_search_arguments():
-    spec = importlib.util.spec_from_file_location("search_strategies_real",
-                                                  ROOT / "benchmarks" / "search_strategies_real.py")
-    real = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(real)
+def test_cost_to_front_strategy_names_become_search_arguments(real):
     assert real.strategy_args("by_hand", 12, 0.25, 3) == ["--num-samples", "1", "--set", "search.data_fraction=1"]
     args = real.strategy_args("tpe+fidelity+mo_asha", 12, 0.25, 3)
     assert args[:2] == ["--num-samples", "12"] and "search.data_fraction=0.25" in args and "search.promote=3" in args
