@@ -106,29 +106,39 @@ def strategy_args(strategy: str, num_samples: int, fraction: float, promote: int
     return out
 
 
-def hv_at(run: pd.DataFrame, seconds: np.ndarray | float) -> np.ndarray:
-    """Hypervolume of the trials `run` had completed by each of `seconds` (a step function: a
-    trial counts from the moment it ends, never earlier; 0 before the first)."""
-    run = run.sort_values("elapsed_s")
-    index = np.searchsorted(run["elapsed_s"].to_numpy(), np.atleast_1d(seconds), side="right") - 1
+# The clock the curves are read on: (column of `curves`, its units per --at-minutes unit, suffix, axis label).
+# "minutes": wall time from the search's start, comparable between runs on one machine. "fine-tunes":
+# the same wall time divided by the run's own dense full-data fine-tune (its teacher's wall_time_s),
+# which puts runs made on different CPUs on one scale.
+CLOCKS = {"minutes": ("elapsed_s", 60.0, "min", "wall time (min)"),
+          "fine-tunes": ("fine_tunes", 1.0, "ft", "wall time (dense full-data fine-tunes, each run's own)")}
+
+
+def hv_at(run: pd.DataFrame, seconds: np.ndarray | float, column: str = "elapsed_s") -> np.ndarray:
+    """Hypervolume of the trials `run` had completed by each of `seconds` on the clock `column` (a
+    step function: a trial counts from the moment it ends, never earlier; 0 before the first)."""
+    run = run.sort_values(column)
+    index = np.searchsorted(run[column].to_numpy(), np.atleast_1d(seconds), side="right") - 1
     return np.where(index >= 0, run["hypervolume"].to_numpy()[np.maximum(index, 0)], 0.0)
 
 
 def cost_table(folders: dict[tuple[str, int], Path], table: pd.DataFrame,
-               at_minutes: list[float] | None = None) -> pd.DataFrame:
+               at_minutes: list[float] | None = None, clock: str = "minutes") -> pd.DataFrame:
     """Per strategy (median over seeds, min-max): wall time in minutes and in dense fine-tunes, the
-    hypervolume at equal wall time (the shortest run's end, and each of `at_minutes`), the best
-    test accuracy at <= 1 MB and <= 400 KB; plus the dense teacher's fp32 and int8 files (from the
-    first run)."""
-    equal = table.groupby(["strategy", "seed"])["elapsed_s"].max().min()  # the shortest run's end
+    hypervolume at equal wall time (the shortest run's end, and each of `at_minutes`, read on
+    `clock`: minutes or dense fine-tunes, CLOCKS), the best test accuracy at <= 1 MB and <= 400 KB;
+    plus the dense teacher's fp32 and int8 files (from the first run)."""
+    column, per_unit, suffix, _ = CLOCKS[clock]
+    equal = table.groupby(["strategy", "seed"])[column].max().min()  # the shortest run's end
     rows, dense = [], None
     for (strategy, seed), folder in folders.items():
         exp = results.load_experiment(folder)
         teacher = exp.teacher or {}
         unit = teacher.get("wall_time_s")
         run = table[(table["strategy"] == strategy) & (table["seed"] == seed)].sort_values("elapsed_s")
-        hv_equal = float(hv_at(run, equal)[0]) if len(run) else 0.0
-        budgets = {f"hv_at_{m:g}_min": float(hv_at(run, m * 60)[0]) if len(run) else 0.0 for m in at_minutes or []}
+        hv_equal = float(hv_at(run, equal, column)[0]) if len(run) else 0.0
+        budgets = {f"hv_at_{m:g}_{suffix}": float(hv_at(run, m * per_unit, column)[0]) if len(run) else 0.0
+                   for m in at_minutes or []}
         front = pd.read_csv(folder / "pareto.csv") if (folder / "pareto.csv").is_file() else pd.DataFrame()
         best = {}
         for label, limit in (("test_acc_le_1MB", 1e6), ("test_acc_le_400KB", 4e5)):
@@ -145,7 +155,7 @@ def cost_table(folders: dict[tuple[str, int], Path], table: pd.DataFrame,
     out = frame.groupby("strategy", sort=False).agg(["median", "min", "max"])
     out.columns = [f"{a}_{b}" for a, b in out.columns]
     out = out.drop(columns=[c for c in out.columns if c.startswith("seed_")]).reset_index()
-    out.attrs["equal_time_min"] = equal / 60
+    out.attrs["equal_time"] = f"{equal / per_unit:.2f} {suffix}"
     if dense is not None:
         for name, row in dense["baselines"].items():
             size = row.get("model_bytes_compressed", np.nan)
@@ -190,7 +200,9 @@ def curves(folders: dict[tuple[str, int], Path], slots: int = 2) -> pd.DataFrame
     for (strategy, seed), exp in exps.items():
         trials = replay_asynchronous(exp.trials, slots) if strategy.endswith(REPLAYED) else exp.trials
         curve = pareto.hypervolume_curve(trials, exp.objectives, scales, exp.start_time)
-        frames.append(curve.assign(strategy=strategy, seed=seed))
+        unit = (exp.teacher or {}).get("wall_time_s")
+        frames.append(curve.assign(strategy=strategy, seed=seed,
+                                   fine_tunes=curve["elapsed_s"] / unit if unit else np.nan))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -215,29 +227,33 @@ def summary(table: pd.DataFrame, budget: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot(table: pd.DataFrame, path: Path) -> None:
+def plot(table: pd.DataFrame, path: Path, clock: str = "minutes") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
     for strategy, group in table.groupby("strategy", sort=False):
         by_k = group.pivot_table(index="completed", columns="seed", values="hypervolume").ffill()
         line = axes[0].plot(by_k.index, by_k.median(axis=1), label=strategy)[0]
         axes[0].fill_between(by_k.index, by_k.min(axis=1), by_k.max(axis=1), color=line.get_color(), alpha=0.15)
-        grid = np.linspace(0, group["elapsed_s"].max(), 60)
-        per_seed = [hv_at(run, grid) for _, run in group.groupby("seed")]
+        column, per_unit, _, _ = CLOCKS[clock]
+        grid = np.linspace(0, group[column].max(), 200)
+        per_seed = [hv_at(run, grid, column) for _, run in group.groupby("seed")]
         stack = np.vstack(per_seed)
-        axes[1].plot(grid / 60, np.median(stack, axis=0), color=line.get_color(), label=strategy)
-        axes[1].fill_between(grid / 60, stack.min(axis=0), stack.max(axis=0), color=line.get_color(), alpha=0.15)
+        axes[1].step(grid / per_unit, np.median(stack, axis=0), where="post", color=line.get_color())
+        axes[1].fill_between(grid / per_unit, stack.min(axis=0), stack.max(axis=0), step="post",
+                             color=line.get_color(), alpha=0.15)
+    shown = table.loc[table["hypervolume"] > 0, "hypervolume"]  # 0 before a run's first trial: off the axis
+    limits = (shown.min() - 0.005, shown.max() + 0.005)
     axes[0].set(xlabel="completed trials", ylabel="hypervolume (normalised)")
-    axes[1].set(xlabel="wall time (min)", ylabel="hypervolume (normalised)")
+    axes[1].set(xlabel=CLOCKS[clock][3], ylabel="hypervolume (normalised)", ylim=limits)
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=9)
     fig.suptitle("Real searches: hypervolume, median over seeds and min-max band")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=120)
 
 
@@ -255,7 +271,11 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.25, help="+fidelity: the subset stage's data fraction")
     p.add_argument("--promote", type=int, default=3, help="+fidelity: recipes retrained on all the data")
     p.add_argument("--at-minutes", nargs="+", type=float, default=[],
-                   help="also read every run's hypervolume at these wall times (minutes of its trial phase)")
+                   help="also read every run's hypervolume at these wall times of its trial phase (minutes, "
+                        "or dense fine-tunes with --clock fine-tunes)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="minutes",
+                   help="read hypervolume against minutes (runs on one machine) or against each run's own dense "
+                        "full-data fine-tunes (runs made on different CPUs)")
     p.add_argument("--replay-asynchronous", nargs="+", default=[], metavar="STRATEGY",
                    help="also read these strategies' runs (random search only: see replay_asynchronous) as if "
                         "each trial had started as soon as a slot freed (a run made with search.synchronous true)")
@@ -282,11 +302,11 @@ def main() -> None:
     out = Path(args.storage_path) / "hypervolume_curves.csv"
     table.to_csv(out, index=False)
     print(summary(table, args.num_samples).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    costs = cost_table(folders, table, args.at_minutes)
+    costs = cost_table(folders, table, args.at_minutes, args.clock)
     costs.to_csv(Path(args.storage_path) / "cost_to_front.csv", index=False)
-    print(f"\ncost to front (hypervolume read at {costs.attrs['equal_time_min']:.1f} min, the shortest run):")
+    print(f"\ncost to front (hypervolume read at {costs.attrs['equal_time']}, the shortest run):")
     print(costs.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    plot(table, Path(args.plot))
+    plot(table, Path(args.plot), args.clock)
     print(f"wrote {out} and {args.plot}")
 
 

@@ -161,3 +161,24 @@ def test_cost_to_front_strategy_names_become_search_arguments(real):
     assert "scheduler=none" in real.strategy_args("tpe+fifo", 4, 0.5, 2)
     with pytest.raises(SystemExit, match="unknown strategy 'tpe\\+bogus'"):
         real.strategy_args("tpe+bogus", 4, 0.5, 2)
+
+
+def test_the_fine_tune_clock_divides_each_runs_wall_time_by_its_own_dense_fine_tune(real):
+    """Runs made on different CPUs compare on one clock: the wall time over the run's own dense
+    full-data fine-tune (its teacher's wall_time_s). Read on the recorded cost-to-front runs, whose
+    teachers took 507.7 s and 538.6 s: the same hypervolume at 1 fine-tune as at that many seconds."""
+    import json
+
+    runs = ROOT / "docs" / "cost_to_front" / "runs"
+    folders = {("c", 0): runs / "random_unseeded_fulldata_synchronous-s0", ("e", 0): runs / "tpe_mo_asha-s0"}
+    table = real.curves(folders)
+    units = {k: json.loads((f / "teacher.json").read_text())["wall_time_s"] for k, f in folders.items()}
+    assert units[("c", 0)] != units[("e", 0)]
+    for (strategy, seed), unit in units.items():
+        run = table[(table["strategy"] == strategy) & (table["seed"] == seed)]
+        assert np.allclose(run["fine_tunes"], run["elapsed_s"] / unit)
+    minutes = real.cost_table(folders, table, [unit / 60 for unit in units.values()])
+    tunes = real.cost_table(folders, table, [1.0], clock="fine-tunes").set_index("strategy")
+    assert tunes.loc["e", "hv_at_1_ft_median"] == minutes.set_index("strategy").loc["e", f"hv_at_{units['e', 0] / 60:g}_min_median"]
+    assert tunes.loc["c", "hv_at_1_ft_median"] == minutes.set_index("strategy").loc["c", f"hv_at_{units['c', 0] / 60:g}_min_median"]
+    assert tunes.attrs["equal_time"].endswith(" ft")
