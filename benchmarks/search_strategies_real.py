@@ -31,7 +31,9 @@ teacher's own fp32 and int8 files (what a user ships first) come with every run 
 The cost table gives, per strategy, the wall time in minutes and in units of one dense full-data
 fine-tune (the teacher's own wall_time_s, measured in the same run), the hypervolume at equal wall
 time (each run's curve read at the shortest run's end), and the best test accuracy of a front file
-at <= 1 MB and <= 400 KB (gzip of the deployed file, `model_bytes_compressed`).
+at <= 1 MB and <= 400 KB (gzip of the deployed file, `model_bytes_compressed`). With `--clock
+fine-tunes` the curves, the equal-time reading and `--at-minutes` use each run's wall time divided
+by its own dense fine-tune instead of minutes: the scale on which runs made on different CPUs compare.
 
     PYTHONPATH=. python benchmarks/search_strategies_real.py --space fashion_mnist --seeds 0 1 2 \
         --strategies by_hand random+unseeded+fulldata tpe tpe+mo_asha --storage-path runs/cost \
