@@ -175,7 +175,7 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
         return source, teacher_logits, None
     if teacher_model is None:
         raise ValueError("use_kd with augment or dataset parquet needs the teacher model (online teacher)")
-    return source, None, teachers.build_online_teacher(teacher_model, cfg, data.num_classes)
+    return source, None, teachers.build_online_teacher(teacher_model, cfg, data.num_classes, data.decode_view)
 
 
 def train_subset(y_train: torch.Tensor, cfg: TrialConfig) -> torch.Tensor:

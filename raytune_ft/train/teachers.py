@@ -31,12 +31,19 @@ class TeacherInput(nn.Module):
     """`teacher(adapt(x))` for a batch `x` in the student's view: normalized with (mean_s, std_s)
     at the student's size. adapt(x) = x · std_s/std_t + (mean_s − mean_t)/std_t per channel (the
     same pixels, normalized with the teacher's mean_t, std_t), then resized bilinearly to the
-    teacher's `image_size` (antialiased when shrinking). The identity when both views agree."""
+    teacher's `image_size` (antialiased when shrinking). The identity when both views agree.
+
+    `crop` < 1 (images decoded from files, where the teacher's centre crop is tighter than the
+    students': crop = teacher crop_pct / the students' decode crop_pct): the central `crop` of each
+    side is what the teacher sees, as its own decode would have cut it, so that it is not asked
+    about a view it was never trained on (Lite0 crops 0.875; compact CNNs see the whole image)."""
 
     def __init__(self, teacher: nn.Module, *, student: models.InputConfig, teacher_input: models.InputConfig,
-                 image_size: int) -> None:
+                 image_size: int, crop: float = 1.0) -> None:
         super().__init__()
-        self.teacher, self.image_size = teacher, image_size
+        if not 0 < crop <= 1:
+            raise ValueError(f"crop must be in (0, 1], the fraction of each side the teacher sees; got {crop}")
+        self.teacher, self.image_size, self.crop = teacher, image_size, float(crop)
         s_mean, s_std = torch.tensor(student.mean), torch.tensor(student.std)
         t_mean, t_std = torch.tensor(teacher_input.mean), torch.tensor(teacher_input.std)
         self.register_buffer("scale", (s_std / t_std).view(1, 3, 1, 1), persistent=False)
@@ -46,20 +53,37 @@ class TeacherInput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.identity_norm:
             x = x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+        if self.crop < 1:
+            x = centre_crop(x, self.crop, self.image_size)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
                               antialias=self.image_size < x.shape[-1])
         return self.teacher(x)
 
 
-def build_online_teacher(teacher_model: dict[str, Any], student_cfg: TrialConfig, num_classes: int) -> nn.Module:
+def centre_crop(x: torch.Tensor, crop: float, size: int) -> torch.Tensor:
+    """The central `crop` fraction of each side of a batch (n, C, H, W), resampled bilinearly to
+    (size, size): the exact region (not rounded to whole pixels), antialiased first when it shrinks."""
+    if size < crop * x.shape[-1]:  # shrinking: antialias the whole image to the scale of the result
+        x = F.interpolate(x, size=(round(size / crop),) * 2, mode="bilinear", align_corners=False, antialias=True)
+    theta = torch.tensor([[crop, 0.0, 0.0], [0.0, crop, 0.0]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta.expand(len(x), 2, 3), [len(x), x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def build_online_teacher(teacher_model: dict[str, Any], student_cfg: TrialConfig, num_classes: int,
+                         decode_view: tuple = ()) -> nn.Module:
     """The teacher of `teacher_model` ({"config", "state_dict"}, as search.obtain_teacher returns it)
-    wrapped to take `student_cfg`'s batches (TeacherInput), in eval mode."""
+    wrapped to take `student_cfg`'s batches (TeacherInput), in eval mode. `decode_view`: the
+    students' (crop_pct, interpolation) when their images were decoded from files (Splits.decode_view);
+    the teacher then sees its own, tighter centre crop of each batch."""
     teacher_cfg = TrialConfig.from_dict(teacher_model["config"])
     model = models.build_model(teacher_cfg.model, num_classes, weights="none", dropout=teacher_cfg.dropout)
     model.load_state_dict(teacher_model["state_dict"])
-    wrapped = TeacherInput(model, student=models.input_config(student_cfg.model),
-                           teacher_input=models.input_config(teacher_cfg.model), image_size=teacher_cfg.image_size)
+    teacher_input = models.input_config(teacher_cfg.model)
+    crop = min(1.0, teacher_input.crop_pct / float(decode_view[0])) if decode_view else 1.0
+    wrapped = TeacherInput(model, student=models.input_config(student_cfg.model), teacher_input=teacher_input,
+                           image_size=teacher_cfg.image_size, crop=crop)
     return wrapped.eval()
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -256,3 +257,56 @@ def test_students_of_two_architectures_share_one_front_and_reload(tmp_path):
         assert abs(acc - row.val_acc) <= 1 / len(splits.y_val) + 1e-9
         manifest = json.loads((Path(row.export_path) / "manifest.json").read_text())
         assert manifest["config"]["model"] == row.model
+
+
+def test_online_teacher_sees_its_own_centre_crop_of_images_decoded_from_files(tmp_path):
+    """Files decoded for compact-CNN students keep the whole image (crop 1.0); a Lite0 teacher was
+    fine-tuned on its own 0.875 centre crop. In online distillation it must see that crop of each
+    student batch, not the whole image: the adapter's output matches the teacher's own decode of
+    the same files far better than the uncropped batch does (which is what it was fed before)."""
+    from PIL import Image
+
+    from raytune_ft.data import images
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(6):  # smooth random images: structure at every scale, so a mis-scaled view differs
+        coarse = rng.uniform(0, 255, (6, 6, 3)).astype(np.uint8)
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(coarse).resize((28, 28), Image.BICUBIC).save(files[-1])
+    lite0, cnn = models.input_config("efficientnet_lite0"), models.input_config("compact_cnn_16")
+    assert lite0.crop_pct == 0.875 and cnn.crop_pct == 1.0
+
+    def view(mean, std, interpolation, crop):
+        inp = models.InputConfig(mean, std, interpolation, crop)
+        decoded = np.stack([images.decode_image(f, 28, inp) for f in files]).transpose(0, 3, 1, 2)
+        return images.to_model_input(decoded, 28, inp)
+
+    student_batch = view(cnn.mean, cnn.std, cnn.interpolation, 1.0)  # how the students' data was decoded
+    uncropped = view(lite0.mean, lite0.std, cnn.interpolation, 1.0)  # the same pixels in the teacher's stats
+    teacher_own = view(lite0.mean, lite0.std, lite0.interpolation, lite0.crop_pct)  # the teacher's decode
+    seen = {}
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen["x"] = x
+            return x.mean(dim=(2, 3))
+
+    cfg = TrialConfig(model="efficientnet_lite0", image_size=28, weights="none")
+    net = models.build_model(cfg.model, 3, weights="none")
+    wrapped = teachers.build_online_teacher({"config": cfg.to_dict(), "state_dict": net.state_dict()},
+                                            TrialConfig(model="compact_cnn_16", image_size=28), 3,
+                                            decode_view=(1.0, cnn.interpolation))
+    assert wrapped.crop == pytest.approx(0.875)
+    wrapped.teacher = Probe()
+    with torch.no_grad():
+        wrapped(student_batch)
+    uncropped_error = (uncropped - teacher_own).abs().mean()
+    cropped_error = (seen["x"] - teacher_own).abs().mean()
+    assert seen["x"].shape == teacher_own.shape
+    assert cropped_error < 0.1 * uncropped_error, (cropped_error, uncropped_error)
+    arrays = teachers.build_online_teacher({"config": cfg.to_dict(), "state_dict": net.state_dict()},
+                                           TrialConfig(model="compact_cnn_16", image_size=28), 3)
+    assert arrays.crop == 1.0  # arrays (no decode_view) are not cropped by anyone
+    with pytest.raises(ValueError, match="crop must be in"):
+        teachers.TeacherInput(Probe(), student=STUDENT, teacher_input=TEACHER, image_size=16, crop=1.5)
