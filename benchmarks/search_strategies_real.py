@@ -136,7 +136,6 @@ def cost_table(folders: dict[tuple[str, int], Path], table: pd.DataFrame,
     for (strategy, seed), folder in folders.items():
         exp = results.load_experiment(folder)
         teacher = exp.teacher or {}
-        unit = teacher.get("wall_time_s")
         run = table[(table["strategy"] == strategy) & (table["seed"] == seed)].sort_values("elapsed_s")
         hv_equal = float(hv_at(run, equal, column)[0]) if len(run) else 0.0
         budgets = {f"hv_at_{m:g}_{suffix}": float(hv_at(run, m * per_unit, column)[0]) if len(run) else 0.0
@@ -149,7 +148,7 @@ def cost_table(folders: dict[tuple[str, int], Path], table: pd.DataFrame,
             best[label] = float(ok["test_acc"].max()) if len(ok) else np.nan
         minutes = run["elapsed_s"].max() / 60 if len(run) else np.nan
         rows.append({"strategy": strategy, "seed": seed, "minutes": minutes,
-                     "dense_fine_tunes": minutes * 60 / unit if unit else np.nan, "hv_at_equal_time": hv_equal,
+                     "dense_fine_tunes": run["fine_tunes"].max() if len(run) else np.nan, "hv_at_equal_time": hv_equal,
                      **budgets, **best})
         if dense is None and teacher.get("baselines"):
             dense = teacher
@@ -235,12 +234,12 @@ def plot(table: pd.DataFrame, path: Path, clock: str = "minutes") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    column, per_unit, _, label = CLOCKS[clock]
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
     for strategy, group in table.groupby("strategy", sort=False):
         by_k = group.pivot_table(index="completed", columns="seed", values="hypervolume").ffill()
         line = axes[0].plot(by_k.index, by_k.median(axis=1), label=strategy)[0]
         axes[0].fill_between(by_k.index, by_k.min(axis=1), by_k.max(axis=1), color=line.get_color(), alpha=0.15)
-        column, per_unit, _, _ = CLOCKS[clock]
         grid = np.linspace(0, group[column].max(), 200)
         per_seed = [hv_at(run, grid, column) for _, run in group.groupby("seed")]
         stack = np.vstack(per_seed)
@@ -250,7 +249,7 @@ def plot(table: pd.DataFrame, path: Path, clock: str = "minutes") -> None:
     shown = table.loc[table["hypervolume"] > 0, "hypervolume"]  # 0 before a run's first trial: off the axis
     limits = (shown.min() - 0.005, shown.max() + 0.005)
     axes[0].set(xlabel="completed trials", ylabel="hypervolume (normalised)")
-    axes[1].set(xlabel=CLOCKS[clock][3], ylabel="hypervolume (normalised)", ylim=limits)
+    axes[1].set(xlabel=label, ylabel="hypervolume (normalised)", ylim=limits)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=9)

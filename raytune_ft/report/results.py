@@ -206,7 +206,7 @@ def load_experiment(location: str | Path, *, with_checkpoints: bool = False) -> 
     if planned is not None and (search.get("data_fraction") or 1) < 1 and len(trials):
         # a two-stage search also plans its stage-2 retrainings (killed during stage 2: unfinished)
         stage1 = trials[trials["stage"] == 1] if "stage" in trials else trials
-        planned += min(int(search.get("promote", 1)), int((stage1["status"] == COMPLETED).sum()))
+        planned += min(int(search["promote"]), int((stage1["status"] == COMPLETED).sum()))
     newest = max((p.stat().st_mtime for p in local.rglob("*") if p.is_file()), default=0.0)
     state = "finished" if planned is not None and done >= planned else "unfinished"
     seen = set(trials["trial_id"]) if len(trials) else set()
