@@ -3,12 +3,13 @@
 Stage 1 is the usual search, every trial trained on `search.data_fraction` of the training split
 (a stratified subset drawn with data_seed; the validation split is the full one, so stage-1 and
 stage-2 val_acc are measured on the same images). Stage 2 retrains the `search.promote` best
-stage-1 recipes on all the data — the stage-1 front first, then the recipes nearest it in NSGA-II
-order (non-dominated rank, then crowding distance; Deb et al. 2002) — as its own Tune experiment
-(`<experiment>/stage2`, resumable), and the front is recomputed from the full-data trials only.
-`agreement` reports how well the cheap ranking predicted the expensive one (Kendall's τ of
-val_acc over the promoted recipes, and each recipe's rank in both stages), as proxy-search papers
-rarely do (FABOLAS, Klein et al. 2017; Hyperband, Li et al. 2018, use a data budget the same way).
+stage-1 recipes on all the data, for `search.promote_epochs` epochs when set — the stage-1 front
+first, then the recipes nearest it in NSGA-II order (non-dominated rank, then crowding distance;
+Deb et al. 2002) — as its own Tune experiment (`<experiment>/stage2`, resumable), and the front
+is recomputed from the full-data trials only. `agreement` reports how well the cheap ranking
+predicted the expensive one (Kendall's τ of val_acc over the promoted recipes, and each recipe's
+rank in both stages), as proxy-search papers rarely do (FABOLAS, Klein et al. 2017; Hyperband,
+Li et al. 2018, use a data budget the same way).
 """
 
 from __future__ import annotations
@@ -42,16 +43,16 @@ def promoted(trials: pd.DataFrame, objectives: Mapping[str, str], k: int) -> pd.
     return chosen.reset_index(drop=True)
 
 
-def stage2_configs(chosen: pd.DataFrame, params: list[str]) -> list[dict[str, Any]]:
+def stage2_configs(chosen: pd.DataFrame, params: list[str], epochs: int | None = None) -> list[dict[str, Any]]:
     """Each promoted recipe's searched values, exactly as sampled (its params.json), with
-    data_fraction 1: what a stage-2 trial is given."""
+    data_fraction 1 and, when given, `epochs` (search.promote_epochs): what a stage-2 trial is given."""
     configs = []
     for _, row in chosen.iterrows():
         params_file = Path(str(row["checkpoint"])).parent / "params.json" if isinstance(row.get("checkpoint"), str) \
             else None
         sampled = json.loads(params_file.read_text()) if params_file is not None and params_file.is_file() \
             else {p: row[p] for p in params if p in row and not pd.isna(row[p])}
-        configs.append({**sampled, "data_fraction": 1.0})
+        configs.append({**sampled, "data_fraction": 1.0, **({"epochs": int(epochs)} if epochs else {})})
     return configs
 
 
@@ -66,7 +67,9 @@ def run_stage2(configs: list[dict[str, Any]], exp_dir: Path, trainable: Any, *, 
 
     stage_dir = exp_dir / layout.STAGE2_DIR
     space_json = json.loads((exp_dir / layout.SPACE_JSON).read_text())
-    space_json["fixed"] = {**space_json.get("fixed", {}), "data_fraction": 1.0}
+    # what the stage-2 trials share, as trials.csv states it (data_fraction, promote_epochs)
+    space_json["fixed"] = {**space_json.get("fixed", {}), "data_fraction": 1.0,
+                           **{k: configs[0][k] for k in ("epochs",) if configs and k in configs[0]}}
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / layout.SPACE_JSON).write_text(json.dumps(space_json, indent=2, default=str))
     if tune.Tuner.can_restore(str(stage_dir)):
@@ -125,12 +128,13 @@ def second_stage(stage1: pd.DataFrame, space: Any, exp_dir: Path, trial_inputs: 
 
     params = [p.name for p in space.params]
     chosen = promoted(stage1, space.objectives, space.search.promote)
+    epochs = space.search.promote_epochs or space.trial_config({}).epochs
     print(f"stage 2: {len(chosen)} recipe(s) of {len(stage1)} trained on {space.search.data_fraction:g} of the "
-          f"data retrained on all of it: {', '.join(map(str, chosen['trial_id']))}", flush=True)
+          f"data retrained on all of it for {epochs} epochs: {', '.join(map(str, chosen['trial_id']))}", flush=True)
     trainable = tune.with_resources(tune.with_parameters(trial.tune_trial, **trial_inputs),
                                     trial.resources_for(space.fixed))
     try:
-        run_stage2(stage2_configs(chosen, params), exp_dir, trainable,
+        run_stage2(stage2_configs(chosen, params, space.search.promote_epochs), exp_dir, trainable,
                    max_concurrent=space.search.max_concurrent,
                    keep_checkpoints=space.search.keep_checkpoints, max_failures=space.search.max_failures,
                    callbacks=tracking.logger_callbacks(space.search.callbacks, exp_dir))  # mlflow etc. see them too

@@ -82,6 +82,9 @@ class SearchSettings:
     # front first, then the nearest in NSGA-II order) are retrained on all of it; the front is theirs
     data_fraction: float = 1.0
     promote: int = 3
+    # epochs of each full-data retraining (stage 2); None: the trials' `epochs`. The subset stage
+    # only has to rank recipes; the files a user ships come from stage 2 (docs/search.md)
+    promote_epochs: int | None = None
     # experiment tracking (search/tracking.py): Ray Tune logger callbacks by name, one of CALLBACKS
     # each; tensorboard's files are written anyway (Tune's default), mlflow into <experiment>/mlflow.db
     callbacks: tuple[str, ...] = ()
@@ -307,6 +310,10 @@ def parse_search(where: str, raw: dict[str, Any]) -> SearchSettings:
             if not is_number(value) or not 0 < value <= 1:
                 fail(where, "search.data_fraction", f"must be a number in (0, 1] (1: no subset stage), got {value!r}")
             raw[key] = float(value)
+        elif key == "promote_epochs":
+            if value is not None and (not is_int(value) or value < 1):
+                fail(where, "search.promote_epochs", f"must be an int >= 1 (the full-data retraining's epochs) or null "
+                     f"(the trials' epochs), got {value!r}")
         elif not is_int(value) or value < SEARCH_MINIMUM[key]:
             fail(
                 where, f"search.{key}", f"must be an int >= {SEARCH_MINIMUM[key]}, got {value!r}"

@@ -43,6 +43,8 @@ def test_stage2_configs_are_the_sampled_values_on_all_the_data(tmp_path):
     (folder / "params.json").write_text(json.dumps({"lr": 0.1, "use_kd": False}))
     chosen = pd.DataFrame({"trial_id": ["a"], "checkpoint": [str(folder / "checkpoint_000001")], "lr": [0.1]})
     assert fidelity.stage2_configs(chosen, ["lr", "use_kd"]) == [{"lr": 0.1, "use_kd": False, "data_fraction": 1.0}]
+    assert fidelity.stage2_configs(chosen, ["lr", "use_kd"], epochs=30) == [
+        {"lr": 0.1, "use_kd": False, "data_fraction": 1.0, "epochs": 30}]  # search.promote_epochs
 
 
 def test_combine_marks_stages_and_the_front_uses_full_data_only():
@@ -101,7 +103,8 @@ def test_two_stage_search_promotes_retrains_and_resumes_without_repeating_stage_
     argv = ["--storage-path", str(tmp_path), "--name", "fid", "--set", "max_samples=240", "--set", "epochs=1",
             "--set", "image_size=32", "--set", "search.initial=[]", "--set", "search.max_concurrent=2",
             "--set", "teacher.epochs=1", "--set", "teacher.model=efficientnet_lite0", "--num-samples", "3",
-            "--set", "latency_budget_s=0.05", "--set", "search.data_fraction=0.5", "--set", "search.promote=2"]
+            "--set", "latency_budget_s=0.05", "--set", "search.data_fraction=0.5", "--set", "search.promote=2",
+            "--set", "search.promote_epochs=2"]
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert search.main(argv) == 0
@@ -110,6 +113,10 @@ def test_two_stage_search_promotes_retrains_and_resumes_without_repeating_stage_
         stage1, stage2 = trials[trials["stage"] == 1], trials[trials["stage"] == 2]
         assert len(stage1) == 3 and (stage1["data_fraction"] == 0.5).all()
         assert len(stage2) == 2 and (stage2["data_fraction"] == 1.0).all()
+        # stage 1 trains 1 epoch, the full-data retraining search.promote_epochs = 2, and both are complete
+        assert (stage1["epochs_trained"] == 1).all() and (stage2["epochs_trained"] == 2).all()
+        assert (stage2["epochs"] == 2).all() and (stage1["epochs"] == 1).all()
+        assert (trials["status"] == "completed").all()
         assert set(stage2["promoted_from"]) <= set(stage1["trial_id"])
         front = pd.read_csv(exp / "pareto.csv")
         assert set(front["trial_id"]) <= set(stage2["trial_id"])  # the front is made of full-data trials
@@ -139,6 +146,8 @@ def test_two_stage_search_promotes_retrains_and_resumes_without_repeating_stage_
     (["search.data_fraction=1.5"], r"search\.data_fraction: must be a number in \(0, 1\]"),
     (["search.data_fraction=0.5", "search.promote=9"], r"search\.promote: promotes 9 recipes .*num_samples = 6"),
     (["search.promote=0"], r"search\.promote: must be an int >= 1"),
+    (["search.promote_epochs=0"], r"search\.promote_epochs: must be an int >= 1 .* or null"),
+    (["search.promote_epochs=ten"], r"search\.promote_epochs: must be an int >= 1 .*got 'ten'"),
 ])
 def test_bad_fidelity_settings_fail_at_load_naming_the_key(assignments, fragment):
     from raytune_ft.space import SpaceError, builtin_space_path, load_space
