@@ -177,7 +177,8 @@ def test_the_fine_tune_clock_divides_each_runs_wall_time_by_its_own_dense_fine_t
     import json
 
     runs = ROOT / "docs" / "cost_to_front" / "runs"
-    folders = {("c", 0): runs / "random_unseeded_fulldata_synchronous-s0", ("e", 0): runs / "tpe_mo_asha_kd_recipe-s0"}
+    folders = {("c", 0): runs / "random_unseeded_fulldata_synchronous-s0",
+               ("e", 0): runs / "tpe_mo_asha_kd_recipe-s0"}
     table = real.curves(folders)
     units = {k: json.loads((f / "teacher.json").read_text())["wall_time_s"] for k, f in folders.items()}
     assert units[("c", 0)] != units[("e", 0)]
