@@ -89,7 +89,8 @@ def run_search(strategy: str, seed: int, args: argparse.Namespace) -> Path:
 KD_RECIPES = ("[{model: compact_cnn_32, lr: 4.0e-3, augment: true, use_weight_decay: true, weight_decay: 5.0e-2, "
               "use_label_smoothing: false, use_kd: true, kd_alpha: 0.7, kd_temperature: 4.0, use_pruning: false}, "
               "{model: compact_cnn_16, lr: 4.0e-3, augment: true, use_weight_decay: true, weight_decay: 5.0e-2, "
-              "use_label_smoothing: true, label_smoothing: 0.1, use_kd: false, use_pruning: true, final_sparsity: 0.5}]")
+              "use_label_smoothing: true, label_smoothing: 0.1, use_kd: false, use_pruning: true, "
+              "final_sparsity: 0.5}]")
 
 
 def strategy_args(strategy: str, num_samples: int, fraction: float, promote: int) -> list[str]:

@@ -163,7 +163,7 @@ def test_cost_to_front_strategy_names_become_search_arguments(real):
     from raytune_ft.space import builtin_space_path, load_space
 
     args = real.strategy_args("tpe+mo_asha+kd_recipe", 8, 0.25, 2)
-    sets = [value for flag, value in zip(args, args[1:]) if flag == "--set"]
+    sets = [value for flag, value in zip(args, args[1:], strict=False) if flag == "--set"]
     recipes = load_space(builtin_space_path("fashion_mnist")).with_overrides(sets).search.initial
     assert [(r["model"], r["use_kd"]) for r in recipes] == [("compact_cnn_32", True), ("compact_cnn_16", False)]
     with pytest.raises(SystemExit, match="unknown strategy 'tpe\\+bogus'"):
@@ -187,6 +187,8 @@ def test_the_fine_tune_clock_divides_each_runs_wall_time_by_its_own_dense_fine_t
         assert np.allclose(run["fine_tunes"], run["elapsed_s"] / unit)
     minutes = real.cost_table(folders, table, [unit / 60 for unit in units.values()])
     tunes = real.cost_table(folders, table, [1.0], clock="fine-tunes").set_index("strategy")
-    assert tunes.loc["e", "hv_at_1_ft_median"] == minutes.set_index("strategy").loc["e", f"hv_at_{units['e', 0] / 60:g}_min_median"]
-    assert tunes.loc["c", "hv_at_1_ft_median"] == minutes.set_index("strategy").loc["c", f"hv_at_{units['c', 0] / 60:g}_min_median"]
+    minutes = minutes.set_index("strategy")
+    for strategy in ("e", "c"):
+        at_unit = f"hv_at_{units[strategy, 0] / 60:g}_min_median"
+        assert tunes.loc[strategy, "hv_at_1_ft_median"] == minutes.loc[strategy, at_unit]
     assert tunes.attrs["equal_time"].endswith(" ft")
