@@ -52,14 +52,16 @@ def stage2_configs(chosen: pd.DataFrame, params: list[str], epochs: int | None =
             else None
         sampled = json.loads(params_file.read_text()) if params_file is not None and params_file.is_file() \
             else {p: row[p] for p in params if p in row and not pd.isna(row[p])}
-        configs.append({**sampled, "data_fraction": 1.0, **({"epochs": int(epochs)} if epochs else {})})
+        configs.append({**sampled, "data_fraction": 1.0, **({"epochs": epochs} if epochs else {})})
     return configs
 
 
 def run_stage2(configs: list[dict[str, Any]], exp_dir: Path, trainable: Any, *, max_concurrent: int,
-               keep_checkpoints: int, max_failures: int, callbacks: list[Any] | None = None) -> Path:
+               keep_checkpoints: int, max_failures: int, callbacks: list[Any] | None = None,
+               epochs: int | None = None) -> Path:
     """Train `configs` as one Tune experiment `exp_dir/stage2` with the search's own trainable (no
-    sampler, no scheduler); continues it where it stopped when it exists. Returns its folder."""
+    sampler, no scheduler); continues it where it stopped when it exists. Returns its folder.
+    epochs: search.promote_epochs (already in each config), recorded in stage2/space.json too."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -67,9 +69,9 @@ def run_stage2(configs: list[dict[str, Any]], exp_dir: Path, trainable: Any, *, 
 
     stage_dir = exp_dir / layout.STAGE2_DIR
     space_json = json.loads((exp_dir / layout.SPACE_JSON).read_text())
-    # what the stage-2 trials share, as trials.csv states it (data_fraction, promote_epochs)
+    # what the stage-2 trials share, as trials.csv states it: all the data, `epochs` (promote_epochs) if set
     space_json["fixed"] = {**space_json.get("fixed", {}), "data_fraction": 1.0,
-                           **{k: configs[0][k] for k in ("epochs",) if configs and k in configs[0]}}
+                           **({"epochs": epochs} if epochs else {})}
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / layout.SPACE_JSON).write_text(json.dumps(space_json, indent=2, default=str))
     if tune.Tuner.can_restore(str(stage_dir)):
@@ -135,7 +137,7 @@ def second_stage(stage1: pd.DataFrame, space: Any, exp_dir: Path, trial_inputs: 
                                     trial.resources_for(space.fixed))
     try:
         run_stage2(stage2_configs(chosen, params, space.search.promote_epochs), exp_dir, trainable,
-                   max_concurrent=space.search.max_concurrent,
+                   epochs=space.search.promote_epochs, max_concurrent=space.search.max_concurrent,
                    keep_checkpoints=space.search.keep_checkpoints, max_failures=space.search.max_failures,
                    callbacks=tracking.logger_callbacks(space.search.callbacks, exp_dir))  # mlflow etc. see them too
     except Exception as err:  # noqa: BLE001  (stage 1's results must survive whatever stage 2 does)
