@@ -419,13 +419,14 @@ def hv_statement(objectives: Mapping[str, str], scales: Mapping[str, float],
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's ρ (scipy.stats.spearmanr, ties ranked by their mean) over the pairs where both are
+    finite; NaN below 3 pairs or when either side is constant."""
+    from scipy.stats import spearmanr
+
     ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3:
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
         return math.nan
-    rx, ry = pd.Series(x[ok]).rank().to_numpy(), pd.Series(y[ok]).rank().to_numpy()
-    if rx.std() == 0 or ry.std() == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(spearmanr(x[ok], y[ok]).statistic)
 
 
 def _in_distribution(dist: Any, value: Any) -> bool:
