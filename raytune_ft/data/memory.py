@@ -5,15 +5,14 @@ Three splits: train (fit), val (selection, early stopping, the sampler) and test
 after the search, by holdout.py; `Splits.without_test()` is what trials get). Normalized with the
 model's own mean/std: `digits` (scikit-learn, embedded), `imagefolder` (one sub-folder per class,
 optionally under `train/` + `val/` + `test/`), `cifar10` / `cifar100` (a local torchvision root,
-its official test batch), `fashion_mnist` (the four IDX files, e.g. Debian's
-dataset-fashion-mnist). Stored inputs are deterministic; `images.augment_batch` adds random resized
-crops and flips per batch.
+read by torchvision.datasets.CIFAR10/100, with its official test batch), `fashion_mnist` (the four
+IDX files, e.g. Debian's dataset-fashion-mnist). Stored inputs are deterministic;
+`images.augment_batch` adds random resized crops and flips per batch.
 """
 
 from __future__ import annotations
 
 import gzip
-import pickle
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +136,7 @@ def class_names(cfg: TrialConfig) -> tuple[str, ...] | None:
     if cfg.dataset == "imagefolder":
         return scan_imagefolder(cfg.data_root, cfg.on_bad_image, verify=False).class_names
     if cfg.dataset in CIFAR:
-        meta = _cifar_files(cfg)[-1]
-        return tuple(_unpickle(meta)[CIFAR[cfg.dataset][3]])
+        return _read_cifar(cfg, train=False)[2]  # the test split: the smaller one
     return None
 
 
@@ -279,7 +277,7 @@ def _load_imagefolder(cfg: TrialConfig, inp: models.InputConfig) -> _Pool:
     return pool
 
 
-# --- digits and CIFAR ----------------------------------------------------------------------------
+# --- digits and CIFAR (torchvision.datasets) --------------------------------------------------------
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -290,26 +288,29 @@ def _digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     return images[:, None].repeat(3, axis=1), d.target.astype(np.int64), tuple(str(c) for c in range(10))
 
 
-# dataset -> (folder inside data_root, training batch files, meta file, class-name key, label key, size)
-CIFAR = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "batches.meta",
-                "label_names", "labels", "163 MB"),
-    "cifar100": ("cifar-100-python", ["train"], "meta", "fine_label_names", "fine_labels", "161 MB"),
-}
+# dataset -> (the torchvision.datasets class that reads it, size of the python version archive)
+CIFAR = {"cifar10": ("CIFAR10", "163 MB"), "cifar100": ("CIFAR100", "161 MB")}
+
+
+def _cifar_class(dataset: str) -> type:
+    import torchvision.datasets as tvd
+
+    return getattr(tvd, CIFAR[dataset][0])
 
 
 def _cifar_files(cfg: TrialConfig) -> list[Path]:
-    """The CIFAR files under data_root (downloaded first when cfg.download), or a DataError saying how to get them."""
-    folder, batches, meta, *_, size = CIFAR[cfg.dataset]
+    """The CIFAR files torchvision reads under data_root (training batches, meta, test batch), downloaded
+    first when cfg.download, or a DataError saying how to get them."""
+    size = CIFAR[cfg.dataset][1]
+    cls = _cifar_class(cfg.dataset)
+    folder = cls.base_folder
     if not cfg.data_root:
         raise DataError(f"dataset {cfg.dataset} needs data_root: the torchvision root folder that holds {folder}/")
-    files = [Path(cfg.data_root) / folder / f for f in [*batches, meta]]
+    names = [name for name, _ in cls.train_list] + [cls.meta["filename"]] + [name for name, _ in cls.test_list]
+    files = [Path(cfg.data_root) / folder / name for name in names]
     missing = [f for f in files if not f.is_file()]
     if missing and cfg.download:
-        import torchvision.datasets as tvd
-
         print(f"downloading {cfg.dataset} ({size}) into {cfg.data_root}", flush=True)
-        cls = tvd.CIFAR10 if cfg.dataset == "cifar10" else tvd.CIFAR100
         try:
             cls(cfg.data_root, train=True, download=True)
         except Exception as err:
@@ -324,44 +325,30 @@ def _cifar_files(cfg: TrialConfig) -> list[Path]:
     return files
 
 
-def _unpickle(path: Path) -> dict:
+def _read_cifar(cfg: TrialConfig, *, train: bool) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """One split of CIFAR as torchvision.datasets.CIFAR10/100 reads it (files checked against their
+    published MD5 sums): (n, 3, 32, 32) uint8 images, int64 labels, the class names."""
+    _cifar_files(cfg)
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")  # the CIFAR python format (as torchvision reads it)
-    except Exception as err:
-        raise DataError(f"cannot read CIFAR file {str(path)!r}: {type(err).__name__}: {err}") from err
-
-
-CIFAR_TEST = {"cifar10": "test_batch", "cifar100": "test"}  # the official test batch, next to the training ones
+        split = _cifar_class(cfg.dataset)(cfg.data_root, train=train)
+    except Exception as err:  # a file changed (MD5) or not in the CIFAR python format
+        raise DataError(f"cannot read {cfg.dataset} under {cfg.data_root!r} ({'training' if train else 'test'} "
+                        f"split): {type(err).__name__}: {err}") from err
+    names = tuple(split.classes)
+    images = np.ascontiguousarray(np.asarray(split.data, dtype=np.uint8).transpose(0, 3, 1, 2))  # HWC -> CHW
+    labels = np.asarray(split.targets, dtype=np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
+    if len(bad):
+        raise DataError(f"CIFAR labels out of range [0, {len(names)}) in {cfg.dataset} under {cfg.data_root!r} at "
+                        f"rows {bad[:MAX_LISTED].tolist()}")
+    return images, labels, names
 
 
 def _load_cifar(cfg: TrialConfig) -> _Pool:
-    """The CIFAR training set, validation a stratified val_fraction of it; test is the official test
-    batch when the root has it, else a stratified test_fraction of the training set."""
-    *batches, meta = _cifar_files(cfg)
-    _, _, _, name_key, label_key, _ = CIFAR[cfg.dataset]
-    names = tuple(_unpickle(meta)[name_key])
-    train = _read_cifar_batches(batches, label_key, names)
-    test_file = batches[0].parent / CIFAR_TEST[cfg.dataset]
-    test = _read_cifar_batches([test_file], label_key, names) if test_file.is_file() else (None, None)
-    return _Pool(*train, names, test_images=test[0], test_labels=test[1])
-
-
-def _read_cifar_batches(batches: list[Path], label_key: str, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = [], []
-    for path in batches:
-        batch = _unpickle(path)
-        try:
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch[label_key], dtype=np.int64))
-        except (KeyError, ValueError) as err:
-            raise DataError(f"CIFAR file {str(path)!r} is not in the CIFAR python format ({err})") from err
-    y = np.concatenate(labels)
-    bad = np.flatnonzero((y < 0) | (y >= len(names)))
-    if len(bad):
-        raise DataError(f"CIFAR labels out of range [0, {len(names)}) in {str(batches[0].parent)!r} at "
-                        f"rows {bad[:MAX_LISTED].tolist()}")
-    return np.concatenate(images), y
+    """The CIFAR training set, validation a stratified val_fraction of it; test is the official test batch."""
+    x_train, y_train, names = _read_cifar(cfg, train=True)
+    x_test, y_test, _ = _read_cifar(cfg, train=False)
+    return _Pool(x_train, y_train, names, test_images=x_test, test_labels=y_test)
 
 
 def _fashion_mnist_files(cfg: TrialConfig) -> dict[str, tuple[Path, Path]]:

@@ -131,39 +131,65 @@ def test_on_bad_image_skip_goes_on_and_lists_what_it_skipped(tmp_path):
 # --- CIFAR from a local torchvision root ---------------------------------------------------------
 
 
-def _write_cifar(root, name):
-    """The CIFAR python format: pickled dicts with uint8 rows of 3*32*32 and a list of labels."""
+def _write_cifar(root, name, monkeypatch):
+    """The CIFAR python format as torchvision.datasets reads it: pickled dicts with uint8 rows of 3*32*32
+    and a list of labels, and a meta file with the class names; torchvision's published MD5 sums are
+    replaced by the written files' (monkeypatch). Returns the training rows written."""
+    import hashlib
     import pickle
 
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, data.CIFAR[name][0])
+    label_key, name_key = ("labels", "label_names") if name == "cifar10" else ("fine_labels", "fine_label_names")
     rng = np.random.default_rng(0)
-    folder, batches, meta, name_key, label_key, _ = data.CIFAR[name]
-    (root / folder).mkdir(parents=True)
+    (root / cls.base_folder).mkdir(parents=True)
     classes = 10 if name == "cifar10" else 100
-    rows = []
-    for b in batches:
-        labels = [i % classes for i in range(200 if name == "cifar100" else 40)]
-        batch = {"data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8), label_key: labels}
-        (root / folder / b).write_bytes(pickle.dumps(batch))
-        rows.append(batch["data"])
-    (root / folder / meta).write_bytes(pickle.dumps({name_key: [f"class {i}" for i in range(classes)]}))
+
+    def write(file, content):
+        (root / cls.base_folder / file).write_bytes(pickle.dumps(content))
+        return [file, hashlib.md5((root / cls.base_folder / file).read_bytes()).hexdigest()]
+
+    rows, sums = [], {"train_list": [], "test_list": []}
+    for part in ("train_list", "test_list"):
+        for file, _ in getattr(cls, part):
+            labels = [i % classes for i in range(200 if name == "cifar100" else 40)]
+            batch = {"data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8), label_key: labels}
+            sums[part].append(write(file, batch))
+            if part == "train_list":
+                rows.append(batch["data"])
+    meta = write(cls.meta["filename"], {name_key: [f"class {i}" for i in range(classes)]})
+    for part, listed in sums.items():
+        monkeypatch.setattr(cls, part, listed)
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": meta[1]})
     return np.concatenate(rows)
 
 
 @pytest.mark.parametrize("name, classes", [("cifar10", 10), ("cifar100", 100)])
-def test_cifar_reads_a_local_torchvision_root(tmp_path, name, classes):
+def test_cifar_reads_a_local_torchvision_root(tmp_path, monkeypatch, name, classes):
     cfg = TrialConfig(dataset=name, data_root=str(tmp_path), image_size=32, val_fraction=0.5, test_fraction=0.0)
     with pytest.raises(data.DataError, match="download=true"):
         data.check_dataset(cfg)
-    written = _write_cifar(tmp_path, name)
+    written = _write_cifar(tmp_path, name, monkeypatch)
     data.check_dataset(cfg)
+    assert data.class_names(cfg)[1] == "class 1"
     s = data.load_splits(cfg)
     assert s.num_classes == classes and s.class_names[1] == "class 1"
-    assert len(s.x_train) + len(s.x_val) == 200
+    assert len(s.x_train) + len(s.x_val) == 200 and len(s.x_test) == (200 if name == "cifar100" else 40)
     assert set(s.y_val.tolist()) == set(range(classes))
     # pixels survive in CHW order: every un-normalized training image is one of the rows written
     pixels = (s.x_train * torch.tensor(s.std).view(1, 3, 1, 1) + torch.tensor(s.mean).view(1, 3, 1, 1)) * 255
     rows = {r.tobytes() for r in written}
     assert all(np.rint(p.numpy()).astype(np.uint8).tobytes() in rows for p in pixels)
+
+
+def test_a_changed_cifar_file_is_refused_naming_the_dataset(tmp_path, monkeypatch):
+    cfg = TrialConfig(dataset="cifar10", data_root=str(tmp_path), image_size=32, test_fraction=0.0)
+    _write_cifar(tmp_path, "cifar10", monkeypatch)
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "ab") as f:
+        f.write(b"x")  # its MD5 no longer matches
+    with pytest.raises(data.DataError, match="cannot read cifar10 under .*training split.*corrupted"):
+        data.load_splits(cfg)
 
 
 # --- normalization from the model, augmentation --------------------------------------------------
