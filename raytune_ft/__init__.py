@@ -3,14 +3,14 @@ smallest pretrained image classifier that is still accurate enough, with Ray Tun
 
 The Python API (`run_search`, `open_experiment`, `Experiment`, `Preprocessing`; raytune_ft/api.py,
 docs/api.md) is imported on first use: importing raytune_ft imports neither Ray nor torch (Ray
-workers import it to unpickle functions). `raytune_ft.pareto` holds the multi-objective math.
+workers import it to unpickle functions). `raytune_ft.pareto` holds the multi-objective math;
+`__version__` is the installed distribution's (importlib.metadata), read when first asked for.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
 __all__ = ["Experiment", "Preprocessing", "open_experiment", "pareto", "run_search"]
 
 
@@ -18,6 +18,10 @@ def __getattr__(name: str) -> Any:
     """The public names, imported when first asked for (PEP 562)."""
     import importlib
 
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("raytune_ft")
     if name == "pareto":
         return importlib.import_module("raytune_ft.pareto")
     if name in __all__:
@@ -26,4 +30,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*globals(), *__all__, "__version__"})

@@ -397,15 +397,14 @@ def save_checkpoint(
     architecture and to reproduce the trial.
     """
     import json
-
-    from raytune_ft import __version__
+    from importlib.metadata import version
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     torch.save(state, directory / CHECKPOINT_WEIGHTS)
     meta = {
-        "raytune_ft_version": __version__,
+        "raytune_ft_version": version("raytune_ft"),
         "config": config,
         "class_names": list(class_names),
         "metrics": metrics,

@@ -1,6 +1,7 @@
 """The package's layers (docs/architecture.md): imports only go down, no circles, and no module
 uses another module's private names. Read from the source with `ast`, every import counted —
-module level, inside functions and under TYPE_CHECKING alike."""
+module level, inside functions and under TYPE_CHECKING alike. The package root
+(raytune_ft/__init__.py) sits above every layer: no module imports it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "raytune_ft"
+ROOT = "raytune_ft"  # the package root: it re-exports the API lazily, so it is above the entry points
 
 # lowest first; a module may import its own layer's modules and any layer below
 LAYERS = [
@@ -23,9 +25,9 @@ LAYERS = [
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
-def _modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
-            for p in PACKAGE.rglob("*.py")}
+def _modules(package: Path = PACKAGE) -> dict[str, Path]:
+    return {".".join(p.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in package.rglob("*.py")}
 
 
 def _unit(module: str) -> str:
@@ -56,8 +58,10 @@ def _resolve(base: str, name: str, modules: dict[str, Path]) -> tuple[str, str |
     return (f"{base}.{name}", None) if f"{base}.{name}" in modules else (base, name)
 
 
-def test_every_import_goes_down_a_layer_or_stays_in_its_own_and_no_private_name_crosses():
-    modules = _modules()
+def _layer_problems(package: Path) -> list[str]:
+    """Every import in `package` that goes up a layer, reaches the root or a module in no layer, or
+    takes a private name of another module."""
+    modules = _modules(package)
     problems = []
     for module, path in modules.items():
         unit = _unit(module)
@@ -68,7 +72,10 @@ def test_every_import_goes_down_a_layer_or_stays_in_its_own_and_no_private_name_
             for name in names or [None]:
                 target, taken = _resolve(base, name, modules) if name else (base, None)
                 other = _unit(target)
-                if other and other not in LAYER_OF:
+                if target == ROOT:
+                    problems.append(f"{module}:{line} imports the package root ({ROOT}/__init__.py"
+                                    f"{f', name {taken}' if taken else ''}), which sits above every layer")
+                elif other and other not in LAYER_OF:
                     problems.append(f"{module}:{line} imports {target}, which is in no layer")
                 elif other and LAYER_OF[other] > LAYER_OF[unit]:
                     problems.append(f"{module}:{line} imports {target} from a higher layer")
@@ -83,7 +90,34 @@ def test_every_import_goes_down_a_layer_or_stays_in_its_own_and_no_private_name_
                     and node.value.id in aliases and aliases[node.value.id] in modules \
                     and node.attr.startswith("_") and not node.attr.startswith("__"):
                 problems.append(f"{module}:{node.lineno} uses the private name {node.value.id}.{node.attr}")
+    return problems
+
+
+def test_every_import_goes_down_a_layer_or_stays_in_its_own_and_no_private_name_crosses():
+    problems = _layer_problems(PACKAGE)
     assert not problems, "\n".join(problems)
+
+
+def test_a_module_importing_the_package_root_is_an_upward_import(tmp_path):
+    """`from raytune_ft import __version__` and `import raytune_ft` import raytune_ft/__init__.py,
+    whatever the name taken; `from raytune_ft import layout` imports the module layout."""
+    package = tmp_path / "raytune_ft"
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text('"""The root."""\n')
+    (package / "layout.py").write_text('"""Layer 0."""\nfrom raytune_ft import __version__\n')
+    (package / "data" / "__init__.py").write_text('"""Layer 1."""\nimport raytune_ft\nfrom raytune_ft import layout\n')
+    assert sorted(_layer_problems(package)) == [
+        "raytune_ft.data:2 imports the package root (raytune_ft/__init__.py), which sits above every layer",
+        "raytune_ft.layout:2 imports the package root (raytune_ft/__init__.py, name __version__), which sits "
+        "above every layer"]
+
+
+def test_the_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    import raytune_ft
+
+    assert raytune_ft.__version__ == version("raytune_ft") and "__version__" in dir(raytune_ft)
 
 
 def test_no_import_circle_between_modules():
