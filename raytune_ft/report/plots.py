@@ -549,8 +549,7 @@ def _padded(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _tick(value: float) -> str:
-    if abs(value) >= 1e6:
-        return f"{value / 1e6:.3g}M"
-    if abs(value) >= 1e3:
-        return f"{value / 1e3:.3g}k"
-    return f"{value:.3g}"
+    """A size in the SVG's labels as the PNG axes show it (_eng_axis), to 3 significant digits: 380k, 3.38M."""
+    from matplotlib.ticker import EngFormatter
+
+    return EngFormatter(sep="").format_eng(float(f"{value:.3g}"))
