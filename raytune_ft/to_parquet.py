@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from raytune_ft import data, models
-from raytune_ft.data import parquet
+from raytune_ft.layout import PARQUET_META
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,7 +110,7 @@ def convert(imagefolder: str, out_dir: str, *, rows_per_shard: int = 1000, val_f
         rows[split] = count
     meta = {"class_names": list(layout.class_names), "num_rows": rows, "source": str(Path(imagefolder).resolve()),
             "skipped": skipped}
-    (out / parquet.PARQUET_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    (out / PARQUET_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     return meta
 
 

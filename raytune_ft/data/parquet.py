@@ -17,12 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from raytune_ft import models
+from raytune_ft import layout, models
 from raytune_ft.config import TrialConfig
 from raytune_ft.data.images import MAX_LISTED, DataError, Splits, decode_image, stratified_take
-
-PARQUET_META = "dataset.json"  # class names and split sizes, next to the train/ and val/ shard folders
-
 
 # --- parquet through Ray Data -------------------------------------------------------------------
 
@@ -47,7 +44,7 @@ def parquet_info(cfg: TrialConfig) -> ParquetInfo:
     if not cfg.data_root:
         raise DataError("dataset parquet needs data_root: a folder written by python -m raytune_ft.to_parquet")
     root = Path(cfg.data_root)
-    meta_path = root / PARQUET_META
+    meta_path = root / layout.PARQUET_META
     if not meta_path.is_file():
         raise DataError(f"{str(meta_path)!r} does not exist: data_root must be a folder written by "
                         "python -m raytune_ft.to_parquet IMAGEFOLDER OUT_DIR (train/, val/ and dataset.json)")

@@ -204,8 +204,8 @@ def export_best(exp: Experiment, front: pd.DataFrame, n: int, dest: Path) -> pd.
                      "folder": target.name,
                      "recipe": recipe_text(row, exp.params)})
     index = pd.DataFrame(rows)
-    index.to_csv(dest / "index.csv", index=False)
-    (dest / "index.json").write_text(json.dumps(rows, indent=2, default=str))
+    index.to_csv(dest / layout.EXPORT_INDEX_CSV, index=False)
+    (dest / layout.EXPORT_INDEX_JSON).write_text(json.dumps(rows, indent=2, default=str))
     return index
 
 

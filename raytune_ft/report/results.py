@@ -89,9 +89,9 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
     _, tune_state = _tune_state(exp_dir)
     rows = []
     for trial_dir in sorted(p for p in exp_dir.glob("trial_*") if p.is_dir()):
-        results = _read_results(trial_dir / "result.json")
+        results = _read_results(trial_dir / layout.TUNE_RESULT_JSON)
         last = results[-1] if results else {}
-        config = _read_json(trial_dir / "params.json") or last.get("config") or {}
+        config = _read_json(trial_dir / layout.TUNE_PARAMS_JSON) or last.get("config") or {}
         param_names = space.get("params") or sorted(config)
         trial_id = last.get("trial_id") or trial_dir.name.removeprefix("trial_")
         trained = int(last.get("epoch", len(results)) or 0)
@@ -236,7 +236,7 @@ def fetch(uri: str, *, with_checkpoints: bool = False) -> Path:
         relative = info.path[len(root):].lstrip("/")
         folders = relative.split("/")[:-1]
         heavy = any(f.startswith("checkpoint_") or f == "export" for f in folders)
-        if heavy and not with_checkpoints and not relative.endswith("checkpoint.json"):
+        if heavy and not with_checkpoints and not relative.endswith(layout.CHECKPOINT_META):
             continue
         target = local / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -285,11 +285,11 @@ def _read_json(path: Path) -> Any:
 
 def _error_line(trial_dir: Path) -> str | None:
     """The last line of Tune's error.txt (the original exception), or a note for error.pkl only."""
-    text = trial_dir / "error.txt"
+    text = trial_dir / layout.TUNE_ERROR_TXT
     if text.is_file():
         lines = [ln.strip() for ln in text.read_text(errors="replace").splitlines() if ln.strip()]
         return lines[-1] if lines else "error (empty error.txt)"
-    return "error (see error.pkl)" if (trial_dir / "error.pkl").is_file() else None
+    return "error (see error.pkl)" if (trial_dir / layout.TUNE_ERROR_PKL).is_file() else None
 
 
 def local_path(exp: Experiment, recorded: str) -> Path | None:

@@ -11,7 +11,6 @@ from raytune_ft.search.cli import (
     BASELINE_METRICS,
     DATA_FIELDS,
     DEFAULT_STORAGE,
-    INT8_EXPORT_DIR,
     STORAGE_ENV,
     TRIAL_METRICS,
     Location,
@@ -24,6 +23,5 @@ from raytune_ft.search.cli import (
     run_search,
 )
 
-__all__ = ["BASELINE_METRICS", "DATA_FIELDS", "DEFAULT_STORAGE", "INT8_EXPORT_DIR", "STORAGE_ENV", "TRIAL_METRICS",
-           "Location", "UserError", "locate", "main", "obtain_teacher", "parse_args", "prepare",
-           "run_search"]
+__all__ = ["BASELINE_METRICS", "DATA_FIELDS", "DEFAULT_STORAGE", "STORAGE_ENV", "TRIAL_METRICS", "Location",
+           "UserError", "locate", "main", "obtain_teacher", "parse_args", "prepare", "run_search"]

@@ -37,7 +37,6 @@ DATA_FIELDS = ("dataset", "data_root", "image_size", "val_fraction", "test_fract
 TRIAL_METRICS = ("val_acc", "val_loss", "params", "nonzero_params", "sparsity", "model_bytes",
                  "model_bytes_compressed", "macs", "flops", "latency_ms_b1", "latency_ms_b32",
                  "latency_ms_b1_iqr", "latency_ms_b32_iqr", "train_loss", "task_loss", "kd_loss", "l2sp_loss")
-INT8_EXPORT_DIR = "export_int8"  # the dense teacher quantized (int8 PTQ), next to teacher/export
 BASELINE_METRICS = ("val_acc", "val_acc_fp32", "params", "nonzero_params", "model_bytes", "model_bytes_compressed",
                     "macs", "latency_ms_b1", "latency_ms_b1_iqr", "latency_ms_b32", "latency_ms_b32_iqr")
 
@@ -352,7 +351,8 @@ def teacher_baselines(model: Any, cfg: Any, view: Any, metrics: dict[str, Any], 
     from raytune_ft.search import trial
 
     rows = []
-    for name, folder, quantize in (("teacher_fp32", layout.EXPORT_DIR, False), ("teacher_int8", INT8_EXPORT_DIR, True)):
+    for name, folder, quantize in (("teacher_fp32", layout.EXPORT_DIR, False),
+                                   ("teacher_int8", layout.INT8_EXPORT_DIR, True)):
         directory = teacher_dir / folder
         if not (directory / layout.MANIFEST).exists():
             if not quantize:
@@ -441,9 +441,10 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
         else data_mod.load_splits(student_cfg)
     data = data.without_test()  # trials, the teacher and the sampler never see the test split (holdout.py)
     if data.skipped:  # what on_bad_image: skip left out; each trial reports the count as `skipped`
-        (exp_dir / "skipped.txt").write_text("".join(f"{line}\n" for line in data.skipped))
-        print(f"on_bad_image: skip: left out {len(data.skipped)} file(s)/row(s), listed in skipped.txt", flush=True)
-        where.upload("skipped.txt")
+        (exp_dir / layout.SKIPPED_TXT).write_text("".join(f"{line}\n" for line in data.skipped))
+        print(f"on_bad_image: skip: left out {len(data.skipped)} file(s)/row(s), listed in {layout.SKIPPED_TXT}",
+              flush=True)
+        where.upload(layout.SKIPPED_TXT)
     teacher, logits, teacher_model = obtain_teacher(space, data, exp_dir, where.uri if where.remote else None)
     baselines = [layout.BASELINES_CSV] if (exp_dir / layout.BASELINES_CSV).exists() else []
     where.upload(layout.SPACE_JSON, layout.TEACHER_DIR, layout.TEACHER_JSON, *baselines)  # a resumed run finds them
@@ -625,7 +626,7 @@ def honest_results(trials, front, space, where: Location, teacher: dict[str, Any
             teacher = {**teacher, **holdout.evaluate_export(teacher_dir / layout.EXPORT_DIR, teacher_test,
                                                             threads=cfg.worker_cpus)[0]}
             # the baselines a user would ship first (fp32 and int8 teacher files), on the same test images
-            folders = {"teacher_fp32": layout.EXPORT_DIR, "teacher_int8": INT8_EXPORT_DIR}
+            folders = {"teacher_fp32": layout.EXPORT_DIR, "teacher_int8": layout.INT8_EXPORT_DIR}
             baselines = {name: {**row, **holdout.evaluate_export(teacher_dir / folders[name], teacher_test,
                                                                  threads=cfg.worker_cpus)[0]}
                          for name, row in (teacher.get("baselines") or {}).items()}

@@ -23,7 +23,8 @@ def confirm_runs(front: pd.DataFrame, params: Sequence[str], fixed: Mapping[str,
     runs = []
     for _, row in front.iterrows():
         trial_dir = Path(str(row["checkpoint"])).parent
-        sampled = json.loads((trial_dir / "params.json").read_text()) if (trial_dir / "params.json").is_file() \
+        params_file = trial_dir / layout.TUNE_PARAMS_JSON
+        sampled = json.loads(params_file.read_text()) if params_file.is_file() \
             else {p: row[p] for p in params if p in row and not pd.isna(row[p])}
         base = int(sampled.get("seed", fixed.get("seed", TrialConfig.seed)))
         runs += [{"of": str(row["trial_id"]), "seed": base + i, "sampled": {**sampled, "seed": base + i}}

@@ -48,8 +48,8 @@ def stage2_configs(chosen: pd.DataFrame, params: list[str], epochs: int | None =
     data_fraction 1 and, when given, `epochs` (search.promote_epochs): what a stage-2 trial is given."""
     configs = []
     for _, row in chosen.iterrows():
-        params_file = Path(str(row["checkpoint"])).parent / "params.json" if isinstance(row.get("checkpoint"), str) \
-            else None
+        checkpoint = row.get("checkpoint")
+        params_file = Path(str(checkpoint)).parent / layout.TUNE_PARAMS_JSON if isinstance(checkpoint, str) else None
         sampled = json.loads(params_file.read_text()) if params_file is not None and params_file.is_file() \
             else {p: row[p] for p in params if p in row and not pd.isna(row[p])}
         configs.append({**sampled, "data_fraction": 1.0, **({"epochs": epochs} if epochs else {})})

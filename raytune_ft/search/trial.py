@@ -342,7 +342,7 @@ def load_training_checkpoint(model: torch.nn.Module, folder: Path) -> dict[str, 
     """Load a trial checkpoint's weights into `model` (shrunk first if it was channel-pruned) and
     return its training state, or None for a final checkpoint (which has none). Both files are
     read with weights_only=True: a checkpoint cannot run code when it is loaded."""
-    state = torch.load(folder / models.CHECKPOINT_WEIGHTS, map_location="cpu", weights_only=True)
+    state = torch.load(folder / layout.CHECKPOINT_WEIGHTS, map_location="cpu", weights_only=True)
     models.resize_to_state_dict(model, state)
     model.load_state_dict(state)
     path = folder / layout.TRAINING_STATE
@@ -367,7 +367,7 @@ def _save_epoch(cfg: TrialConfig, data: Splits, metrics: dict[str, Any], model: 
     if epoch_metrics:
         metrics = {**metrics, **epoch_size_metrics(model, epoch_metrics, cfg.image_size,
                                                    int8=cfg.use_quantization)}
-    if cfg.on_bad_image == "skip":  # the list is skipped.txt in the experiment folder (search.py)
+    if cfg.on_bad_image == "skip":  # the list is layout.SKIPPED_TXT in the experiment folder (cli.py)
         metrics = {**metrics, "skipped": len(data.skipped)}
     final = metrics["epoch"] == cfg.epochs
     written = final or metrics["epoch"] % checkpoint_every == 0

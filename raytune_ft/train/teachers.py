@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raytune_ft import data as data_mod
-from raytune_ft import models
+from raytune_ft import layout, models
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
@@ -183,9 +183,9 @@ def class_difference(teacher: tuple[str, ...] | list[str], dataset: tuple[str, .
 def check_checkpoint_classes(path: str | Path, class_names: tuple[str, ...], key: str = "teacher.checkpoint") -> dict:
     """The checkpoint.json of teacher checkpoint `path`; ModelError naming `key` unless it was
     trained on exactly `class_names` (same names, same order: the logits index the classes)."""
-    meta_path = Path(path) / models.CHECKPOINT_META
+    meta_path = Path(path) / layout.CHECKPOINT_META
     if not meta_path.is_file():
-        raise models.ModelError(f"{key}: {str(path)!r} is not a raytune_ft checkpoint (no {models.CHECKPOINT_META})")
+        raise models.ModelError(f"{key}: {str(path)!r} is not a raytune_ft checkpoint (no {layout.CHECKPOINT_META})")
     meta = json.loads(meta_path.read_text())
     if list(meta["class_names"]) != list(class_names):
         raise models.ModelError(f"{key}: {str(path)!r} was trained on other classes than the dataset: "

@@ -59,7 +59,7 @@ def test_search_writes_trials_front_plot_and_teacher(first_run):
     assert (trials["epochs_trained"] == 2).all()
     teacher = json.loads((first_run / "teacher.json").read_text())
     assert teacher["params"] == trials["params"].iloc[0]
-    assert Path(teacher["checkpoint"], models.CHECKPOINT_WEIGHTS).is_file()
+    assert Path(teacher["checkpoint"], layout.CHECKPOINT_WEIGHTS).is_file()
 
 
 @pytest.mark.e2e
@@ -161,7 +161,7 @@ def test_bad_input_exits_before_ray_with_one_clear_line(tmp_path, args, setup, m
 @pytest.mark.e2e
 def test_exported_front_models_reload_without_raytune_ft_and_match_the_reported_numbers(first_run, tmp_path):
     front = pd.read_csv(first_run / "pareto.csv")
-    cfg = TrialConfig.from_dict(json.loads((Path(front.checkpoint[0]) / models.CHECKPOINT_META).read_text())["config"])
+    cfg = TrialConfig.from_dict(json.loads((Path(front.checkpoint[0]) / layout.CHECKPOINT_META).read_text())["config"])
     splits = data.load_splits(cfg)
     torch.save({"x": splits.x_val, "y": splits.y_val}, tmp_path / "val.pt")
     np_val = tmp_path / "val.npz"

@@ -23,7 +23,7 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("file", [models.CHECKPOINT_WEIGHTS, layout.TRAINING_STATE])
+@pytest.mark.parametrize("file", [layout.CHECKPOINT_WEIGHTS, layout.TRAINING_STATE])
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, file: str):
     folder, marker = tmp_path / "ckpt", tmp_path / "pwned"
     model = models.build_model("test_efficientnet", 3, weights="none")
