@@ -1,4 +1,4 @@
-"""The registry of technique families: name -> `hooks.Family` subclass, and the active families
+"""The registry of technique families: name -> `base.Family` subclass, and the active families
 of a trial built from its config.
 
 Adding a family: one module with a `Family` subclass, one entry here, its fields in

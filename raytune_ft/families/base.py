@@ -1,9 +1,11 @@
 """The fixed moments of `train.fit` at which a technique family acts: the `Family` base class.
 
-A family (regularization, distillation, magnitude pruning, channel pruning) subclasses `Family`,
-names the `TrialConfig` fields that switch it on and shape it, and overrides only the moments it
-needs. Every moment gets `run` (`train.Run`): fit's inputs, the network, the optimizer, the step,
-this step's learning rate and batch. Families are registered by name in `families.py`.
+A family (regularization, distillation, magnitude pruning, channel pruning, quantization)
+subclasses `Family`, names the `TrialConfig` fields that switch it on and shape it, and overrides
+only the moments it needs. Every moment gets `run` (`Run`, below): fit's inputs, the network, the
+optimizer, the step, this step's learning rate and batch. Families are registered by name in
+`families/__init__.py` (`FAMILIES`). Also here, below the loop that uses them: `Dist` (where a
+rank runs) and `BatchSource` (what the loop draws batches from; train/batches.py implements it).
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 @dataclass(eq=False)
 class Run:
-    """What fit() shares with the technique families (hooks.Family) at every moment: its inputs,
+    """What fit() shares with the technique families (`Family`) at every moment: its inputs,
     the network, the optimizer and where training stands. Families read it; at `start` one may
     replace `criterion` (the task loss), and one whose `before_step` changed `model`'s structure
     returns True so that the loop rebuilds `optimizer` and `trained` and tells every family."""

@@ -28,7 +28,7 @@ SIZE_COLUMNS = ("nonzero_params", "params", "sparsity", "model_bytes", "model_by
                 "macs", "flops", "latency_ms_b1", "latency_ms_b32")
 
 
-# How the report groups parameters: each family's own TrialConfig fields (hooks.Family.fields), the
+# How the report groups parameters: each family's own TrialConfig fields (families.base.Family.fields), the
 # two pruning families as one; the rest (lr, model, ...) is "optimization".
 REPORT_FAMILY = {"channel_pruning": "pruning", "magnitude_pruning": "pruning"}
 

@@ -1,10 +1,14 @@
-"""The Ray glue: the dense teacher as one Ray task, and one Tune trial running fit().
+"""The Ray glue: the dense teacher as one Ray task, and one Tune trial running train.fit().
 
 Single-worker trials run fit() inside the Tune function trainable (actors are reused between
-trials), which costs ~0.7 s per trial against ~20 s for a nested Ray Train run (DESIGN.md).
-With `workers_per_trial > 1` the trainable starts a Ray Train `TorchTrainer` (the V2 driver
-pattern) whose workers run the same fit() as DDP ranks and report through
-`TuneReportCallback`. Everything here that is not Ray is a call into train.py / models.py.
+trials): a trial's start-up costs about 3 s against about 21 s for a nested Ray Train run
+(docs/benchmarks.md, "Framework overhead"). With `workers_per_trial > 1` the trainable starts a
+Ray Train `TorchTrainer` (the V2 driver pattern) whose workers run the same fit() as DDP ranks and
+report through `TuneReportCallback`. Also here: a trial's inputs (`training_inputs`,
+`train_subset`), its checkpoints (`_save_epoch`, `load_training_checkpoint`), the export and
+measurement of its final model (`export_and_measure`, `epoch_size_metrics`), the resources it asks
+for, and the progress callback (`Progress`). What is not Ray is a call into `train/`, `models`,
+`data/` and `deploy/`.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
     (`at_export`). Raises ExportError."""
     from raytune_ft import families
 
-    inp = models.input_config(cfg.model)  # the mean/std the inputs were normalized with (data.py)
+    inp = models.input_config(cfg.model)  # the mean/std the inputs were normalized with (data/)
     manifest = {
         "config": cfg.to_dict(),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},

@@ -1,12 +1,13 @@
 """fit(): fine-tune one model with a trial's recipe. Plain PyTorch, no Ray.
 
 The loop is a fixed skeleton: batches → forward → the task loss and every active technique
-family's named terms (families.py, hooks.Family) → backward → the families' hooks → optimizer
-step, then per epoch BatchNorm recalibration, evaluation and `report(metrics, model, state)`;
-`state()` is what `fit(resume=...)` needs to continue from that epoch exactly (`training_state`).
-AMP, DDP, channels_last and BatchNorm recalibration are the loop's own plumbing. The same loop
-runs in one process or as one rank of a data-parallel group (`Dist`): only who launches it and
-what `report` does differ. Batch sources (in memory, or an iterable such as Ray Data's) live here too.
+family's named terms (losses.py; the families' contract is families/base.Family) → backward →
+the families' moments → optimizer step, then per epoch BatchNorm recalibration, evaluation and
+`report(metrics, model, state)`; `state()` is what `fit(resume=...)` needs to continue from that
+epoch exactly (`training_state`). AMP, DDP, channels_last and BatchNorm recalibration are the
+loop's own plumbing. The same loop runs in one process or as one rank of a data-parallel group
+(`Dist`): only who launches it and what `report` does differ. The batch sources it draws from (in
+memory, or an iterable such as Ray Data's) are in train/batches.py.
 """
 
 from __future__ import annotations
