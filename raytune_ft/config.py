@@ -22,6 +22,7 @@ CHANNEL_SCOPES = ("uniform", "global")
 DATASETS = ("digits", "imagefolder", "cifar10", "cifar100", "fashion_mnist", "parquet")
 ON_BAD_IMAGE = ("error", "skip")
 QUANT_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # quantization.CALIBRATION_METHODS
+AUGMENT_CROPS = ("resized", "pad")  # data.images.augment_batch
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,11 @@ class TrialConfig:
     data_seed: int = 0  # fixes the train/val/test split; the same for every trial of an experiment
     download: bool = False  # cifar10/cifar100 only: fetch the dataset into data_root if it is missing
     on_bad_image: str = "error"  # one of ON_BAD_IMAGE: stop naming bad files, or skip and list them
-    augment: bool = False  # random resized crop + horizontal flip of training batches
+    augment: bool = False  # random crop + horizontal flip of training batches (+ random erasing below)
+    augment_crop: str = "resized"  # one of AUGMENT_CROPS: random resized crop, or "pad" (shift by crop_padding px)
     crop_min_scale: float = 0.08  # smallest area fraction kept by the random resized crop
+    crop_padding: int = 4  # augment_crop "pad": the largest shift in pixels (He et al. 2016 pad 4 and crop)
+    random_erasing: float = 0.0  # with augment: probability of erasing a random rectangle (Zhong et al. 2017)
     # --- optimisation ---------------------------------------------------------------
     epochs: int = 3
     batch_size: int = 64
@@ -114,6 +118,13 @@ class TrialConfig:
             raise ValueError(f"amp must be true, false or \"auto\", got {self.amp!r}")
         _check_choice("on_bad_image", self.on_bad_image, ON_BAD_IMAGE)
         _check_range("crop_min_scale", self.crop_min_scale, low=0.0, high=1.0, low_open=True)
+        _check_choice("augment_crop", self.augment_crop, AUGMENT_CROPS)
+        _check_range("crop_padding", self.crop_padding, low=0)
+        _check_range("random_erasing", self.random_erasing, low=0.0, high=1.0)
+        if self.dataset == "parquet" and self.augment and (self.augment_crop != "resized" or self.random_erasing):
+            raise ValueError("augment_crop \"pad\" and random_erasing work on in-memory datasets; a streamed "
+                             f"parquet dataset decodes with random resized crops only (got augment_crop="
+                             f"{self.augment_crop!r}, random_erasing={self.random_erasing})")
         _check_choice("channel_importance", self.channel_importance, CHANNEL_IMPORTANCE)
         _check_choice("quant_calibration_method", self.quant_calibration_method, QUANT_CALIBRATION_METHODS)
         _check_range("quant_calibration_batches", self.quant_calibration_batches, low=1)

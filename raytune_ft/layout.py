@@ -8,7 +8,7 @@ export, results, analysis, the Python API) take the names from here.
         teacher.json  baselines.csv  test_front.json
         teacher/                           the dense teacher: model.pt  checkpoint.json  train_logits.pt
                                            export/ (fp32)  export_int8/ (int8 PTQ)
-        confirmed.csv  confirm/  mo_asha_state.pkl  stage2/  fidelity.csv  fidelity.json
+        confirmed.csv  confirm/  mo_asha_state.pkl  stage2/  fidelity.csv  fidelity.json  progress.jsonl
         <Tune's trial folders>/            params.json  result.json  error.txt  error.pkl  checkpoint_*/
     <trial>/checkpoint_*/                  model.pt  checkpoint.json, and training_state.pt (to resume)
                                            or export/ (the last one)
@@ -35,6 +35,8 @@ TEACHER_DIR = "teacher"  # its checkpoint and exported files
 BASELINES_CSV = "baselines.csv"  # the dense teacher as a user would ship it (fp32, int8)
 TRAIN_LOGITS = "train_logits.pt"  # in teacher/: its logits on the training set (distillation)
 INT8_EXPORT_DIR = "export_int8"  # in teacher/: the dense teacher quantized (int8 PTQ), next to its export/
+TEACHER_KEY_JSON = "teacher_key.json"  # in teacher/: the hash of its config that another experiment reuses it by
+TEACHER_GATE_JSON = "teacher_gate.json"  # whether distillation was searched, and why (search/gate.py)
 TEST_FRONT_JSON = "test_front.json"  # test-split accuracy of every front point and baseline
 CONFIRMED_CSV = "confirmed.csv"  # confirmation runs (other seeds) of the front's recipes
 CONFIRM_DIR = "confirm"  # the confirmation runs' Tune experiment
@@ -42,6 +44,7 @@ MO_ASHA_STATE = "mo_asha_state.pkl"  # the MO-ASHA scheduler's rungs (resume)
 STAGE2_DIR = "stage2"  # a data-size fidelity search: the full-data retraining's Tune experiment
 FIDELITY_CSV = "fidelity.csv"  # each promoted recipe: subset and full-data metrics and ranks
 FIDELITY_JSON = "fidelity.json"  # how well the subset ranking predicted the full-data one
+PROGRESS_JSONL = "progress.jsonl"  # every time-left estimate, one JSON a line (search/progress.py)
 
 # Ray Tune's files in each trial folder (Tune writes them; results.py reads them)
 TUNE_PARAMS_JSON = "params.json"  # the searched values, exactly as sampled, written when the trial starts

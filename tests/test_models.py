@@ -364,3 +364,57 @@ def test_compact_cnn_is_a_timm_model_that_prunes_checkpoints_and_exports(tmp_pat
     export.export_model(loaded, tmp_path / "export", image_size=28, manifest={})
     measured = export.measure_export(tmp_path / "export", image_size=28, threads=1, latency_budget_s=0.1)
     assert measured["params"] < 0.3 * 72_954  # half the channels in and out: about a quarter of the weights
+
+
+def test_cifar_resnets_are_he_et_al_s_networks_by_name():
+    """ResNet-20/32 for small images (He et al. 2016, 4.2), built through timm by name, from scratch."""
+    import timm
+
+    assert timm.is_model("cifar_resnet32") and timm.is_model("cifar_resnet20_w8")
+    resnet20 = models.build_model("cifar_resnet20", 10, weights="auto")
+    assert sum(p.numel() for p in resnet20.parameters()) == 272_474  # 0.27M, as published
+    assert sum(p.numel() for p in models.build_model("cifar_resnet32", 10, weights="none").parameters()) == 466_906
+    assert models.head_parameter_names(resnet20) == {"fc.weight", "fc.bias"}
+    assert resnet20(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+    with pytest.raises(models.ModelError, match="cifar_resnet20"):
+        models.check_weights("cifar_resnet20", "pretrained")
+    with pytest.raises(models.ModelError, match="close matches: .*cifar_resnet20"):
+        models.check_model_name("cifar_resnet21")
+
+
+def test_a_cifar_resnet_trains_with_every_family_and_ships_an_int8_file_onnxruntime_reproduces(tmp_path,
+                                                                                              tiny_splits):
+    """Magnitude and channel pruning (the residual additions couple channels), distillation, label
+    smoothing, the ResNet augmentation (pad crop, flip, random erasing) and QAT in one trial; the
+    int8 file's accuracy is the manifest's, recomputed in ONNX Runtime."""
+    import onnxruntime as ort
+
+    from raytune_ft import layout, train
+    from raytune_ft.config import TrialConfig
+    from raytune_ft.search import trial
+
+    cfg = TrialConfig(model="cifar_resnet20_w8", weights="none", image_size=8, epochs=6, batch_size=32,
+                      optimizer="sgd", lr=0.05, augment=True, augment_crop="pad", crop_padding=1, random_erasing=0.5,
+                      use_pruning=True, final_sparsity=0.5, pruning_frequency=2, use_channel_pruning=True,
+                      channel_pruning_ratio=0.25, channel_pruning_steps=1, use_kd=True, kd_alpha=0.5,
+                      use_label_smoothing=True, use_quantization=True, quant_aware_fraction=0.3,
+                      quant_calibration_batches=2, latency_budget_s=0.1, bn_recalibration_batches=2)
+    torch.manual_seed(0)
+    model = models.build_model(cfg.model, tiny_splits.num_classes, weights="none")
+    convs = sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    teacher_model = {"config": TrialConfig(model="compact_cnn_16", weights="none", image_size=8).to_dict(),
+                     "state_dict": models.build_model("compact_cnn_16", tiny_splits.num_classes, weights="none").state_dict()}
+    source, logits, teacher = trial.training_inputs(cfg, tiny_splits, dist=train.Dist(), teacher_model=teacher_model)
+    assert logits is None and teacher is not None  # augmented batches: the teacher runs online
+    metrics = train.fit(cfg, model, tiny_splits, head_names=models.head_parameter_names(model),
+                        report=lambda *_: None, teacher=teacher, batches=source)
+    assert sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)) < convs
+    assert metrics["sparsity"] > 0.3
+    measured = trial.export_and_measure(model, cfg, tiny_splits, metrics, tmp_path)
+    manifest = json.loads((tmp_path / layout.MANIFEST).read_text())
+    assert manifest["deployed"] == layout.INT8_FILE
+    session = ort.InferenceSession(str(tmp_path / layout.INT8_FILE), providers=["CPUExecutionProvider"])
+    x = tiny_splits.x_val.numpy()
+    right = int((session.run(None, {session.get_inputs()[0].name: x})[0].argmax(1) == tiny_splits.y_val.numpy()).sum())
+    assert abs(right - measured["val_acc"] * len(x)) <= 1
+    assert measured["val_acc"] > 0.6  # a learnable problem: still a classifier after all of it

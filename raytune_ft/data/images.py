@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from raytune_ft import models
+from raytune_ft.config import AUGMENT_CROPS
 from raytune_ft.models import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -54,29 +55,64 @@ class Splits:
                                    y_test=torch.empty(0, dtype=torch.int64))
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, *, min_scale: float = 0.08,
-                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
-    """Random resized crop (Szegedy et al. 2015, as in timm/torchvision) and horizontal flip of a
-    batch (n, C, H, W), each sample its own crop, resampled bilinearly back to (H, W).
+def augment_batch(x: torch.Tensor, generator: torch.Generator, *, crop: str = "resized", min_scale: float = 0.08,
+                  ratio: tuple[float, float] = (3 / 4, 4 / 3), padding: int = 4, flip: bool = True,
+                  erasing: float = 0.0) -> torch.Tensor:
+    """Random crop, horizontal flip and random erasing of a batch (n, C, H, W), each sample its own.
 
-    The crop covers an area fraction s ~ U(min_scale, 1) of the image with aspect ratio r,
-    log r ~ U(log ratio[0], log ratio[1]); its sides are clipped to the image (torchvision
-    instead retries). Works on normalized tensors: cropping, resampling and flipping commute with
-    the per-channel affine normalization. Reproducible given `generator` (on the CPU).
+    crop "resized": random resized crop (Szegedy et al. 2015, as in timm/torchvision), resampled
+    bilinearly back to (H, W): an area fraction s ~ U(min_scale, 1) with aspect ratio r,
+    log r ~ U(log ratio[0], log ratio[1]), sides clipped to the image (torchvision instead retries).
+    crop "pad": the CIFAR/ResNet crop (He et al. 2016): a shift of up to `padding` whole pixels each
+    way, the border pixels repeated into the gap (on Fashion-MNIST's black border, as zero padding of
+    the raw image). erasing p: with probability p a rectangle of 2-33 % of the area, aspect ratio in
+    [0.3, 3.3], is filled with N(0, 1) noise (Zhong et al. 2017; timm's RandomErasing "pixel" mode).
+    Works on normalized tensors: cropping, resampling and flipping commute with the per-channel
+    affine normalization, and N(0, 1) is noise at the data's own scale. Reproducible given
+    `generator` (on the CPU).
     """
-    n = x.shape[0]
+    if crop not in AUGMENT_CROPS:
+        raise ValueError(f"crop must be one of {AUGMENT_CROPS}, got {crop!r}")
+    n, _, height, width = x.shape
     u = torch.rand(n, 5, generator=generator)
-    area = min_scale + (1 - min_scale) * u[:, 0]
-    log_r = np.log(ratio[0]) + (np.log(ratio[1]) - np.log(ratio[0])) * u[:, 1]
-    w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)  # crop width / image width
-    h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
-    cx = (1 - w) * (2 * u[:, 2] - 1)  # crop centre in [-1, 1] coordinates, crop inside the image
-    cy = (1 - h) * (2 * u[:, 3] - 1)
     sign = torch.where(u[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones(n)
+    if crop == "resized":
+        area = min_scale + (1 - min_scale) * u[:, 0]
+        log_r = np.log(ratio[0]) + (np.log(ratio[1]) - np.log(ratio[0])) * u[:, 1]
+        w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)  # crop width / image width
+        h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+        cx = (1 - w) * (2 * u[:, 2] - 1)  # crop centre in [-1, 1] coordinates, crop inside the image
+        cy = (1 - h) * (2 * u[:, 3] - 1)
+    else:  # whole-pixel shifts in [-padding, padding]: grid_sample then copies pixels exactly
+        w = h = torch.ones(n)
+        cx = torch.floor(u[:, 2] * (2 * padding + 1) - padding) * 2 / width
+        cy = torch.floor(u[:, 3] * (2 * padding + 1) - padding) * 2 / height
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if erasing > 0:
+        out = _erase(out, generator, erasing)
+    return out
+
+
+
+def _erase(x: torch.Tensor, generator: torch.Generator, p: float, area: tuple[float, float] = (0.02, 1 / 3),
+           log_ratio: tuple[float, float] = (float(np.log(0.3)), float(np.log(1 / 0.3)))) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017) of each sample with probability p, vectorised over the batch."""
+    n, c, height, width = x.shape
+    u = torch.rand(n, 5, generator=generator)
+    s = (area[0] + (area[1] - area[0]) * u[:, 0]) * height * width
+    r = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[:, 1])
+    h = torch.sqrt(s * r).round().clamp(1, height)
+    w = torch.sqrt(s / r).round().clamp(1, width)
+    top = torch.floor(u[:, 2] * (height - h + 1))
+    left = torch.floor(u[:, 3] * (width - w + 1))
+    rows, cols = torch.arange(height).view(1, -1, 1), torch.arange(width).view(1, 1, -1)
+    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
+              & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1)) & (u[:, 4] < p).view(-1, 1, 1))
+    noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+    return torch.where(inside[:, None].to(x.device), noise, x)
 
 
 def decode_image(source: bytes | str | Path, size: int, inp: models.InputConfig, *,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any
 
 from raytune_ft import layout
 from raytune_ft.errors import ExportError
+from raytune_ft.search import teacher_reuse
 from raytune_ft.search.searcher import make_searcher, resume_into
 
 DEFAULT_STORAGE = "ray_results"  # relative to the current directory
@@ -258,14 +258,17 @@ def prepare(args: SearchOptions | argparse.Namespace):
     return space, where
 
 
-def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> tuple[dict[str, Any], Any, Any]:
+def obtain_teacher(space, data, exp_dir: Path, location: str | None = None,
+                   reuse_root: Path | None = None) -> tuple[dict[str, Any], Any, Any]:
     """The dense teacher's metrics, its train-set logits (None when the training split streams,
     dataset parquet) and {"config", "state_dict"} for an online teacher (trial.training_inputs):
     loaded from the experiment folder or space's teacher.checkpoint, else fine-tuned once as a
     Ray task. The teacher is its own model: it trains, is evaluated and predicts on its own view
     of the students' split `data` (teachers.teacher_splits: same rows, its normalization and
     input size), so its logits index the students' rows. `location`: the experiment's address
-    recorded in teacher.json when `exp_dir` is a staging copy of it."""
+    recorded in teacher.json when `exp_dir` is a staging copy of it. `reuse_root`: the local storage
+    folder whose other experiments' teachers are reused when fitted on the same data with the same
+    teacher config (teacher_reuse.py)."""
     import torch
 
     from raytune_ft import models, train
@@ -275,8 +278,16 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
 
     teacher_dir = exp_dir / layout.TEACHER_DIR
     logits_path = teacher_dir / layout.TRAIN_LOGITS
-    source = space.teacher_checkpoint or (teacher_dir if (teacher_dir / models.CHECKPOINT_META).exists() else None)
     cfg = space.teacher_config()
+    reused_from = None
+    if not space.teacher_checkpoint and not (teacher_dir / models.CHECKPOINT_META).exists() and reuse_root:
+        reused_from = teacher_reuse.find_fitted(reuse_root, cfg.to_dict(), exclude=exp_dir)
+        if reused_from is not None:  # fitted once per dataset: the same data and teacher config in this storage
+            print(f"teacher: reusing the teacher fitted by experiment {reused_from.parent.name!r} (the same data "
+                  "and teacher config in this storage folder; change the teacher section or give "
+                  "teacher.checkpoint to fit or load another)", flush=True)
+            teacher_reuse.copy_in(reused_from, teacher_dir)
+    source = space.teacher_checkpoint or (teacher_dir if (teacher_dir / models.CHECKPOINT_META).exists() else None)
     if source is not None:
         print(f"teacher: loading {source}", flush=True)
         try:
@@ -305,6 +316,8 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
         model.load_state_dict(out["state_dict"])
         config, metrics, logits = cfg.to_dict(), out["metrics"], out["train_logits"]
         changed = True
+        teacher_dir.mkdir(parents=True, exist_ok=True)
+        teacher_reuse.write_key(teacher_dir, cfg.to_dict())  # another search in this storage reuses it
     export_dir = teacher_dir / layout.EXPORT_DIR
     # measured with the students' threads: the baselines' latencies compare with the trials'
     measure_cfg = dataclasses.replace(cfg, cpus_per_trial=TrialConfig.from_dict(space.fixed).worker_cpus,
@@ -330,7 +343,7 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None) -> t
     info = {**{k: metrics[k] for k in TRIAL_METRICS if k in metrics},
             "model": config["model"], "image_size": config.get("image_size"),
             "epochs_trained": metrics.get("epoch"), "wall_time_s": metrics.get("wall_time_s"),
-            "checkpoint": recorded,
+            "checkpoint": recorded, "reused_from": str(reused_from) if reused_from else None,
             "export_path": f"{recorded}/{layout.EXPORT_DIR}" if export_dir.exists() else None,
             "baselines": {row["baseline"]: row for row in baselines}}
     (exp_dir / layout.TEACHER_JSON).write_text(json.dumps(info, indent=2))
@@ -395,11 +408,12 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
     from raytune_ft import data as data_mod
     from raytune_ft.config import TrialConfig
     from raytune_ft.data import parquet
-    from raytune_ft.search import mo_asha, planned, tracking, trial
+    from raytune_ft.search import mo_asha, planned, progress, tracking, trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     exp_dir = where.local
     exp_dir.mkdir(parents=True, exist_ok=True)
+    progress.begin(exp_dir / layout.PROGRESS_JSONL)  # every time-left estimate, recorded (progress.py)
     # the trials' fixed settings: a two-stage search's first stage trains on a subset (fidelity.py);
     # the teacher and the test split are not the trials' and keep all the data
     trial_fixed = {**space.fixed, "data_fraction": space.search.data_fraction} if space.search.data_fraction < 1 \
@@ -445,7 +459,8 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
         print(f"on_bad_image: skip: left out {len(data.skipped)} file(s)/row(s), listed in {layout.SKIPPED_TXT}",
               flush=True)
         where.upload(layout.SKIPPED_TXT)
-    teacher, logits, teacher_model = obtain_teacher(space, data, exp_dir, where.uri if where.remote else None)
+    teacher, logits, teacher_model = obtain_teacher(space, data, exp_dir, where.uri if where.remote else None,
+                                                    reuse_root=None if where.remote else exp_dir.parent)
     baselines = [layout.BASELINES_CSV] if (exp_dir / layout.BASELINES_CSV).exists() else []
     where.upload(layout.SPACE_JSON, layout.TEACHER_DIR, layout.TEACHER_JSON, *baselines)  # a resumed run finds them
 
@@ -463,7 +478,7 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
         tuner = tune.Tuner.restore(where.uri, trainable, resume_errored=True)  # callbacks are restored too
     else:
         metrics, modes = space.metric_and_mode()
-        searcher = make_searcher(space, exp_dir)
+        searcher = make_searcher(space, exp_dir, teacher_val_acc=teacher.get("val_acc"))
         scheduler = None
         if space.scheduler:
             settings = space.scheduler
@@ -482,7 +497,8 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
                 failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
                 verbose=0,  # progress comes from trial.Progress and the trials' epoch lines
                 callbacks=[trial.Progress(space.search.num_samples, space.objectives, teacher=teacher,
-                                          epochs=space.fixed.get("epochs", TrialConfig().epochs)),
+                                          epochs=space.fixed.get("epochs", TrialConfig().epochs),
+                                          plan=progress.plan_for(space)),
                            *tracking.logger_callbacks(space.search.callbacks, exp_dir)],  # mlflow, wandb, ...
             ),
         )
@@ -528,9 +544,11 @@ def run_experiment(space: str | os.PathLike | Mapping[str, Any] = "quickstart", 
     test the deployed files, write the results and print the summary; returns where the experiment
     is. The arguments are the command line's flags (SearchOptions). Raises UserError on bad input,
     before Ray starts for everything that can be checked then."""
-    # before Ray is imported: Ray folds log lines of concurrent trials that differ only in numbers
-    # ("[repeated 2x across cluster]"), so one trial's epoch line would hide the other's
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # before Ray is imported: repeated worker lines folded except the trials' own (which differ only
+    # in numbers); off a terminal, no progress bars, colour codes or pid prefixes (console.py)
+    from raytune_ft.search import console
+
+    console.configure()
     options = SearchOptions(space=space, overrides=tuple(overrides), num_samples=num_samples,
                             max_concurrent=max_concurrent, seed=seed, storage_path=storage_path, name=name,
                             address=address, dashboard_host=dashboard_host, confirm=confirm, resume=resume)
@@ -554,35 +572,21 @@ def run_experiment(space: str | os.PathLike | Mapping[str, Any] = "quickstart", 
     front = write_results(trials, space, where, teacher)
     front, teacher, confirmed = honest_results(trials, front, space, where, teacher, trial_inputs, confirm)
 
-    from raytune_ft import report
+    from raytune_ft import pareto
+    from raytune_ft.report import summary
+    from raytune_ft.search import progress
 
     counts = trials["status"].value_counts().to_dict()
-    size = next(k for k, v in space.objectives.items() if v == "min")
-    print(f"\n{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) in "
-          f"{(time.perf_counter() - started) / 60:.1f} min")
-    print(f"dense teacher: val_acc={teacher['val_acc']:.4f}  {size}={teacher.get(size, math.nan):,}"
-          + (f"  test_acc={report.format_interval(teacher)}" if "test_acc" in teacher else ""))
-    shown = dict.fromkeys([*space.objectives, "val_acc", "model_bytes_compressed", "latency_ms_b1", "latency_ms_b32"])
-    for row in (teacher.get("baselines") or {}).values():
-        print(f"baseline {row['baseline']}: " + "  ".join(f"{k}={row[k]:.4g}" for k in shown
-                                                          if isinstance(row.get(k), (int, float)))
-              + (f"  test_acc={report.format_interval(row)}" if "test_acc" in row else ""))
+    notes = [f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) in "
+             f"{(time.perf_counter() - started) / 60:.1f} min"]
     int8 = (teacher.get("baselines") or {}).get("teacher_int8")
-    if int8 is not None:
-        from raytune_ft import pareto
-
-        print(pareto.dominance_line(front, space.objectives, int8, "the int8 teacher"))
-    print("\nPareto front (completed trials, sorted by size):")
-    cols = ["trial_id", "model", *space.objectives, *(["test_acc_ci"] if "test_acc" in front else []),
-            "val_acc_fp32", "model_bytes_compressed", "latency_ms_b1", "latency_ms_b32", "params", "sparsity",
-            *[p.name for p in space.params]]
-    front = front.assign(test_acc_ci=[report.format_interval(r) for _, r in front.iterrows()]) \
-        if "test_acc" in front else front
-    print(report.format_front(front, list(dict.fromkeys(cols))))
-    print(f"\nwrote {where.uri}/trials.csv\n      {where.uri}/pareto.csv\n      "
-          f"{where.uri}/pareto.png\n      {where.uri}/teacher.json\n"
-          f"full report: python -m raytune_ft.analyze {where.uri}")
+    notes += [pareto.dominance_line(front, space.objectives, int8, "the int8 teacher")] if int8 is not None else []
+    print("\n" + summary.closing_summary(front, teacher, space.objectives, where.uri, notes=notes))
+    progress.finish()
+    where.upload(layout.PROGRESS_JSONL)
     if confirmed is not None:
+        from raytune_ft import report
+
         print(f"\nconfirmed with {confirm} seeds per front recipe ({where.uri}/confirmed.csv):\n"
               + report.format_front(confirmed, list(confirmed.columns)))
     return where

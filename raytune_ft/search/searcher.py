@@ -13,6 +13,7 @@ from ray.tune.search.optuna import OptunaSearch
 from raytune_ft import layout
 from raytune_ft.report import results
 from raytune_ft.search import journal
+from raytune_ft.search.gate import KDGate
 
 # Where a resumed search writes: Tune restores the searcher with the file paths it had when it was
 # pickled, which name the old folder when the experiment was copied or moved, or, for an s3://
@@ -46,9 +47,17 @@ class HonestOptunaSearch(OptunaSearch):
     """
 
     def __init__(self, *args: Any, epochs: int, table_path: str | None = None, study_path: str | None = None,
-                 **kwargs: Any) -> None:
+                 gate: KDGate | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.epochs, self.table_path, self.study_path = epochs, table_path, study_path
+        self.epochs, self.table_path, self.study_path, self.gate = epochs, table_path, study_path, gate
+        if gate is not None and gate.closed:
+            self.pin_no_kd()
+
+    def pin_no_kd(self) -> None:
+        """Every trial sampled from now on trains without distillation (the teacher-quality gate)."""
+        pinned = getattr(self._space, "pinned", None)
+        if pinned is not None:
+            pinned["use_kd"] = False
 
     def suggest(self, trial_id: str) -> dict | None:
         import warnings
@@ -81,6 +90,8 @@ class HonestOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
         else:
             super().on_trial_complete(trial_id, result, error)
+        if not error and getattr(self, "gate", None) is not None and self.gate.observe(trial_id, result):
+            self.pin_no_kd()
         self.write_table()
         self.write_study()
 
@@ -92,6 +103,8 @@ class HonestOptunaSearch(OptunaSearch):
             for attr in ("table_path", "study_path"):
                 if getattr(self, attr, None):
                     setattr(self, attr, str(_resumed_into / Path(getattr(self, attr)).name))
+            if getattr(self, "gate", None) is not None and self.gate.path:
+                self.gate.path = str(_resumed_into / Path(self.gate.path).name)
         self.write_study()
 
     def write_table(self) -> None:
@@ -104,23 +117,30 @@ class HonestOptunaSearch(OptunaSearch):
             journal.write_study(self._ot_study, self.study_path, metrics)
 
 
-def make_searcher(space: Any, exp_dir: Path) -> Any:
+def make_searcher(space: Any, exp_dir: Path, teacher_val_acc: float | None = None) -> Any:
     """The search algorithm Tune is given: the space's Optuna sampler in `HonestOptunaSearch`
     (early-stopped trials are told to the study as PRUNED; its table is optuna_trials.csv, the
     study itself optuna_journal.log, named after the experiment folder; the
     `search.initial` recipes are enqueued and run first, recipes.py), behind a ConcurrencyLimiter
     of search.max_concurrent trials: a new trial is asked for as soon as one ends, or, with
     search.synchronous (batch=True), a new group only when the whole previous group ended, so the
-    sampler sees the same history on every run with the same seed. Tune pickles it."""
+    sampler sees the same history on every run with the same seed. Tune pickles it. When the space
+    searches distillation, the teacher-quality gate (gate.py) compares `teacher_val_acc` with the
+    students as they finish (teacher_gate.json)."""
     from ray.tune.search import ConcurrencyLimiter
 
     from raytune_ft.config import TrialConfig
 
     metrics, modes = space.metric_and_mode()
+    gate = None
+    if "use_kd" in {p.name for p in space.params} or space.fixed.get("use_kd"):
+        gate = KDGate(space.search.kd_gate, space.search.kd_gate_margin, teacher_val_acc,
+                      path=str(exp_dir / layout.TEACHER_GATE_JSON))
     searcher = HonestOptunaSearch(space=space.define_by_run(), metric=metrics, mode=modes,
                                           sampler=space.make_sampler(),
                                           epochs=space.fixed.get("epochs", TrialConfig().epochs),
                                           points_to_evaluate=[dict(r) for r in space.search.initial] or None,
                                           table_path=str(exp_dir / layout.OPTUNA_TRIALS_CSV),
-                                          study_path=str(exp_dir / layout.OPTUNA_JOURNAL), study_name=exp_dir.name)
+                                          study_path=str(exp_dir / layout.OPTUNA_JOURNAL), study_name=exp_dir.name,
+                                          gate=gate)
     return ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent, batch=space.search.synchronous)

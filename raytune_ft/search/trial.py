@@ -31,7 +31,7 @@ from raytune_ft import layout, models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits, parquet
 from raytune_ft.deploy import export
-from raytune_ft.search import planned
+from raytune_ft.search import planned, progress
 from raytune_ft.train import teachers
 
 
@@ -163,7 +163,8 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
 
         source: train.BatchSource = train.IterableBatches(epoch_batches, steps_per_epoch=steps)
     else:
-        augment = functools.partial(data_mod.augment_batch, min_scale=cfg.crop_min_scale) if cfg.augment else None
+        augment = functools.partial(data_mod.augment_batch, crop=cfg.augment_crop, min_scale=cfg.crop_min_scale,
+                                    padding=cfg.crop_padding, erasing=cfg.random_erasing) if cfg.augment else None
         x_train, y_train = data.x_train, data.y_train
         if cfg.data_fraction < 1:  # a subset-fidelity trial: the same stratified subset in every process
             keep = train_subset(data.y_train, cfg)
@@ -196,20 +197,27 @@ def _train_stream(cfg: TrialConfig, data: Splits) -> Any:
     return parquet.ray_datasets(cfg, decode_view=data.decode_view)["train"] if data_mod.streams(cfg) else None
 
 
-def fit_teacher(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
+def fit_teacher(cfg: TrialConfig, data: Splits, progress_log: str | None = None) -> dict[str, Any]:
     """Fine-tune the dense teacher `cfg` (its own model, weights and settings) on `data`, its own
     view of the students' split (teachers.teacher_splits); returns its state dict, final metrics
     and train-set logits in that row order (None for dataset parquet, whose training split is not
-    in memory: trials use the model)."""
+    in memory: trials use the model). Each epoch's line says the time left (progress.py), which
+    is recorded into `progress_log` when given."""
     _setup_torch(cfg, cfg.worker_cpus)
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
     started = time.perf_counter()
     dist = train.Dist(device=_device(cfg))
     batches, _, _ = training_inputs(cfg, data, dist=dist, stream=_train_stream(cfg, data))
+    epoch_times: list[float] = []
 
     def report(metrics: dict[str, Any], _model: torch.nn.Module, _state: Any) -> None:
+        epoch_times.append(metrics["epoch_time_s"])
+        eta = progress.teacher_time_left(epoch_times, cfg.epochs - metrics["epoch"])
+        progress.record(progress_log, "teacher", elapsed_s=round(time.perf_counter() - started, 1), eta_s=eta,
+                        epoch=metrics["epoch"], epochs=cfg.epochs)
+        left = f", {progress.format_eta(eta)}" if metrics["epoch"] < cfg.epochs else ""
         print(f"[teacher] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
-              f"train_loss={metrics['train_loss']:.4f}  {metrics['precision']}  ({metrics['epoch_time_s']:.1f}s)",
+              f"train_loss={metrics['train_loss']:.4f}  {metrics['precision']}  ({metrics['epoch_time_s']:.1f}s{left})",
               flush=True)
 
     metrics = train.fit(cfg, model, data, head_names=models.head_parameter_names(model), report=report,
@@ -228,7 +236,7 @@ def fit_teacher_remote(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
     """Run fit_teacher as a Ray task with one worker's resources (on a cluster: on a worker node);
     the teacher always trains in one process."""
     task = ray.remote(num_cpus=cfg.worker_cpus, num_gpus=cfg.gpus_per_worker if cfg.use_gpu else 0)(fit_teacher)
-    return ray.get(task.remote(cfg, data))
+    return ray.get(task.remote(cfg, data, progress.log_path()))
 
 
 def resources_for(fixed: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
@@ -487,7 +495,7 @@ def trial_dirname(trial: Any) -> str:
 class Progress(tune.Callback):
     """One line when a trial starts, finishes or fails (never per epoch), e.g.
 
-        [4/10 done, 1 running, 0 failed | front 2, HV 0.6123 | 3.2 min] trial 5cb43b1c finished: ...
+        [4/10 done, 1 running, 0 failed | front 2, HV 0.6123 | 3.2 min, ~12 min left] trial 5cb43b1c finished: ...
 
     Counts come from Tune's trial list (so they stay right after `--resume`). The front is over
     the completed trials' last results; with `epochs` (the fixed epoch count; a trial's own
@@ -495,17 +503,41 @@ class Progress(tune.Callback):
     off it. The hypervolume uses pareto's normalisation — 1 − accuracy and size / the dense
     `teacher`'s size, reference point (1, 1) — so it is the number the report shows; without a
     `teacher` the largest value seen so far is the scale, and early values can still move.
+    The time left (progress.py, with `plan`: slots, early stopping, a second stage) shows once an
+    epoch has been measured; every epoch's estimate is recorded (progress.log_path()), and a line
+    is printed for the first one and then at least every PRINT_EVERY_S.
     """
 
+    PRINT_EVERY_S = 600.0
+
     def __init__(self, total: int, objectives: dict[str, str], *,
-                 teacher: dict[str, Any] | None = None, epochs: int | None = None) -> None:
+                 teacher: dict[str, Any] | None = None, epochs: int | None = None,
+                 plan: progress.Plan | None = None) -> None:
         self.total, self.objectives = total, dict(objectives)
         self.teacher, self.epochs = (dict(teacher) if teacher else None), epochs
         self.started = time.time()  # wall clock: still meaningful after a restore
+        self.plan, self.clock = plan or progress.Plan(), progress.EpochClock()
+        self.most_running, self.printed = 0, None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # restored from a search saved before these fields
+        self.__dict__.update({"plan": progress.Plan(), "clock": progress.EpochClock(), "most_running": 0,
+                              "printed": None, **state})
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.clock.start(trial.trial_id, trial.config.get("model"), time.time())
         recipe = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
         print(f"{self._stamp(trials)} trial {trial.trial_id} started: {recipe}", flush=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        now = time.time()
+        self.clock.epoch(trial.trial_id, now)
+        eta, upper = self.estimate(trials)
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        progress.record(progress.log_path(), "trials", elapsed_s=round(now - self.started, 1), eta_s=eta,
+                        upper_bound=upper, done=sum(1 for t in trials if t.status in ("TERMINATED", "ERROR")),
+                        running=running, trial_id=trial.trial_id, epoch=result.get("epoch"))
+        if eta is not None and (self.printed is None or now - self.printed >= self.PRINT_EVERY_S):
+            print(f"{self._stamp(trials)} time left estimated from the epochs measured so far", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Tune calls this while the trial is still RUNNING; count it as done already.
@@ -520,7 +552,10 @@ class Progress(tune.Callback):
               flush=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        print(f"{self._stamp(trials)} search finished", flush=True)
+        if self.plan.later_trials:
+            print(f"{self._stamp(trials)} stage 1 finished; the time left is stage 2's", flush=True)
+        else:
+            print(f"{self._stamp(trials, eta=False)} search finished", flush=True)
 
     def summary(self, trials: list, done: Any = None) -> dict[str, Any]:
         """Counts (done, running, failed, pending), front size and hypervolume of `trials`."""
@@ -528,9 +563,7 @@ class Progress(tune.Callback):
 
         from raytune_ft import pareto
 
-        status = {t.trial_id: t.status for t in trials}
-        if done is not None:
-            status[done.trial_id] = "TERMINATED"
+        status = self._status(trials, done)
         counts = {s: sum(1 for v in status.values() if v == s)
                   for s in ("TERMINATED", "RUNNING", "ERROR", "PENDING")}
         finished = [t for t in trials if status[t.trial_id] == "TERMINATED" and self._fully_trained(t)]
@@ -548,11 +581,55 @@ class Progress(tune.Callback):
                 "pending": counts["PENDING"], "front": front_size, "hypervolume": hv,
                 "elapsed_min": (time.time() - self.started) / 60}
 
-    def _stamp(self, trials: list, done: Any = None) -> str:
+    def estimate(self, trials: list, done: Any = None) -> tuple[float | None, bool]:
+        """(seconds left, whether that is an upper bound) for the trials of `trials` not ended, the
+        ones the searcher has yet to start (of `total`) and the plan's later stage; (None, False)
+        before any epoch was measured. See progress.py."""
+        mean_rate = self.clock.rate("")
+        if mean_rate is None:
+            return None, False
+        status = self._status(trials, done)
+        self.most_running = max(self.most_running, sum(1 for v in status.values() if v == "RUNNING"))
+        share, upper = 1.0, self.plan.early_stopping
+        ended = [t for t in trials if status[t.trial_id] == "TERMINATED" and self._planned(t)]
+        if upper and ended:  # early stopping: plan queued trials at the share of epochs ended ones trained
+            share = float(np.mean([min(1.0, (t.last_result or {}).get("epoch", 0) / self._planned(t))
+                                    for t in ended]))
+            upper = False
+        running, queued = [], []
+        for t in trials:
+            planned_epochs = self._planned(t)
+            if status[t.trial_id] in ("TERMINATED", "ERROR") or planned_epochs is None:
+                continue
+            rate = self.clock.rate(t.trial_id, t.config.get("model"))
+            if status[t.trial_id] == "RUNNING":
+                running.append((rate, max(0, planned_epochs - (t.last_result or {}).get("epoch", 0))))
+            else:
+                queued.append((rate, planned_epochs * share))
+        if self.epochs:
+            queued += [(mean_rate, self.epochs * share)] * max(0, self.total - len(trials))
+        slots = max(1, min(self.plan.slots, self.most_running or 1))
+        later = [(mean_rate / self.plan.data_fraction, self.plan.later_epochs)] * self.plan.later_trials
+        return progress.time_left(running, queued, slots, later), upper
+
+    def _stamp(self, trials: list, done: Any = None, *, eta: bool = True) -> str:
         s = self.summary(trials, done)
+        seconds, upper = self.estimate(trials, done) if eta else (None, False)
+        left = progress.format_eta(seconds, upper_bound=upper)
+        self.printed = time.time()
         return (f"[{s['done'] + s['failed']}/{self.total} done, {s['running']} running, "
                 f"{s['failed']} failed | front {s['front']}, HV {s['hypervolume']:.4f} | "
-                f"{s['elapsed_min']:.1f} min]")
+                f"{s['elapsed_min']:.1f} min{', ' + left if left else ''}]")
+
+    def _status(self, trials: list, done: Any = None) -> dict[str, str]:
+        status = {t.trial_id: t.status for t in trials}
+        if done is not None:
+            status[done.trial_id] = "TERMINATED"
+        return status
+
+    def _planned(self, trial: Any) -> int | None:
+        epochs = trial.config.get("epochs", self.epochs)
+        return int(epochs) if epochs else None
 
     def _fully_trained(self, trial: Any) -> bool:
         from raytune_ft.report import results

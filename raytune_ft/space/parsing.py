@@ -31,11 +31,15 @@ PARAM_KEYS = {
     "categorical": ("type", "choices", "when"),
 }
 SAMPLERS = ("tpe", "gp", "nsga2", "random")  # spaces.Space.make_sampler builds them
+KD_GATES = ("auto", "keep", "drop")  # search.kd_gate
 CALLBACKS = ("mlflow", "tensorboard", "wandb")  # search.callbacks: search/tracking.py builds them
 MODES = ("max", "min")
-# The teacher is a plain dense fine-tune: these switches are forced off for it (use_gpu is
-# where it runs, not a technique: the teacher keeps it).
-TECHNIQUE_FLAGS = tuple(name for name in FIELD_TYPES if name.startswith("use_") and name != "use_gpu")
+# The teacher is a dense model: distillation, pruning and quantization are forced off for it. The
+# regularizers (weight decay, L2-SP, label smoothing) are off unless its own section switches them
+# on (a from-scratch residual teacher needs weight decay); they are not inherited from `fixed`.
+TEACHER_REGULARIZERS = ("use_weight_decay", "use_l2sp", "use_label_smoothing")
+TECHNIQUE_FLAGS = tuple(name for name in FIELD_TYPES if name.startswith("use_")
+                        and name not in ("use_gpu", *TEACHER_REGULARIZERS))
 _METRIC_RE = re.compile(r"[a-z_][a-z0-9_]*")
 
 
@@ -85,6 +89,11 @@ class SearchSettings:
     # epochs of each full-data retraining (stage 2); None: the trials' `epochs`. The subset stage
     # only has to rank recipes; the files a user ships come from stage 2 (docs/search.md)
     promote_epochs: int | None = None
+    # the teacher-quality gate (search/gate.py): "auto" stops sampling distillation once a finished
+    # student's val_acc comes within kd_gate_margin of the teacher's; "keep" samples it regardless;
+    # "drop" never samples it (use_kd false in every trial)
+    kd_gate: str = "auto"
+    kd_gate_margin: float = 0.005
     # experiment tracking (search/tracking.py): Ray Tune logger callbacks by name, one of CALLBACKS
     # each; tensorboard's files are written anyway (Tune's default), mlflow into <experiment>/mlflow.db
     callbacks: tuple[str, ...] = ()
@@ -265,8 +274,9 @@ def parse_fields(
             fail(
                 where,
                 f"{key}.{name}",
-                f"{name} cannot be overridden for the teacher, which is always trained with "
-                f"{', '.join(TECHNIQUE_FLAGS)} off (got {value!r})",
+                f"{name} cannot be overridden for the teacher, which is always a dense model trained with "
+                f"{', '.join(TECHNIQUE_FLAGS)} off (got {value!r}); its regularizers "
+                f"({', '.join(TEACHER_REGULARIZERS)}) may be switched on",
             )
         if teacher and name in SHARED_DATA_FIELDS:
             fail(where, f"{key}.{name}",
@@ -309,6 +319,15 @@ def parse_search(where: str, raw: dict[str, Any]) -> SearchSettings:
         elif key == "data_fraction":
             if not is_number(value) or not 0 < value <= 1:
                 fail(where, "search.data_fraction", f"must be a number in (0, 1] (1: no subset stage), got {value!r}")
+            raw[key] = float(value)
+        elif key == "kd_gate":
+            if value not in KD_GATES:
+                fail(where, "search.kd_gate", f"must be one of {', '.join(KD_GATES)} (auto: stop distilling once a "
+                     f"student reaches the teacher; keep: always search it; drop: never), got {value!r}")
+        elif key == "kd_gate_margin":
+            if not is_number(value) or not 0 <= value < 1:
+                fail(where, "search.kd_gate_margin", f"must be a number in [0, 1) (val_acc points the teacher must "
+                     f"lead the best student by), got {value!r}")
             raw[key] = float(value)
         elif key == "promote_epochs":
             if value is not None and (not is_int(value) or value < 1):
@@ -479,13 +498,13 @@ def build(where: str, key: str, values: dict[str, Any]) -> None:
 
 
 def teacher_values(fixed: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The teacher's TrialConfig fields: fixed, then its own, every technique off. A weights file
-    of the students does not fit another architecture: with its own model the teacher keeps only
-    its own `weights` (default pretrained)."""
+    """The teacher's TrialConfig fields: fixed, every technique off, then its own (regularizers it
+    switches on). A weights file of the students does not fit another architecture: with its own
+    model the teacher keeps only its own `weights` (default pretrained)."""
     base = dict(fixed)
     if overrides.get("model", base.get("model")) != base.get("model"):
         base.pop("weights", None)
-    return {**base, **overrides, **dict.fromkeys(TECHNIQUE_FLAGS, False)}
+    return {**base, **dict.fromkeys((*TECHNIQUE_FLAGS, *TEACHER_REGULARIZERS), False), **overrides}
 
 
 # --- small helpers -----------------------------------------------------------------------

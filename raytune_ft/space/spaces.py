@@ -16,7 +16,7 @@ import importlib.resources
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from raytune_ft.space.parsing import (  # noqa: F401  (re-exported: the public n
     SCHEDULERS,
     SEARCH_MINIMUM,
     TEACHER_KEYS,
+    TEACHER_REGULARIZERS,
     TECHNIQUE_FLAGS,
     TOP_KEYS,
     ParamSpec,
@@ -249,11 +250,14 @@ class _DefineByRun:
 
     params: tuple[ParamSpec, ...]
     flat: bool = False
+    # params no longer sampled: returned as constants (Ray's OptunaSearch adds a define-by-run
+    # function's returned dict to the config); the teacher-quality gate pins use_kd to false
+    pinned: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, trial: optuna.trial.Trial) -> None:
-        sampled: dict[str, Any] = {}
+    def __call__(self, trial: optuna.trial.Trial) -> dict[str, Any] | None:
+        sampled: dict[str, Any] = dict(self.pinned)
         for p in self.params:
-            if not self.flat and recipes.inactive_reason(p, sampled) is not None:
+            if p.name in self.pinned or not self.flat and recipes.inactive_reason(p, sampled) is not None:
                 continue
             if p.type == "float":
                 value = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
@@ -262,6 +266,7 @@ class _DefineByRun:
             else:
                 value = trial.suggest_categorical(p.name, list(p.choices))
             sampled[p.name] = value
+        return dict(self.pinned) or None
 
     def active(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """`sampled` without the params that its own categorical choices switch off."""

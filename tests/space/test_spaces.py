@@ -12,6 +12,7 @@ import pytest
 from raytune_ft.config import TrialConfig
 from raytune_ft.space.spaces import (
     SAMPLERS,
+    TEACHER_REGULARIZERS,
     TECHNIQUE_FLAGS,
     ParamSpec,
     SearchSettings,
@@ -65,7 +66,8 @@ def test_builtin_space_loads(name: str) -> None:
     assert isinstance(space.trial_config({}), TrialConfig)
     teacher = space.teacher_config()
     assert not any(getattr(teacher, flag) for flag in TECHNIQUE_FLAGS)
-    assert {"use_pruning", "use_channel_pruning", "use_kd", "use_l2sp"} <= set(TECHNIQUE_FLAGS)
+    assert {"use_pruning", "use_channel_pruning", "use_kd", "use_quantization"} <= set(TECHNIQUE_FLAGS)
+    assert not set(TEACHER_REGULARIZERS) & set(TECHNIQUE_FLAGS)
 
 
 def test_builtin_names_and_resolve(tmp_path: Path) -> None:
