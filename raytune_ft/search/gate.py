@@ -64,6 +64,7 @@ class KDGate:
         self.closed, self.reason = True, reason
         self.history.append({"closed_after_students": self.students_seen, "reason": reason})
         print(f"teacher gate: {reason}", flush=True)
+        self.write()
 
     def write(self) -> None:
         if self.path:

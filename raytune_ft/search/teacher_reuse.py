@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from raytune_ft import layout, models
+from raytune_ft import layout
 
 # fields that do not change what the teacher learns (where it runs, how fast, how long latency is timed)
 EXECUTION_FIELDS = ("cpus_per_trial", "cpus_per_worker", "workers_per_trial", "gpus_per_worker", "use_gpu",
@@ -52,7 +52,7 @@ def find_fitted(storage: Path, config: dict[str, Any], exclude: Path) -> Path | 
                 continue
         except (OSError, ValueError):
             continue
-        if (teacher_dir / models.CHECKPOINT_META).is_file() and (teacher_dir / models.CHECKPOINT_WEIGHTS).is_file():
+        if (teacher_dir / layout.CHECKPOINT_META).is_file() and (teacher_dir / layout.CHECKPOINT_WEIGHTS).is_file():
             found.append((key_file.stat().st_mtime, teacher_dir))
     return max(found)[1] if found else None
 

@@ -338,3 +338,35 @@ def test_search_refuses_a_missing_cifar_root_before_ray_starts(tmp_path):
                               "--storage-path", str(tmp_path)])
     with pytest.raises(search.UserError, match=r"cifar10 not found: .*data_batch_1.*--set download=true"):
         search.prepare(args)
+
+
+def test_pad_crop_shifts_by_whole_pixels_and_random_erasing_fills_rectangles():
+    """The ResNet augmentation (He et al. 2016 pad-and-crop, Zhong et al. 2017 random erasing)."""
+    x = torch.arange(2 * 3 * 12 * 12, dtype=torch.float32).view(2, 3, 12, 12)
+    shifted = data.augment_batch(x, torch.Generator().manual_seed(3), crop="pad", padding=2, flip=False)
+    for i in range(2):  # each sample is its own image moved by (dy, dx) in [-2, 2], exactly (no resampling)
+        inner = shifted[i, :, 2:-2, 2:-2]
+        assert any(torch.allclose(inner, x[i, :, 2 + dy:10 + dy, 2 + dx:10 + dx], atol=1e-3)
+                   for dy in range(-2, 3) for dx in range(-2, 3))
+    assert torch.allclose(data.augment_batch(x, torch.Generator().manual_seed(0), crop="pad", padding=0, flip=False), x,
+                          atol=1e-3)
+    many = torch.zeros(400, 3, 16, 16)
+    erased = data.augment_batch(many, torch.Generator().manual_seed(0), crop="pad", padding=0, flip=False,
+                                erasing=0.5)
+    touched = (erased.abs() > 1e-6).flatten(1).any(1)
+    assert 0.4 < touched.float().mean() < 0.6  # about half the samples lose a rectangle
+    area = (erased[touched].abs() > 1e-6)[:, 0].flatten(1).float().mean(1)
+    assert area.min() >= 0.015 and area.max() <= 0.36  # 2-33 % of the image, sides rounded to whole pixels
+    again = data.augment_batch(many, torch.Generator().manual_seed(0), crop="pad", padding=0, flip=False, erasing=0.5)
+    assert torch.equal(erased, again)
+    with pytest.raises(ValueError, match="crop must be one of"):
+        data.augment_batch(x, torch.Generator(), crop="zoom")
+
+
+def test_augmentation_settings_are_checked_with_the_key_named():
+    with pytest.raises(ValueError, match="augment_crop"):
+        TrialConfig(augment_crop="zoom")
+    with pytest.raises(ValueError, match="random_erasing"):
+        TrialConfig(random_erasing=1.5)
+    with pytest.raises(ValueError, match="random_erasing work on in-memory datasets"):
+        TrialConfig(dataset="parquet", data_root="/x", augment=True, random_erasing=0.5)
