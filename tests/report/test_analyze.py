@@ -166,11 +166,14 @@ def test_progress_prints_counts_front_and_hypervolume_once_per_trial_event(finis
     _, printed = finished
     lines = [ln for ln in printed.splitlines() if re.match(r"\[\d+/3 done", ln)]
     pattern = (r"\[(\d)/3 done, (\d) running, (\d) failed \| front (\d), HV (\d\.\d{4}) \| "
-               r"\d+\.\d min\] (trial \w+ (started|finished)|search finished)")
+               r"\d+\.\d min(?:, (?:at most )?~\d+(?:\.\d)? min left)?\] "
+               r"(trial \w+ (started|finished)|search finished|time left estimated from the epochs measured so far)")
     parsed = [re.match(pattern, ln) for ln in lines]
     assert all(parsed), lines
     assert [m.group(7) for m in parsed].count("finished") == 3
-    assert len(lines) == 3 + 3 + 1  # start and end of each trial, end of the search; nothing per epoch
+    # start and end of each trial, the first time-left estimate, end of the search; nothing per epoch
+    assert len(lines) == 3 + 3 + 1 + 1
+    assert "left]" in lines[-2] and "left]" not in lines[-1]  # the last trial's end has an estimate (0)
     done = [int(m.group(1)) for m in parsed if m.group(7) == "finished"]
     assert done == [1, 2, 3]
     last = parsed[-1]

@@ -1,0 +1,148 @@
+"""How far off was the time-left estimate? Reads a finished experiment's progress.jsonl (every
+estimate the search printed or recorded, raytune_ft/search/progress.py) and reports the estimate
+made when a third of the search's time had passed against the time that actually remained.
+
+    python benchmarks/eta_error.py ray_results/<name> [--at 0.333] [--json]
+
+The search runs from the "start" record to the "end" record (after the front was tested). An
+estimate covers its phase only: a "teacher" estimate the teacher's remaining epochs (it ends at
+its last epoch), a "trials" estimate the remaining trials and a two-stage search's stage 2 (they
+end with the last trial, trials.csv's largest end_time, else the "end" record). So the estimate
+at the point asked for is compared both with what remained of its phase (the estimate's own
+error) and with what remained of the search (what a person waiting would have been told). Each
+phase is also scored at the same share of its own duration. Relative error = (estimate − actual)
+/ actual: positive is too pessimistic. A search that was resumed (several "start" records) is
+measured from its last start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+PROGRESS = "progress.jsonl"  # raytune_ft.layout.PROGRESS_JSONL (kept here: the script reads plain files)
+
+
+def read_records(exp: Path) -> list[dict[str, Any]]:
+    """progress.jsonl's records from the last "start" on, in time order."""
+    rows = [json.loads(line) for line in (exp / PROGRESS).read_text().splitlines() if line.strip()]
+    starts = [i for i, r in enumerate(rows) if r["phase"] == "start"]
+    if not starts:
+        raise ValueError(f"{exp / PROGRESS}: no start record")
+    return sorted(rows[starts[-1]:], key=lambda r: r["time"])
+
+
+def phase_ends(records: list[dict[str, Any]], trials_end: float | None = None) -> dict[str, float]:
+    """When each phase's estimated work ended: the teacher at its last record, the trials at
+    `trials_end` (the last trial's end) or else the search's end."""
+    end = next((r["time"] for r in reversed(records) if r["phase"] == "end"), None)
+    if end is None:
+        raise ValueError("no end record: the search did not finish (or was killed)")
+    ends = {"end": end}
+    teacher = [r["time"] for r in records if r["phase"] == "teacher"]
+    if teacher:
+        ends["teacher"] = teacher[-1]
+    if any(r["phase"] == "trials" for r in records):
+        ends["trials"] = min(end, trials_end) if trials_end else end
+    return ends
+
+
+def estimate_at(records: list[dict[str, Any]], when: float, phase: str | None = None) -> dict[str, Any] | None:
+    """The last estimate recorded at or before `when` (of `phase` if given), or None."""
+    made = [r for r in records if r.get("eta_s") is not None and r["time"] <= when
+            and (phase is None or r["phase"] == phase)]
+    return made[-1] if made else None
+
+
+def score(estimate: dict[str, Any], actual_end: float, start: float) -> dict[str, Any]:
+    """The estimate's seconds left against the actual seconds left until `actual_end`; made_at_s:
+    when it was made, in seconds after `start`."""
+    actual = actual_end - estimate["time"]
+    return {"phase": estimate["phase"], "made_at_s": estimate["time"] - start, "estimate_s": estimate["eta_s"],
+            "actual_s": actual, "relative_error": (estimate["eta_s"] - actual) / actual if actual > 0 else None,
+            "upper_bound": bool(estimate.get("upper_bound"))}
+
+
+def measure(records: list[dict[str, Any]], *, at: float = 1 / 3, trials_end: float | None = None) -> dict[str, Any]:
+    """The estimate at `at` of the search's time, against its phase's end and the search's end;
+    and each phase's estimate at `at` of that phase."""
+    start = records[0]["time"]
+    ends = phase_ends(records, trials_end)
+    total = ends["end"] - start
+    when = start + at * total
+    made = estimate_at(records, when)
+    out: dict[str, Any] = {"total_s": total, "at": at, "at_s": at * total, "estimate": None, "phases": {}}
+    if made is not None:
+        whole = score(made, ends["end"], start)
+        out["estimate"] = {**score(made, ends[made["phase"]], start), "search_left_s": whole["actual_s"],
+                           "relative_error_vs_search": whole["relative_error"]}
+    for phase in ("teacher", "trials"):
+        rows = [r for r in records if r["phase"] == phase]
+        if not rows or phase not in ends:
+            continue
+        began = rows[0]["time"] - (rows[0].get("elapsed_s") or 0)  # elapsed_s counts from the phase's start
+        then = estimate_at(records, began + at * (ends[phase] - began), phase)
+        out["phases"][phase] = {"duration_s": ends[phase] - began,
+                                **(score(then, ends[phase], start) if then else {"estimate_s": None})}
+    return out
+
+
+def _trials_end(exp: Path) -> float | None:
+    path = exp / "trials.csv"
+    if not path.is_file():
+        return None
+    import pandas as pd
+
+    ends = pd.read_csv(path, usecols=lambda c: c == "end_time").get("end_time")
+    return float(ends.max()) if ends is not None and ends.notna().any() else None
+
+
+def _fmt(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def _pct(error: float | None) -> str:
+    return "–" if error is None else f"{100 * error:+.0f} %"
+
+
+def report(exp: Path, result: dict[str, Any]) -> str:
+    lines = [f"{exp}: the search took {_fmt(result['total_s'])}"]
+    e = result["estimate"]
+    if e is None:
+        lines.append(f"at {result['at']:.0%} of it ({_fmt(result['at_s'])} in): no estimate had been made yet")
+    else:
+        bound = " (an upper bound: early stopping)" if e["upper_bound"] else ""
+        lines.append(f"at {result['at']:.0%} of it ({_fmt(result['at_s'])} in), the last estimate (made "
+                     f"{_fmt(e['made_at_s'])} in, phase {e['phase']}): {_fmt(e['estimate_s'])} left{bound}")
+        lines.append(f"  actual: {_fmt(e['actual_s'])} left of the {e['phase']} phase "
+                     f"(error {_pct(e['relative_error'])}), {_fmt(e['search_left_s'])} of the search "
+                     f"(error {_pct(e['relative_error_vs_search'])})")
+    for phase, p in result["phases"].items():
+        if p.get("estimate_s") is None:
+            lines.append(f"{phase} ({_fmt(p['duration_s'])}): no estimate at {result['at']:.0%} of it")
+            continue
+        lines.append(f"{phase} ({_fmt(p['duration_s'])}): at {result['at']:.0%} of it, estimate "
+                     f"{_fmt(p['estimate_s'])}, actual {_fmt(p['actual_s'])} left (error {_pct(p['relative_error'])})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("experiment", type=Path, help="a finished experiment folder (holds progress.jsonl)")
+    p.add_argument("--at", type=float, default=1 / 3, help="share of the search's time (default: a third)")
+    p.add_argument("--json", action="store_true", help="print the measurement as JSON")
+    args = p.parse_args(argv)
+    try:
+        result = measure(read_records(args.experiment), at=args.at, trials_end=_trials_end(args.experiment))
+    except (OSError, ValueError) as err:
+        print(f"eta_error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else report(args.experiment, result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""What Ray prints around the search's own lines. Always: Ray folds repeated worker lines
+("[repeated 3x across cluster]") except the search's own ([<trial>] and [teacher] lines, which
+differ only in numbers and must each be seen). When stdout is not a terminal (a log file, a pipe,
+CI): no Ray Data progress bars, no ANSI colour codes and no "(pid=...)" prefixes on the lines Ray
+forwards from its workers. Set through Ray's environment variables before Ray starts, so the
+processes of a local cluster inherit them; a variable the user set is left as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TextIO
+
+# Ray's log deduplication never folds lines matching this: the search's own "[<trial id>] epoch ..."
+# and "[teacher] ..." lines (ray/_private/ray_logging: RAY_DEDUP_LOGS_ALLOW_REGEX)
+OWN_LINES = r"^\[[\w-]+\] "
+QUIET = {
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # ray.data.DataContext.enable_progress_bars' default, per process
+    "RAY_COLOR_PREFIX": "0",  # no colour codes around the prefixes of forwarded worker lines
+    "RAY_DISABLE_WORKER_LOG_PREFIX": "1",  # no "(fit_teacher pid=7236)" before them
+}
+
+
+def is_terminal(stream: TextIO | None = None) -> bool:
+    stream = sys.stdout if stream is None else stream
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
+
+
+def settings(terminal: bool) -> dict[str, str]:
+    """The environment variables for Ray's output: deduplication that keeps the search's own lines,
+    and with `terminal` False, QUIET."""
+    return {"RAY_DEDUP_LOGS_ALLOW_REGEX": OWN_LINES, **({} if terminal else QUIET)}
+
+
+def configure(stream: TextIO | None = None) -> dict[str, str]:
+    """Set `settings` for `stream` (default: stdout) into os.environ where not set already, and
+    turn Ray Data's progress bars off in this process if ray.data is already imported; returns what
+    was set. Call before Ray starts."""
+    wanted = settings(is_terminal(stream))
+    applied = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(applied)
+    if "ray.data" in sys.modules and os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS") == "1":
+        from ray.data import DataContext
+
+        context = DataContext.get_current()
+        context.enable_progress_bars = False
+        context.enable_operator_progress_bars = False
+    return applied
