@@ -8,7 +8,7 @@ runs it at start), so the table shows whether the probe picked the faster precis
 table times `torch.compile` (default inductor backend) for the training step of `--compile-models`,
 with its compile time (the first two steps), in both precisions.
 
-    PYTHONPATH=. python benchmarks/cpu_precision.py --threads 1 --out docs/cpu_precision.md
+    PYTHONPATH=. python benchmarks/cpu_precision.py --threads 1 --out benchmarks/results/cpu_precision.md
 """
 
 from __future__ import annotations

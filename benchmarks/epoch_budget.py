@@ -18,7 +18,7 @@ the deployed file on the test split (`holdout.evaluate_export`). Curves go to a 
 A run spec is EPOCHS:LR[:BATCH]. Torch threads: the config's (cpus_per_trial: the teacher 2, trials 1)
 unless --threads; on a loaded machine use --threads 1 (two threads there ran 10-20x slower per
 epoch, the OpenMP threads waiting on each other). Times are wall-clock on whatever machine runs it
-(say whether it was shared). benchmarks/epoch_budget.json holds the runs of docs/benchmarks.md
+(say whether it was shared). benchmarks/results/epoch_budget.json holds the runs of docs/benchmarks.md
 ("Quickstart: epochs"), each with its command.
 """
 
@@ -118,7 +118,7 @@ def main() -> None:
     p.add_argument("--student-lr", type=float, default=None, help="replace every recipe's lr")
     p.add_argument("--set", action="append", default=[], help="--set KEY=VALUE for the space (as the CLI)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
-    p.add_argument("--out", default=str(HERE / "epoch_budget.json"))
+    p.add_argument("--out", default=str(HERE / "results" / "epoch_budget.json"))
     args = p.parse_args()
 
     import torch

@@ -1,4 +1,4 @@
-"""Input pipeline vs training step: is the loader the bottleneck? (issue 3, goal: loader >= 2x training)
+"""Input pipeline vs training step: is the loader the bottleneck (does it deliver >= 2x the training rate)?
 
 Side by side in one run, for each image size: images/s of
   - one EfficientNet-Lite0 training step (forward + backward + AdamW, channels_last, batch --batch),
@@ -7,7 +7,7 @@ Side by side in one run, for each image size: images/s of
   - the Ray Data Parquet path (`parquet.ray_datasets` with augment: read_parquet -> decode/crop/flip/normalize
     in map_batches -> iter_torch_batches into this one consumer), warm passes,
   - training fed by that Ray Data stream (decode and training share the CPU, as in a real run).
-Medians over --repeats. Writes its section of docs/benchmarks.md (between the markers) with --write.
+Medians over --repeats. With --write the table also goes to benchmarks/results/input_pipeline.md.
 
     python benchmarks/input_pipeline.py --write
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -30,8 +29,6 @@ import torch
 from raytune_ft import data, models, to_parquet
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import parquet
-
-BEGIN, END = "<!-- input_pipeline:begin -->", "<!-- input_pipeline:end -->"
 
 
 def make_photos(root: Path, n: int, classes: int = 4, size: tuple[int, int] = (500, 375)) -> None:
@@ -137,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train-steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--write", action="store_true", help="write the results into docs/benchmarks.md")
+    p.add_argument("--write", action="store_true", help="write the table to benchmarks/results/input_pipeline.md")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     torch.set_num_threads(args.threads)
@@ -173,18 +170,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_section(table: str) -> None:
-    path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{table}\n{END}"
-    text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S) \
-        if BEGIN in text else text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    path = Path(__file__).resolve().parent / "results" / "input_pipeline.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<!-- written by benchmarks/input_pipeline.py --write -->\n{table}\n")
 
 
 def render(rows: list[dict], args: argparse.Namespace, load_before: tuple, load_after: tuple) -> str:
     cmd = "python benchmarks/input_pipeline.py " + " ".join(sys.argv[1:])
     lines = [
-        "## Input pipeline vs training step (issue 3)",
+        "# Input pipeline vs training step",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}, {args.threads} threads; load average {load_before[0]:.1f} before and "

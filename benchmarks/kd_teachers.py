@@ -15,7 +15,7 @@ pooled correct / total over the seeds. Cost: seconds per training step of a no-K
 precomputed-logits KD student and an online teacher (augment on, teacher forward per batch:
 teachers.build_online_teacher as trial.training_inputs builds it), over `--timing-steps` steps.
 
-    PYTHONPATH=. python benchmarks/kd_teachers.py --out benchmarks/kd_teachers.json
+    PYTHONPATH=. python benchmarks/kd_teachers.py --out benchmarks/results/kd_teachers.json
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main() -> None:
     # 1 thread: on a 2-core machine shared by other jobs, 2 torch threads were 5.5x slower per step
     # (oneDNN/OpenMP threads wait for each other when a core is taken away; docs/benchmarks.md)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="benchmarks/kd_teachers.json")
+    p.add_argument("--out", default="benchmarks/results/kd_teachers.json")
     args = p.parse_args()
     started = time.perf_counter()
     splits, x_test, y_test = load(args)

@@ -6,7 +6,7 @@ channel ratio, a copy is pruned with Torch-Pruning (L2 importance, head kept) at
 random calibration inputs), then timed in ONNX Runtime by raytune_ft.deploy.export.ort_latency_ms
 (CPU EP, fixed intra-op threads, interleaved b1/b32, median and IQR), all side by side in one run.
 
-    python benchmarks/ort_latency.py --threads 2 --image-size 32 --out docs/ort_latency.md
+    python benchmarks/ort_latency.py --threads 2 --image-size 32 --out benchmarks/results/ort_latency.md
 """
 
 from __future__ import annotations

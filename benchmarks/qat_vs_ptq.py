@@ -13,7 +13,7 @@ Datasets: the quickstart's digits (EfficientNet-Lite0, 32 px; its own test split
 from Debian's dataset-fashion-mnist (`dataset: fashion_mnist`, a stratified `--fashion-samples`
 subset of the training set split into train/val, `--fashion-test` of the official t10k as test).
 
-    PYTHONPATH=. python benchmarks/qat_vs_ptq.py --out benchmarks/qat_vs_ptq.json
+    PYTHONPATH=. python benchmarks/qat_vs_ptq.py --out benchmarks/results/qat_vs_ptq.json
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> None:
     p.add_argument("--fashion-test", type=int, default=2000, help="t10k images used as the test split")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/qat_vs_ptq.json")
+    p.add_argument("--out", default="benchmarks/results/qat_vs_ptq.json")
     p.add_argument("--table", action="store_true", help="only print the markdown table of --out")
     args = p.parse_args()
     if args.table:

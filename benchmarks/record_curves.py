@@ -28,7 +28,7 @@ METRICS = ("val_acc", "val_loss", "train_loss", "task_loss", "kd_loss", "l2sp_lo
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=str(HERE / "curves.csv"))
+    p.add_argument("--out", default=str(HERE / "results" / "curves.csv"))
     p.add_argument("--space", default="quickstart")
     p.add_argument("--max-configs", type=int, default=200)
     p.add_argument("--minutes", type=float, default=60.0, help="stop starting new configs after this")

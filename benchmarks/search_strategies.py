@@ -1,6 +1,6 @@
 """Replay benchmark of search strategies on the quickstart space (docs/benchmarks.md).
 
-Real learning curves (benchmarks/curves.csv + curves_b.csv, from record_curves.py: random
+Real learning curves (benchmarks/results/curves.csv + curves_b.csv, from record_curves.py: random
 configurations of the quickstart space as it was when they were recorded, frozen in
 benchmarks/curves_space.yaml; every epoch's val_acc, nonzero_params and epoch time) are fitted
 by a surrogate (a random forest over the encoded hyperparameters predicting every epoch's
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+RESULTS = HERE / "results"  # the recorded curves and what this script writes
 # digits: 1,797 images, 20 % held out -> 1,438 training images, batches of 64 (ragged one dropped)
 STEPS_PER_EPOCH = 1438 // 64
 
@@ -316,7 +317,7 @@ def surrogate_quality(space: spaces.Space, curves: pd.DataFrame, nz_scale: float
     return pd.DataFrame(rows)
 
 
-# The method part of the docs snippet (benchmarks/search_strategies.md); the numbers follow it.
+# The method part of the docs snippet (benchmarks/results/search_strategies.md); the numbers follow it.
 METHOD = """\
 **Strategies compared (issue 16).** The replay searches `benchmarks/curves_space.yaml`, the
 quickstart space as it was when the curves were recorded (Lite0 only, objectives `val_acc` and
@@ -627,7 +628,7 @@ def plot(grids: dict, names: list[str], path: str, title: str, workers: int) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--curves", nargs="+", default=[str(HERE / "curves.csv"), str(HERE / "curves_b.csv")],
+    p.add_argument("--curves", nargs="+", default=[str(RESULTS / "curves.csv"), str(RESULTS / "curves_b.csv")],
                    help="curve files of record_curves.py (two recorders ran side by side, different seeds)")
     p.add_argument("--space", default=str(HERE / "curves_space.yaml"), help="the space the curves were recorded in")
     p.add_argument("--strategies", default=None,
@@ -641,13 +642,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4, help="trials at once in the simulated cluster")
     p.add_argument("--reduction-factor", type=float, default=3)
     p.add_argument("--surrogate", choices=("forest", "knn"), default="forest")
-    p.add_argument("--out", default=str(HERE / "search_strategies_runs.csv"))
-    p.add_argument("--plot", default=str(ROOT / "docs" / "search_strategies.png"))
+    p.add_argument("--out", default=str(RESULTS / "search_strategies_runs.csv"))
+    p.add_argument("--plot", default=str(RESULTS / "search_strategies.png"))
     p.add_argument("--reuse", default=None,
                    help="a runs CSV of an earlier call (--out): its (strategy, seed) runs with the same budget, "
                         "workers, eta and surrogate are read instead of simulated again")
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads (GPSampler's model)")
-    p.add_argument("--markdown", default=str(HERE / "search_strategies.md"), help="results snippet for the docs")
+    p.add_argument("--markdown", default=str(RESULTS / "search_strategies.md"), help="results snippet for the docs")
     args = p.parse_args()
     try:
         wanted = args.strategies.split(",") if args.strategies else default_strategies(args.default)
@@ -775,7 +776,8 @@ def main() -> None:
                                                       ("reuse", args.reuse and os.path.relpath(args.reuse, ROOT))) if v)
     Path(args.markdown).write_text(
         "<!-- written by benchmarks/search_strategies.py; paste into docs/benchmarks.md -->\n\n"
-        f"{METHOD}\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d')}). Plot: docs/search_strategies.png.\n"
+        f"{METHOD}\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d')}). "
+        f"Plot: benchmarks/results/search_strategies.png.\n"
         + "\n".join(out) + "\n", encoding="utf-8")
     print(f"\nwrote {args.out}, {args.plot} and {args.markdown} ({total:.0f}s)")
 

@@ -38,7 +38,7 @@ by its own dense fine-tune instead of minutes: the scale on which runs made on d
 
     PYTHONPATH=. python benchmarks/search_strategies_real.py --space fashion_mnist --seeds 0 1 2 \
         --strategies by_hand random+unseeded+fulldata tpe tpe+mo_asha --storage-path runs/cost \
-        --num-samples 12 --set teacher.checkpoint=runs/teacher/teacher --plot docs/cost_to_front.png
+        --num-samples 12 --set teacher.checkpoint=runs/teacher/teacher --plot benchmarks/results/cost_to_front.png
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--storage-path", default="runs/strategies")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every search")
-    p.add_argument("--plot", default="docs/search_strategies_real.png")
+    p.add_argument("--plot", default="benchmarks/results/search_strategies_real.png")
     p.add_argument("--quiet", action="store_true", help="hide the searches' own output")
     p.add_argument("--fraction", type=float, default=0.25, help="+fidelity: the subset stage's data fraction")
     p.add_argument("--promote", type=int, default=3, help="+fidelity: recipes retrained on all the data")

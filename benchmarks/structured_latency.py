@@ -5,7 +5,7 @@ at the ratio that removes about half of the MACs; both are exported with torch.e
 measured from disk by raytune_ft.deploy.export.measure_export (median latency, fixed threads), side by
 side in one run. Random weights: latency does not depend on the values.
 
-    python benchmarks/structured_latency.py --image-size 224 --threads 2 --out docs/structured_latency.md
+    python benchmarks/structured_latency.py --image-size 224 --threads 2 --out benchmarks/results/structured_latency.md
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--budget", type=float, default=8.0, help="seconds of timed runs per batch size")
-    p.add_argument("--out", type=Path, default=Path("docs/structured_latency.md"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/structured_latency.md"))
     args = p.parse_args()
     torch.manual_seed(0)
     rows = []

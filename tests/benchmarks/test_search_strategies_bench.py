@@ -89,7 +89,7 @@ def test_mo_asha_planned_ranks_the_final_size(bench, space):
     assert bench.rung_point(0.9, nz, 1, planned=False).tolist() == [-0.9, 3.0e6]
     assert bench.rung_point(0.9, nz, 1, planned=True).tolist() == [-0.9, 0.6e6]
 
-    curves = bench.load_curves([bench.HERE / "curves.csv", bench.HERE / "curves_b.csv"], space.max_epochs())
+    curves = bench.load_curves([bench.RESULTS / "curves.csv", bench.RESULTS / "curves_b.csv"], space.max_epochs())
     surrogate = bench.Surrogate(space, 3.4e6).fit(curves)
     runs = {name: bench.simulate(bench.parse_strategy(name), 0, space=space, curve_of=surrogate.predict,
                                  budget=40, workers=2, nz_scale=3.4e6)
@@ -176,7 +176,7 @@ def test_the_fine_tune_clock_divides_each_runs_wall_time_by_its_own_dense_fine_t
     teachers took 507.7 s and 538.6 s: the same hypervolume at 1 fine-tune as at that many seconds."""
     import json
 
-    runs = ROOT / "docs" / "cost_to_front" / "runs"
+    runs = ROOT / "benchmarks" / "results" / "cost_to_front" / "runs"
     folders = {("c", 0): runs / "random_unseeded_fulldata_synchronous-s0",
                ("e", 0): runs / "tpe_mo_asha_kd_recipe-s0"}
     table = real.curves(folders)

@@ -1,10 +1,10 @@
 """raytune_ft on one GPU in one command: the loop's throughput, every technique family on CUDA with
 its ONNX file checked, and a real fractional-GPU search; each step in its own process with its own
-timeout, a failing step recorded and the next one run. benchmarks/gpu_check.sh installs the
-carried wheels and calls this; docs/benchmarks.md ("GPU throughput") has the device tool's command.
+timeout, a failing step recorded and the next one run. tools/gpu/gpu_check.sh installs the
+carried wheels and calls this; tools/gpu/README.md has the device tool's command.
 
-    python benchmarks/gpu_check.py run --out DIR                  # on a machine with a GPU
-    python benchmarks/gpu_check.py run --out DIR --cpu-smoke      # the same steps, tiny, on the CPU
+    python tools/gpu/gpu_check.py run --out DIR                  # on a machine with a GPU
+    python tools/gpu/gpu_check.py run --out DIR --cpu-smoke      # the same steps, tiny, on the CPU
 
 Steps (written to DIR after each one: summary.md, results.json, throughput.md, search.tar.gz, and
 the log gpu_check.sh keeps):
@@ -15,7 +15,7 @@ the log gpu_check.sh keeps):
     resumed from its checkpoint, each exported by search.trial.export_and_measure (the
     trial's own export: fp32 model.onnx, int8 model.int8.onnx when quantized) and checked: the
     ONNX files' accuracy against the PyTorch model's (TOLERANCES says how close and why).
- 3. python -m raytune_ft.search with benchmarks/gpu_space.yaml: 4 trials at 0.25 GPU each on the
+ 3. python -m raytune_ft.search with tools/gpu/gpu_space.yaml: 4 trials at 0.25 GPU each on the
     Fashion-MNIST subset that travels along (gpu_data/), else scikit-learn's digits; the front,
     the time per phase, and the GPU's processes and memory sampled by nvidia-smi meanwhile.
 Without a GPU (and without --cpu-smoke) it says so and exits with status 2 before doing anything.
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GPU_DATA = ROOT / "gpu_data" / "fashion-mnist"
 
 # Technique switches of each step-2 case on top of BASE (every family alone, then all together).
@@ -416,11 +416,11 @@ class GpuSampler:
 
 
 def _space_text(export_on: bool) -> str:
-    """benchmarks/gpu_space.yaml, or (export off) the same without the quantization recipes, which
+    """tools/gpu/gpu_space.yaml, or (export off) the same without the quantization recipes, which
     need an exported file: the fallback when exporting a CUDA-trained model fails (step 2)."""
     import yaml
 
-    space = yaml.safe_load((ROOT / "benchmarks" / "gpu_space.yaml").read_text())
+    space = yaml.safe_load((ROOT / "tools" / "gpu" / "gpu_space.yaml").read_text())
     if not export_on:
         space["fixed"]["export"] = False
         space["objectives"] = {"val_acc": "max", "nonzero_params": "min"}
@@ -508,7 +508,7 @@ def summary(results: dict[str, Any]) -> str:
         lines += ["", "Checks outside their tolerance: " + ("; ".join(failed) if failed else "none"), ""]
     if "search" in steps:
         s = steps["search"]
-        lines += ["## 3. Search (python -m raytune_ft.search, benchmarks/gpu_space.yaml)", "",
+        lines += ["## 3. Search (python -m raytune_ft.search, tools/gpu/gpu_space.yaml)", "",
                   f"rc {s['rc']}{' (timed out)' if s['timed_out'] else ''}, {s['seconds']:.0f} s wall; export "
                   f"{'on' if s['export'] else 'OFF: ' + s['export_reason']}", ""]
         if s.get("phases_s"):

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# The GPU check in one command (benchmarks/gpu_check.py says what it runs), for the device tool's
+# The GPU check in one command (tools/gpu/gpu_check.py says what it runs), for the device tool's
 # run on the H200 machine, whose image has torch, timm, onnx and onnxruntime but no Ray, Optuna or
 # Torch-Pruning and no package index: those come as the wheels in gpu_wheels/ (bash
-# benchmarks/gpu_wheels.sh), installed with pip --no-index into a folder on PYTHONPATH (the image's
+# tools/gpu/gpu_wheels.sh), installed with pip --no-index into a folder on PYTHONPATH (the image's
 # python3 is itself a venv, /opt/torch/.venv: a venv made from it with --system-site-packages would
-# not see its torch). The Fashion-MNIST subset comes in gpu_data/ (python benchmarks/gpu_data.py).
+# not see its torch). The Fashion-MNIST subset comes in gpu_data/ (python tools/gpu/gpu_data.py).
 #
-#   bash benchmarks/gpu_check.sh               # on the GPU machine: results under $OUT (default ./gpu_check_out)
-#   bash benchmarks/gpu_check.sh --cpu-smoke   # the same steps on this CPU at a tiny size
+#   bash tools/gpu/gpu_check.sh               # on the GPU machine: results under $OUT (default ./gpu_check_out)
+#   bash tools/gpu/gpu_check.sh --cpu-smoke   # the same steps on this CPU at a tiny size
 #
 # Without a visible GPU (and without --cpu-smoke) it stops within seconds with status 2.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 REPO=$PWD
 OUT=${OUT:-$REPO/gpu_check_out}
 mkdir -p "$OUT"
@@ -33,7 +33,7 @@ fi
 # Ray, Optuna, Torch-Pruning: from the carried wheels unless this Python already has them.
 if ! timeout 120 "$PY" -c "import ray, optuna, torch_pruning" 2>/dev/null; then
   if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    echo "gpu_check: Ray/Optuna/Torch-Pruning are not importable and $WHEELS/ holds no wheels (run bash benchmarks/gpu_wheels.sh here, carry gpu_wheels)" >&2
+    echo "gpu_check: Ray/Optuna/Torch-Pruning are not importable and $WHEELS/ holds no wheels (run bash tools/gpu/gpu_wheels.sh here, carry gpu_wheels)" >&2
     exit 3
   fi
   started=$SECONDS
@@ -49,7 +49,7 @@ else
   export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-"$PY" benchmarks/gpu_check.py run --out "$OUT" "$@"
+"$PY" tools/gpu/gpu_check.py run --out "$OUT" "$@"
 status=$?
 echo "gpu_check.sh: exit $status after $SECONDS s; results in $OUT"
 exit $status

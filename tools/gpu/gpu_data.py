@@ -2,8 +2,8 @@
 machine beside the wheels (64 MiB per call in all: the four original files are 29 MiB, Ray alone
 43 MiB), read there by raytune_ft's own loader (dataset: fashion_mnist, data_root: gpu_data/fashion-mnist).
 
-    python benchmarks/gpu_data.py                      # 12,000 train + 2,000 t10k images -> gpu_data/
-    python benchmarks/gpu_data.py --train 15000 --test 2000
+    python tools/gpu/gpu_data.py                      # 12,000 train + 2,000 t10k images -> gpu_data/
+    python tools/gpu/gpu_data.py --train 15000 --test 2000
 
 The rows are drawn per class in equal numbers (seed 0) from the official train and t10k files and
 written in the files' order. It then prints what the device tool's run would carry: the working tree
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}

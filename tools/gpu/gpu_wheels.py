@@ -2,10 +2,10 @@
 headless local cluster, and a check that the carried wheels plus the machine's image cover every
 requirement of ray[default,data,tune,train], optuna, torch-pruning and raytune_ft itself.
 
-    python benchmarks/gpu_wheels.py repack RAY.whl DEST_DIR     # Ray's wheel without DROPPED parts
-    python benchmarks/gpu_wheels.py check DIR [--python-version 3.12]
+    python tools/gpu/gpu_wheels.py repack RAY.whl DEST_DIR     # Ray's wheel without DROPPED parts
+    python tools/gpu/gpu_wheels.py check DIR [--python-version 3.12]
 
-benchmarks/gpu_wheels.sh runs both after downloading the pinned wheels from PyPI.
+tools/gpu/gpu_wheels.sh runs both after downloading the pinned wheels from PyPI.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def main() -> int:
     c = sub.add_parser("check", help="every requirement is in the image or among the wheels")
     c.add_argument("directory", type=Path)
     c.add_argument("--python-version", default="3.12")
-    c.add_argument("--pyproject", type=Path, default=Path(__file__).resolve().parents[1] / "pyproject.toml")
+    c.add_argument("--pyproject", type=Path, default=Path(__file__).resolve().parents[2] / "pyproject.toml")
     args = p.parse_args()
     if args.command == "repack":
         repack(args.wheel, args.dest)

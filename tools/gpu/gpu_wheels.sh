@@ -2,14 +2,14 @@
 # The wheels the GPU machine lacks (Ray, Optuna, Torch-Pruning and what they need beyond its image),
 # downloaded from PyPI at the versions of constraints.txt and made to fit its 64 MiB carry:
 # Ray's wheel is repacked without the Java worker's jar and the dashboard's source maps
-# (benchmarks/gpu_wheels.py says why each is safe), everything else is carried as published.
+# (tools/gpu/gpu_wheels.py says why each is safe), everything else is carried as published.
 #
-#   bash benchmarks/gpu_wheels.sh                 # -> gpu_wheels/ (git-ignored), cp312 for the H200 image
-#   bash benchmarks/gpu_wheels.sh --python 3.11 --dest /tmp/wheels311   # the same set for a CPU rehearsal
+#   bash tools/gpu/gpu_wheels.sh                 # -> gpu_wheels/ (git-ignored), cp312 for the H200 image
+#   bash tools/gpu/gpu_wheels.sh --python 3.11 --dest /tmp/wheels311   # the same set for a CPU rehearsal
 #
-# Then the device tool's run carries it: carry ["gpu_wheels", "gpu_data"] (docs/benchmarks.md).
+# Then the device tool's run carries it: carry ["gpu_wheels", "gpu_data"] (tools/gpu/README.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PYVER=3.12
 DEST=gpu_wheels
 while [[ $# -gt 0 ]]; do
@@ -22,7 +22,7 @@ done
 PY=${PYTHON:-python3}
 TAG=cp${PYVER/./}
 
-# Not in the image (benchmarks/gpu_wheels.py IMAGE_PACKAGES), needed by ray[default,data,tune,train],
+# Not in the image (tools/gpu/gpu_wheels.py IMAGE_PACKAGES), needed by ray[default,data,tune,train],
 # optuna or torch-pruning; versions from constraints.txt. typing-extensions is in the image but
 # carried too: pydantic 2.14 needs >= 4.16 and the image's version is not known here.
 PURE=(
@@ -49,6 +49,6 @@ fetch pure --implementation py --abi none --platform any "${PURE[@]}"
 
 rm -rf "$DEST"
 mkdir -p "$DEST"
-"$PY" benchmarks/gpu_wheels.py repack "$WORK"/ray/ray-2.60.0-*.whl "$DEST"
+"$PY" tools/gpu/gpu_wheels.py repack "$WORK"/ray/ray-2.60.0-*.whl "$DEST"
 cp "$WORK"/compiled/*.whl "$WORK"/pure/*.whl "$DEST"/
-"$PY" benchmarks/gpu_wheels.py check "$DEST" --python-version "$PYVER"
+"$PY" tools/gpu/gpu_wheels.py check "$DEST" --python-version "$PYVER"
