@@ -26,13 +26,16 @@ from raytune_ft import data as data_mod
 from raytune_ft import models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.deploy import holdout
+from raytune_ft.search import trial
 from raytune_ft.space import load_space, resolve_space
 
 SGD = {"weights": "none", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "use_weight_decay": True,
        "weight_decay": 5.0e-4, "warmup_fraction": 0.02, "augment": True, "augment_crop": "pad", "amp": True}
 # name -> the teacher section's fields. Lite0 at 28 px is recorded in docs/benchmarks.md (0.916-0.932 test);
 # at 56 px its epoch costs 147 s on 2 EPYC cores (2.4x), too slow for the 90-minute budget here.
+# "_noaug": augment false (the ResNet without its crop and flip: it fits the training set exactly).
 CANDIDATES: dict[str, dict[str, Any]] = {
+    "resnet20_noaug": {**SGD, "model": "cifar_resnet20", "epochs": 30, "augment": False},
     "resnet20_pad": {**SGD, "model": "cifar_resnet20", "epochs": 30},
     "resnet20_pad_erase": {**SGD, "model": "cifar_resnet20", "epochs": 30, "random_erasing": 0.5},
     "resnet32_pad": {**SGD, "model": "cifar_resnet32", "epochs": 30},
@@ -62,8 +65,10 @@ def run(name: str, fields: dict[str, Any], space_fixed: dict[str, Any], threads:
         epochs.append({"epoch": m["epoch"], "val_acc": m["val_acc"], "epoch_s": m.get("epoch_time_s")})
         print(f"{name}: epoch {m['epoch']} val_acc={m['val_acc']:.4f} ({m.get('epoch_time_s', 0):.0f} s)", flush=True)
 
+    batches, _, _ = trial.training_inputs(cfg, data, dist=train.Dist())  # the search's batches: augmented
     started = time.perf_counter()
-    metrics = train.fit(cfg, model, data, head_names=models.head_parameter_names(model), report=report)
+    metrics = train.fit(cfg, model, data, head_names=models.head_parameter_names(model), report=report,
+                        batches=batches)
     wall = time.perf_counter() - started
     model = model.to(memory_format=torch.contiguous_format)
     correct = int((train.predict_logits(model, x_test).argmax(1) == y_test).sum())

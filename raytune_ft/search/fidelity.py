@@ -28,18 +28,25 @@ from raytune_ft import layout, pareto
 from raytune_ft.layout import COMPLETED
 
 
-def promoted(trials: pd.DataFrame, objectives: Mapping[str, str], k: int) -> pd.DataFrame:
-    """The `k` completed stage-1 trials to retrain on all the data, best first by NSGA-II order
-    (the front, then the nearest fronts by crowding distance), with their stage-1 rank (`stage1_rank`)."""
+def promoted(trials: pd.DataFrame, objectives: Mapping[str, str], k: int, random: int = 0,
+             seed: int = 0) -> pd.DataFrame:
+    """The completed stage-1 trials to retrain on all the data: the `k` best by NSGA-II order (the
+    front, then the nearest fronts by crowding distance), then `random` of the others drawn uniformly
+    (seeded), each with its stage-1 rank in that order (`stage1_rank`), its front and `promotion`
+    ("top" or "random")."""
     done = trials[trials["status"] == COMPLETED].reset_index(drop=True)
     values = pareto.objective_matrix(done, objectives)
     done = done[np.isfinite(values).all(axis=1)].reset_index(drop=True)
     values = values[np.isfinite(values).all(axis=1)]
     front_of, crowding = pareto.rank_keys(values)
-    order = np.lexsort((np.arange(len(done)), -crowding, front_of))[:k]
+    ranked = np.lexsort((np.arange(len(done)), -crowding, front_of))
+    rest = ranked[k:]
+    drawn = np.random.default_rng(seed).choice(rest, size=min(random, len(rest)), replace=False) if random else []
+    order = np.concatenate([ranked[:k], np.asarray(drawn, dtype=int)]).astype(int)
     chosen = done.iloc[order].copy()
-    chosen["stage1_rank"] = np.arange(1, len(chosen) + 1)
+    chosen["stage1_rank"] = [int(np.flatnonzero(ranked == i)[0]) + 1 for i in order]
     chosen["stage1_front"] = front_of[order]
+    chosen["promotion"] = ["top"] * min(k, len(ranked)) + ["random"] * len(drawn)
     return chosen.reset_index(drop=True)
 
 
@@ -129,10 +136,13 @@ def second_stage(stage1: pd.DataFrame, space: Any, exp_dir: Path, trial_inputs: 
     from raytune_ft.search import tracking, trial
 
     params = [p.name for p in space.params]
-    chosen = promoted(stage1, space.objectives, space.search.promote)
+    chosen = promoted(stage1, space.objectives, space.search.promote, space.search.promote_random, space.search.seed)
     epochs = space.search.promote_epochs or space.trial_config({}).epochs
+    drawn = chosen[chosen["promotion"] == "random"]
     print(f"stage 2: {len(chosen)} recipe(s) of {len(stage1)} trained on {space.search.data_fraction:g} of the "
-          f"data retrained on all of it for {epochs} epochs: {', '.join(map(str, chosen['trial_id']))}", flush=True)
+          f"data retrained on all of it for {epochs} epochs: {', '.join(map(str, chosen['trial_id']))}"
+          + (f" ({', '.join(map(str, drawn['trial_id']))} drawn at random: the check of the subset's ranking)"
+             if len(drawn) else ""), flush=True)
     trainable = tune.with_resources(tune.with_parameters(trial.tune_trial, **trial_inputs),
                                     trial.resources_for(space.fixed))
     try:
@@ -145,21 +155,29 @@ def second_stage(stage1: pd.DataFrame, space: Any, exp_dir: Path, trial_inputs: 
         return stage1.assign(stage=1)
     trials = results.read_trials(exp_dir)  # both stages: it joins <exp>/stage2
     ranks = dict(zip(chosen["trial_id"].astype(str), chosen["stage1_rank"], strict=True))
+    how = dict(zip(chosen["trial_id"].astype(str), chosen["promotion"], strict=True))
     trials["stage1_rank"] = [ranks.get(str(t)) if stage == 1 else None
                              for t, stage in zip(trials["trial_id"], trials["stage"], strict=True)]
-    summary = write_agreement(exp_dir, trials, space.objectives)
+    trials["promotion"] = [how.get(str(t)) if stage == 1 else None
+                           for t, stage in zip(trials["trial_id"], trials["stage"], strict=True)]
+    summary = write_agreement(exp_dir, trials, space.objectives, seed=space.search.seed)
+    low, high = summary["kendall_tau_ci95"]
     print(f"stage 2: Kendall tau of val_acc, subset vs all data, over {summary['n']} promoted recipe(s): "
-          f"{summary['kendall_tau']:.2f}", flush=True)
+          f"{summary['kendall_tau']:.2f} [95 % {low:.2f}, {high:.2f}]", flush=True)
+    if summary.get("disagreement"):
+        print(f"stage 2: {summary['disagreement']}", flush=True)
     return trials
 
 
-def agreement(trials: pd.DataFrame, objectives: Mapping[str, str], accuracy: str = "val_acc") -> tuple[
-        pd.DataFrame, dict[str, Any]]:
+def agreement(trials: pd.DataFrame, objectives: Mapping[str, str], accuracy: str = "val_acc",
+              seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
     """How well stage 1 predicted stage 2, over the promoted recipes that finished both: a table
     (one row per promoted recipe: its stage-1 and full-data accuracy, its rank by accuracy in
-    each stage among them, whether it is on the full-data front) and a summary (Kendall's τ-b of
-    the two accuracies, n, the share of the full-data front that stage 1 had on its own front)."""
-    from scipy.stats import kendalltau
+    each stage among them, how it was promoted, whether it is on the full-data front) and a summary
+    (Kendall's τ-b and Spearman's ρ of the two accuracies with bootstrap 95 % intervals over the
+    recipes, n, the full-data front's size, and `disagreement`: one sentence when a recipe drawn at
+    random beat a promoted one on all the data, or the ranking reversed; else None)."""
+    from scipy.stats import kendalltau, spearmanr
 
     stage1 = trials[trials["stage"] == 1].set_index("trial_id")
     if "stage1_rank" not in stage1.columns:
@@ -173,22 +191,76 @@ def agreement(trials: pd.DataFrame, objectives: Mapping[str, str], accuracy: str
                      f"{accuracy}_subset": float(before[accuracy]), f"{accuracy}_full": float(row[accuracy]),
                      **{f"{m}_full": row.get(m) for m in objectives if m != accuracy},
                      "stage1_rank": before.get("stage1_rank"),
+                     "promotion": before.get("promotion") if isinstance(before.get("promotion"), str) else "top",
                      "on_full_front": row["trial_id"] in front_ids})
     table = pd.DataFrame(rows)
-    summary: dict[str, Any] = {"n": len(table), "kendall_tau": math.nan, "kendall_p": math.nan}
+    summary: dict[str, Any] = {"n": len(table), "kendall_tau": math.nan, "kendall_p": math.nan,
+                               "kendall_tau_ci95": [math.nan, math.nan], "spearman_rho": math.nan,
+                               "spearman_rho_ci95": [math.nan, math.nan], "disagreement": None}
     if len(table):
+        subset, full = table[f"{accuracy}_subset"].to_numpy(float), table[f"{accuracy}_full"].to_numpy(float)
         table["rank_subset"] = table[f"{accuracy}_subset"].rank(ascending=False, method="min").astype(int)
         table["rank_full"] = table[f"{accuracy}_full"].rank(ascending=False, method="min").astype(int)
         if len(table) >= 2:
-            tau = kendalltau(table[f"{accuracy}_subset"], table[f"{accuracy}_full"])
-            summary.update(kendall_tau=float(tau.statistic), kendall_p=float(tau.pvalue))
+            tau = kendalltau(subset, full)
+            summary.update(kendall_tau=float(tau.statistic), kendall_p=float(tau.pvalue),
+                           spearman_rho=float(spearmanr(subset, full).statistic))
+        if len(table) >= 3:
+            summary["kendall_tau_ci95"] = bootstrap_ci(subset, full, "kendall", seed=seed)
+            summary["spearman_rho_ci95"] = bootstrap_ci(subset, full, "spearman", seed=seed)
         summary["full_front_size"] = int(table["on_full_front"].sum())
+        summary["disagreement"] = disagreement(table, accuracy)
     return table, summary
 
 
-def write_agreement(exp_dir: Path, trials: pd.DataFrame, objectives: Mapping[str, str]) -> dict[str, Any]:
+def bootstrap_ci(subset: np.ndarray, full: np.ndarray, statistic: str, *, seed: int = 0,
+                 resamples: int = 2000) -> list[float]:
+    """Percentile bootstrap 95 % interval of Kendall's τ-b or Spearman's ρ over the recipes
+    (pairs resampled with replacement; a resample with a constant side has no rank correlation
+    and is left out). Wide with few recipes, as it should be."""
+    from scipy.stats import kendalltau, spearmanr
+
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(subset), len(subset))
+        a, b = subset[pick], full[pick]
+        if np.ptp(a) == 0 or np.ptp(b) == 0:
+            continue
+        stat = kendalltau(a, b).statistic if statistic == "kendall" else spearmanr(a, b).statistic
+        if np.isfinite(stat):
+            values.append(stat)
+    if not values:
+        return [math.nan, math.nan]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def disagreement(table: pd.DataFrame, accuracy: str = "val_acc") -> str | None:
+    """One sentence when the full data ranked the promoted recipes otherwise than the subset did:
+    a recipe drawn at random that the subset ranked below a promoted one beat it on all the data, or
+    else the subset's best recipe was not the full data's best. None when they agree."""
+    sub, full = f"{accuracy}_subset", f"{accuracy}_full"
+    top, drawn = table[table["promotion"] == "top"], table[table["promotion"] == "random"]
+    pairs = [(r, t) for _, r in drawn.iterrows() for _, t in top.iterrows() if r[sub] < t[sub] and r[full] > t[full]]
+    if pairs:  # the subset put the drawn recipe below a promoted one; all the data put it above
+        best_drawn, worst_top = max(pairs, key=lambda pair: pair[0][full] - pair[1][full])
+        return (f"the subset's ranking disagreed with the full data: recipe {best_drawn['recipe']}, drawn at "
+                f"random (subset {accuracy} {best_drawn[sub]:.4f}), reached {best_drawn[full]:.4f} on all the "
+                f"data, above promoted recipe {worst_top['recipe']} ({worst_top[sub]:.4f} -> "
+                f"{worst_top[full]:.4f})")
+    if len(table) >= 2:
+        best_subset, best_full = table.loc[table[sub].idxmax()], table.loc[table[full].idxmax()]
+        if best_subset["recipe"] != best_full["recipe"] and best_full[full] > best_subset[full]:
+            return (f"the subset's ranking disagreed with the full data: its best recipe {best_subset['recipe']} "
+                    f"({best_subset[full]:.4f} on all the data) was beaten by {best_full['recipe']} "
+                    f"({best_full[full]:.4f})")
+    return None
+
+
+def write_agreement(exp_dir: Path, trials: pd.DataFrame, objectives: Mapping[str, str],
+                    seed: int = 0) -> dict[str, Any]:
     """`fidelity.csv` and `fidelity.json` in the experiment folder; returns the summary."""
-    table, summary = agreement(trials, objectives)
+    table, summary = agreement(trials, objectives, seed=seed)
     table.to_csv(exp_dir / layout.FIDELITY_CSV, index=False)
     (exp_dir / layout.FIDELITY_JSON).write_text(json.dumps(summary, indent=2, default=_json_number))
     return summary

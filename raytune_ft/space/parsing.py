@@ -89,6 +89,10 @@ class SearchSettings:
     # epochs of each full-data retraining (stage 2); None: the trials' `epochs`. The subset stage
     # only has to rank recipes; the files a user ships come from stage 2 (docs/search.md)
     promote_epochs: int | None = None
+    # stage 2 also retrains this many other fully trained stage-1 recipes drawn at random (seeded by
+    # `seed`): the check that the subset ranks recipes as the full data does (fidelity.json's τ over
+    # every promoted recipe, and a line when a random one beats a promoted one); they join the front
+    promote_random: int = 0
     # the teacher-quality gate (search/gate.py): "auto" stops sampling distillation once a finished
     # student's val_acc comes within kd_gate_margin of the teacher's; "keep" samples it regardless;
     # "drop" never samples it (use_kd false in every trial)
@@ -130,6 +134,7 @@ SEARCH_MINIMUM = {
     "checkpoint_every": 1,
     "keep_checkpoints": 1,
     "promote": 1,
+    "promote_random": 0,
 }
 
 
@@ -341,6 +346,10 @@ def parse_search(where: str, raw: dict[str, Any]) -> SearchSettings:
     if settings.data_fraction < 1 and settings.promote > settings.num_samples:
         fail(where, "search.promote", f"promotes {settings.promote} recipes to the full data but the subset stage "
              f"runs only search.num_samples = {settings.num_samples}; use a promote <= num_samples")
+    if settings.data_fraction < 1 and settings.promote + settings.promote_random > settings.num_samples:
+        fail(where, "search.promote_random", f"{settings.promote} best and {settings.promote_random} random recipes "
+             f"cannot be drawn from search.num_samples = {settings.num_samples}; use promote + promote_random <= "
+             "num_samples")
     return settings
 
 

@@ -68,6 +68,40 @@ def test_combine_marks_stages_and_the_front_uses_full_data_only():
     assert fidelity.agreement(reversed_, OBJECTIVES)[1]["kendall_tau"] == pytest.approx(-1.0)
 
 
+def test_random_promotions_are_drawn_from_the_rest_seeded_and_marked():
+    chosen = fidelity.promoted(_stage1(), OBJECTIVES, 2, random=2, seed=0)
+    assert chosen["promotion"].tolist() == ["top", "top", "random", "random"]
+    assert set(chosen["trial_id"][:2]) <= {"a", "b", "c"} and "f" not in set(chosen["trial_id"])
+    assert not set(chosen["trial_id"][2:]) & set(chosen["trial_id"][:2])
+    again = fidelity.promoted(_stage1(), OBJECTIVES, 2, random=2, seed=0)
+    assert again["trial_id"].tolist() == chosen["trial_id"].tolist()  # seeded: a resume draws the same
+    assert len(fidelity.promoted(_stage1(), OBJECTIVES, 4, random=3)) == 5  # no more than there are
+
+
+def _two_stages(full: list[float], promotion: list[str]) -> pd.DataFrame:
+    stage1 = _stage1().iloc[:4].assign(stage=1, promotion=promotion)
+    stage2 = pd.DataFrame({"trial_id": list("wxyz"), "status": ["completed"] * 4, "val_acc": full,
+                           "nonzero_params": [1000, 500, 100, 600], "stage": 2, "promoted_from": list("abcd")})
+    return pd.concat([stage1, stage2], ignore_index=True)
+
+
+def test_a_random_recipe_that_beats_a_promoted_one_is_said_in_one_line(tmp_path):
+    # subset: a 0.95, b 0.90, c 0.80, d 0.85; d was drawn at random and beats c and b on all the data
+    both = _two_stages([0.96, 0.91, 0.92, 0.94], ["top", "top", "top", "random"])
+    table, summary = fidelity.agreement(both, OBJECTIVES)
+    assert table["promotion"].tolist() == ["top", "top", "top", "random"]
+    assert summary["disagreement"].startswith("the subset's ranking disagreed with the full data: recipe d, drawn "
+                                              "at random (subset val_acc 0.8500), reached 0.9400")
+    assert "above promoted recipe b" in summary["disagreement"]
+    low, high = summary["kendall_tau_ci95"]
+    assert -1 <= low <= summary["kendall_tau"] <= high <= 1 and np.isfinite(summary["spearman_rho"])
+    agreeing = fidelity.agreement(_two_stages([0.96, 0.93, 0.89, 0.90], ["top", "top", "top", "random"]),
+                                  OBJECTIVES)[1]
+    assert agreeing["disagreement"] is None and agreeing["kendall_tau"] == pytest.approx(1.0)
+    summary = fidelity.write_agreement(tmp_path, both, OBJECTIVES)
+    assert json.loads((tmp_path / "fidelity.json").read_text())["disagreement"] == summary["disagreement"]
+
+
 def test_a_stage1_trial_trains_on_the_same_stratified_subset_and_its_teacher_logits():
     y = torch.arange(400) % 4
     x = torch.arange(400, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 2, 2).contiguous()
