@@ -24,8 +24,7 @@ Cost to front (issue 20): strategy names also take `+fidelity` (a two-stage sear
 `search.data_fraction` = --fraction, `search.promote` = --promote), `+fulldata` (data_fraction 1:
 undo a space that ships with fidelity), `+mo_asha` (the MO-ASHA scheduler), `+fifo` (no scheduler:
 undo a space that ships with one), `+synchronous` (trials
-in groups of max_concurrent, reproducible; the runs of 2026-12-05 were made so), `+kd_recipe` (the
-fashion_mnist space's seeded recipes until 2026-12-06, KD_RECIPES) and `by_hand` (the
+in groups of max_concurrent, reproducible; the runs of 2026-12-05 were made so) and `by_hand` (the
 pipeline a practitioner runs by hand: one run of the space's first `initial` recipe — gradual
 magnitude pruning, distillation from the dense teacher, int8 — literature defaults). The dense
 teacher's own fp32 and int8 files (what a user ships first) come with every run (baselines).
@@ -84,29 +83,18 @@ def run_search(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     return folder
 
 
-# `+kd_recipe`: the fashion_mnist space's seeded recipes as shipped until 2026-12-06 (a distilled,
-# augmented compact_cnn_32 first), the recipes of the Cost-to-front runs named *_kd_recipe
-KD_RECIPES = ("[{model: compact_cnn_32, lr: 4.0e-3, augment: true, use_weight_decay: true, weight_decay: 5.0e-2, "
-              "use_label_smoothing: false, use_kd: true, kd_alpha: 0.7, kd_temperature: 4.0, use_pruning: false}, "
-              "{model: compact_cnn_16, lr: 4.0e-3, augment: true, use_weight_decay: true, weight_decay: 5.0e-2, "
-              "use_label_smoothing: true, label_smoothing: 0.1, use_kd: false, use_pruning: true, "
-              "final_sparsity: 0.5}]")
-
-
 def strategy_args(strategy: str, num_samples: int, fraction: float, promote: int) -> list[str]:
     """The search's command-line arguments for a strategy name (see the module docstring)."""
     if strategy == "by_hand":  # the space's first recipe, alone, on all the data
         return ["--num-samples", "1", "--set", "search.data_fraction=1"]
     sampler, *variants = strategy.split("+")
-    unknown = set(variants) - {"unseeded", "fidelity", "fulldata", "mo_asha", "synchronous", "fifo", "kd_recipe"}
+    unknown = set(variants) - {"unseeded", "fidelity", "fulldata", "mo_asha", "synchronous", "fifo"}
     if sampler not in ("random", "tpe", "gp", "nsga2") or unknown:
         raise SystemExit(f"unknown strategy {strategy!r}: a sampler (random, tpe, gp, nsga2) with optional "
-                         "+unseeded, +fidelity, +fulldata, +mo_asha, +fifo, +synchronous, +kd_recipe; or by_hand")
+                         "+unseeded, +fidelity, +fulldata, +mo_asha, +fifo, +synchronous; or by_hand")
     out = ["--num-samples", str(num_samples), "--set", f"search.sampler={sampler}"]
     if "unseeded" in variants:
         out += ["--set", "search.initial=[]"]
-    if "kd_recipe" in variants:
-        out += ["--set", f"search.initial={KD_RECIPES}"]
     if "fidelity" in variants:
         out += ["--set", f"search.data_fraction={fraction}", "--set", f"search.promote={promote}"]
     if "fulldata" in variants:

@@ -207,7 +207,8 @@ def test_searched_architectures_train_and_test_on_one_decode_of_a_folder(tmp_pat
 
     splits = data_mod.load_splits(cfg)
     assert splits.decode_view == (1.0, models.input_config(cfg.model).interpolation)
-    teacher_cfg = space.teacher_config()  # Lite0: same mean/std and size, but a 0.875 crop
+    # a Lite0 teacher: same mean/std and size, but a 0.875 crop
+    teacher_cfg = dataclasses.replace(space.teacher_config(), model="efficientnet_lite0", weights="pretrained")
     assert not teachers.same_view(splits, teacher_cfg)
     view = teachers.teacher_splits(splits, teacher_cfg)
     assert view.decode_view[0] == 0.875 and torch.equal(view.y_train, splits.y_train)
@@ -231,7 +232,7 @@ def test_the_teachers_baselines_use_its_own_view_and_record_how_files_were_decod
 
     space = _fashion_space_on_a_folder(tmp_path / "data", n=10)
     splits = data_mod.load_splits(cli.students_data_config(space)).without_test()
-    teacher_cfg = dataclasses.replace(space.teacher_config(), weights="none", image_size=32)
+    teacher_cfg = dataclasses.replace(space.teacher_config(), model="efficientnet_lite0", weights="none", image_size=32)
     torch.manual_seed(0)
     net = models.build_model(teacher_cfg.model, 2, weights="none")
     models.save_checkpoint(tmp_path / "teacher", net, config=teacher_cfg.to_dict(),
@@ -403,7 +404,8 @@ def test_a_cifar_resnet_trains_with_every_family_and_ships_an_int8_file_onnxrunt
     model = models.build_model(cfg.model, tiny_splits.num_classes, weights="none")
     convs = sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     teacher_model = {"config": TrialConfig(model="compact_cnn_16", weights="none", image_size=8).to_dict(),
-                     "state_dict": models.build_model("compact_cnn_16", tiny_splits.num_classes, weights="none").state_dict()}
+                     "state_dict": models.build_model("compact_cnn_16", tiny_splits.num_classes,
+                                                      weights="none").state_dict()}
     source, logits, teacher = trial.training_inputs(cfg, tiny_splits, dist=train.Dist(), teacher_model=teacher_model)
     assert logits is None and teacher is not None  # augmented batches: the teacher runs online
     metrics = train.fit(cfg, model, tiny_splits, head_names=models.head_parameter_names(model),

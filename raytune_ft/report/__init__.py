@@ -19,8 +19,9 @@ from raytune_ft.report.plots import (
     plot_hypervolume,
     plot_importances,
     plot_pareto,
+    plot_subset_vs_full,
 )
 
 __all__ = ["draw_test_intervals", "format_front", "format_interval", "html_page", "html_table", "img_tag",
            "mark_architectures", "pareto_svg", "plot_family_panels", "plot_fronts", "plot_hypervolume",
-           "plot_importances", "plot_pareto"]
+           "plot_importances", "plot_pareto", "plot_subset_vs_full"]

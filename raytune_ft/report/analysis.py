@@ -282,6 +282,18 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
         shown = {k: teacher[k] for k in ("model", acc, *SIZE_COLUMNS, "epochs_trained", "checkpoint", "export_path")
                  if k in teacher}
         h += ["<h3>Dense teacher (reference)</h3>", report.html_table(pd.DataFrame([shown]))]
+        if teacher.get("reused_from"):
+            h.append(f"<p>Reused from another experiment in the same storage folder (same data and teacher "
+                     f"config): {html.escape(str(teacher['reused_from']))}</p>")
+    gate_path = exp.local_dir / layout.TEACHER_GATE_JSON
+    if gate_path.is_file():  # the teacher-quality gate (search/gate.py)
+        gate = json.loads(gate_path.read_text())
+        verdict = (html.escape(gate.get("reason") or "") if gate.get("closed") else
+                   f"open: the teacher (val {_fmt(gate.get('teacher_val_acc'))}) stayed at least "
+                   f"{_fmt(gate.get('margin'))} ahead of the best of {gate.get('students_seen', 0)} students "
+                   f"({_fmt(gate.get('best_student_val_acc'))}), so distillation was searched throughout")
+        h.append(f"<p><b>Teacher-quality gate</b> (search.kd_gate = {html.escape(str(gate.get('mode')))}): "
+                 f"{verdict}.</p>")
     if teacher.get("baselines"):  # the teacher shipped as fp32 and int8 ONNX, measured like trials
         rows = list(teacher["baselines"].values())
         h += ["<h3>Baselines (the dense teacher's deployed files)</h3>", report.html_table(pd.DataFrame(rows))]
@@ -365,14 +377,25 @@ def _fidelity_section(exp: Experiment, out: Path, prefix: str) -> list[str]:
     stages.append(("all the data (promoted recipes)", exp.trials[exp.trials["stage"] == 2], exp.teacher))
     report.plot_fronts(stages, exp.objectives, out / f"{prefix}fidelity.png")
     tau = summary.get("kendall_tau")
+    low, high = (summary.get("kendall_tau_ci95") or [None, None])[:2]
+    interval = f", bootstrap 95 % [{_fmt(low)}, {_fmt(high)}]" if pareto.is_number(low) else ""
+    said = (f"<p><b>{html.escape(summary['disagreement'][0].upper() + summary['disagreement'][1:])}.</b></p>"
+            if summary.get("disagreement") else "")
+    scatter = []
+    if len(table) and f"{exp.acc_name}_subset" in table.columns:
+        report.plot_subset_vs_full(table, exp.acc_name, out / f"{prefix}fidelity_scatter.png")
+        scatter = [report.img_tag(out / f"{prefix}fidelity_scatter.png", "subset against full-data accuracy")]
     return ["<h3>Data-size fidelity: the subset front and the full-data front</h3>",
             f"<p>Stage 1 trained every trial on a subset of the training split; its best {summary.get('n', 0)} "
             "recipes (the subset front first, then the nearest in NSGA-II order) were retrained on all of it, "
             "and the front above is made of those. Kendall's τ between the subset and the full-data "
             f"{html.escape(exp.acc_name)} of the promoted recipes: <b>{_fmt(tau)}</b> "
-            f"(p = {_fmt(summary.get('kendall_p'))}, n = {summary.get('n', 0)}); 1: the subset ranked them "
-            "exactly as the full data did, 0: no better than chance.</p>",
+            f"(p = {_fmt(summary.get('kendall_p'))}{interval}, n = {summary.get('n', 0)}); 1: the subset ranked "
+            "them exactly as the full data did, 0: no better than chance. Recipes marked random were drawn at "
+            "random from the rest (search.promote_random), the check that the subset did not misjudge one.</p>",
+            said,
             report.img_tag(out / f"{prefix}fidelity.png", "the subset front and the full-data front"),
+            *scatter,
             report.html_table(table)]
 
 

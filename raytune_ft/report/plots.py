@@ -553,3 +553,25 @@ def _tick(value: float) -> str:
     from matplotlib.ticker import EngFormatter
 
     return EngFormatter(sep="").format_eng(float(f"{value:.3g}"))
+
+
+def plot_subset_vs_full(table: pd.DataFrame, accuracy: str, path: str | Path) -> Path:
+    """Each promoted recipe's subset accuracy against its full-data accuracy (fidelity.csv): the top
+    recipes as dots, those drawn at random as open circles, the diagonal's order as a guide. A
+    subset that ranks recipes as the full data does puts them in the same order along both axes."""
+    fig, (ax,) = _figure((5.5, 4.5))
+    sub, full = f"{accuracy}_subset", f"{accuracy}_full"
+    how = table["promotion"] if "promotion" in table.columns else pd.Series(["top"] * len(table))
+    for kind, style in (("top", {"color": "C3"}), ("random", {"facecolors": "none", "edgecolors": "C0"})):
+        rows = table[how.to_numpy() == kind]
+        if len(rows):
+            ax.scatter(rows[sub], rows[full], s=40, label=f"{kind} ({len(rows)})", **style)
+            for _, row in rows.iterrows():
+                ax.annotate(str(row["recipe"]), (row[sub], row[full]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+    ax.set_xlabel(f"{accuracy} after the subset stage")
+    ax.set_ylabel(f"{accuracy} retrained on all the data")
+    ax.set_title("Promoted recipes: subset against full data")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -311,7 +311,14 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None,
         print(f"teacher: fine-tuning {cfg.model} ({cfg.weights}, {cfg.image_size} px) densely for {cfg.epochs} "
               "epochs", flush=True)
         view = teachers.teacher_splits(data, cfg)
-        out = trial.fit_teacher_remote(cfg, view)
+        try:
+            out = trial.fit_teacher_remote(cfg, view)
+        except Exception as err:  # a Ray task error wraps the teacher's own exception as .cause
+            cause = getattr(err, "cause", None) or err
+            first = (str(cause).strip().splitlines() or [""])[0]
+            raise UserError(f"teacher: {cfg.model} could not be fitted on this data ({type(cause).__name__}: {first}); "
+                            "no trial has started and nothing was lost. Fix the teacher section (e.g. a lower "
+                            "teacher.lr) or give teacher.checkpoint") from err
         model = models.build_model(cfg.model, data.num_classes, weights="none", dropout=cfg.dropout)
         model.load_state_dict(out["state_dict"])
         config, metrics, logits = cfg.to_dict(), out["metrics"], out["train_logits"]

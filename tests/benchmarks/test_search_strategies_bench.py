@@ -159,13 +159,6 @@ def test_cost_to_front_strategy_names_become_search_arguments(real):
     assert "search.initial=[]" in real.strategy_args("random+unseeded+fulldata", 4, 0.5, 2)
     assert "search.synchronous=true" in real.strategy_args("tpe+synchronous", 4, 0.5, 2)
     assert "scheduler=none" in real.strategy_args("tpe+fifo", 4, 0.5, 2)
-    # +kd_recipe: the recipes the fashion_mnist space shipped until 2026-12-06, first a distilled compact_cnn_32
-    from raytune_ft.space import builtin_space_path, load_space
-
-    args = real.strategy_args("tpe+mo_asha+kd_recipe", 8, 0.25, 2)
-    sets = [value for flag, value in zip(args, args[1:], strict=False) if flag == "--set"]
-    recipes = load_space(builtin_space_path("fashion_mnist")).with_overrides(sets).search.initial
-    assert [(r["model"], r["use_kd"]) for r in recipes] == [("compact_cnn_32", True), ("compact_cnn_16", False)]
     with pytest.raises(SystemExit, match="unknown strategy 'tpe\\+bogus'"):
         real.strategy_args("tpe+bogus", 4, 0.5, 2)
 
