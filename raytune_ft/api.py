@@ -4,7 +4,7 @@ both return an `Experiment` — the trials, the front, the teacher and its basel
 DataFrames, the front's deployed models as ONNX Runtime sessions or PyTorch modules with their
 `Preprocessing`, the sampler's Optuna study, and `export_best`. These names are re-exported as
 `raytune_ft.__all__` and are the stable surface; everything below them may change. The search is
-`search.cli.run_experiment` (what the command line runs); reading is `report.results`.
+`search.experiment.run_experiment` (what the command line runs); reading is `report.results`.
 """
 
 from __future__ import annotations
@@ -45,15 +45,15 @@ def run_search(space: str | os.PathLike | Mapping[str, Any] = "quickstart",
     search's progress. Raises ValueError on bad input (the one line the command line would print),
     before Ray starts for everything that can be checked then.
     """
-    from raytune_ft.search import cli
+    from raytune_ft import search
 
     ray = sys.modules.get("ray")  # not imported here before the search sets Ray's logging up
     started_ray = ray is None or not ray.is_initialized()
     try:
-        where = cli.run_experiment(space, overrides=override_strings(overrides), storage_path=storage_path,
+        where = search.run_experiment(space, overrides=override_strings(overrides), storage_path=storage_path,
                                    name=name, seed=seed, num_samples=num_samples, max_concurrent=max_concurrent,
                                    resume=resume, address=address, confirm=confirm)
-    except cli.UserError as err:
+    except search.UserError as err:
         raise ValueError(str(err)) from None
     finally:
         ray = sys.modules.get("ray")

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 import raytune_ft
-from raytune_ft import layout
+from raytune_ft import layout, search
 from raytune_ft.api import Preprocessing, override_strings
-from raytune_ft.search import cli
 from raytune_ft.space.spaces import builtin_space_path, load_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +67,7 @@ def test_a_space_given_as_a_dict_is_kept_in_the_experiment_as_the_file_it_names(
     import yaml
 
     given = yaml.safe_load(builtin_space_path("quickstart").read_text())
-    space, where = cli.prepare(cli.SearchOptions(space=given, overrides=("epochs=1",), storage_path=str(tmp_path),
+    space, where = search.prepare(search.SearchOptions(space=given, overrides=("epochs=1",), storage_path=str(tmp_path),
                                                  name="d"))
     assert space.path == str(tmp_path / "d" / layout.SPACE_YAML) and where.local == tmp_path / "d"
     assert load_space(space.path).with_overrides(["epochs=1"]) == space  # the file is the dict, as given

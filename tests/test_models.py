@@ -194,11 +194,11 @@ def test_searched_architectures_train_and_test_on_one_decode_of_a_folder(tmp_pat
     (Full Fashion-MNIST as a folder, before: trials trained on Lite0's 0.875 crop, tested on whole
     images: test 0.836 at val 0.914.)"""
     from raytune_ft import data as data_mod
-    from raytune_ft.search import cli
+    from raytune_ft import search
     from raytune_ft.train import teachers
 
     space = _fashion_space_on_a_folder(tmp_path)
-    cfg = cli.students_data_config(space)
+    cfg = search.students_data_config(space)
     assert cfg.model == "compact_cnn_16" and models.input_config(cfg.model).crop_pct == 1.0
     mixed = teachers.data_config(space.fixed, ("compact_cnn_16", "efficientnet_lite0"))
     assert mixed.model == "efficientnet_lite0"  # crops differ: one shared view, the default model's
@@ -226,12 +226,12 @@ def test_the_teachers_baselines_use_its_own_view_and_record_how_files_were_decod
     import onnxruntime as ort
 
     from raytune_ft import data as data_mod
+    from raytune_ft import search
     from raytune_ft.api import Preprocessing
-    from raytune_ft.search import cli
     from raytune_ft.train import teachers
 
     space = _fashion_space_on_a_folder(tmp_path / "data", n=10)
-    splits = data_mod.load_splits(cli.students_data_config(space)).without_test()
+    splits = data_mod.load_splits(search.students_data_config(space)).without_test()
     teacher_cfg = dataclasses.replace(space.teacher_config(), model="efficientnet_lite0", weights="none", image_size=32)
     torch.manual_seed(0)
     net = models.build_model(teacher_cfg.model, 2, weights="none")
@@ -240,7 +240,7 @@ def test_the_teachers_baselines_use_its_own_view_and_record_how_files_were_decod
     space = space.with_overrides([f"teacher.checkpoint={tmp_path / 'teacher'}", "latency_budget_s=0.05"])
     exp = tmp_path / "exp"
     exp.mkdir()
-    info, _, _ = cli.obtain_teacher(space, splits, exp)
+    info, _, _ = search.obtain_teacher(space, splits, exp)
 
     view = teachers.teacher_splits(splits, teachers.view_config(space.teacher_config(), teacher_cfg.to_dict()))
     assert view.x_val.shape[-1] == 32 and splits.x_val.shape[-1] == 28

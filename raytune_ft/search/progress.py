@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from ray import tune
+
 LOG_ENV = "RAYTUNE_FT_PROGRESS_LOG"  # where the driver records estimates: <experiment>/progress.jsonl
 
 
@@ -146,3 +149,158 @@ def begin(path: str | os.PathLike) -> None:
 def finish() -> None:
     """Mark the search's end in the record."""
     record(log_path(), "end")
+
+
+class Progress(tune.Callback):
+    """One line when a trial starts, finishes or fails (never per epoch), e.g.
+
+        [4/10 done, 1 running, 0 failed | front 2, HV 0.6123 | 3.2 min, ~12 min left] trial 5cb43b1c finished: ...
+
+    Counts come from Tune's trial list (so they stay right after `--resume`). The front is over
+    the completed trials' last results; with `epochs` (the fixed epoch count; a trial's own
+    `epochs` in its config wins) a trial that reported fewer epochs is early-stopped and stays
+    off it. The hypervolume uses pareto's normalisation — 1 − accuracy and size / the dense
+    `teacher`'s size, reference point (1, 1) — so it is the number the report shows; without a
+    `teacher` the largest value seen so far is the scale, and early values can still move.
+    The time left (progress.py, with `plan`: slots, early stopping, a second stage) shows once an
+    epoch has been measured; every epoch's estimate is recorded (log_path()), and a line
+    is printed for the first one and then at least every PRINT_EVERY_S.
+    """
+
+    PRINT_EVERY_S = 600.0
+
+    def __init__(self, total: int, objectives: dict[str, str], *,
+                 teacher: dict[str, Any] | None = None, epochs: int | None = None,
+                 plan: Plan | None = None) -> None:
+        self.total, self.objectives = total, dict(objectives)
+        self.teacher, self.epochs = (dict(teacher) if teacher else None), epochs
+        self.started = time.time()  # wall clock: still meaningful after a restore
+        self.plan, self.clock = plan or Plan(), EpochClock()
+        self.most_running, self.printed = 0, None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # restored from a search saved before these fields
+        self.__dict__.update({"plan": Plan(), "clock": EpochClock(), "most_running": 0,
+                              "printed": None, **state})
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.clock.start(trial.trial_id, trial.config.get("model"), time.time())
+        recipe = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
+        print(f"{self._stamp(trials)} trial {trial.trial_id} started: {recipe}", flush=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        now = time.time()
+        self.clock.epoch(trial.trial_id, now)
+        eta, upper = self.estimate(trials)
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        record(log_path(), "trials", elapsed_s=round(now - self.started, 1), eta_s=eta,
+                        upper_bound=upper, done=sum(1 for t in trials if t.status in ("TERMINATED", "ERROR")),
+                        running=running, trial_id=trial.trial_id, epoch=result.get("epoch"))
+        if eta is not None and (self.printed is None or now - self.printed >= self.PRINT_EVERY_S):
+            print(f"{self._stamp(trials)} time left estimated from the epochs measured so far", flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Tune calls this while the trial is still RUNNING; count it as done already.
+        result = trial.last_result or {}
+        values = ", ".join(f"{k}={_short(result.get(k))}" for k in self.objectives)
+        stopped = "" if self._fully_trained(trial) else " (early-stopped, not on the front)"
+        print(f"{self._stamp(trials, done=trial)} trial {trial.trial_id} finished: {values}{stopped}",
+              flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"{self._stamp(trials)} trial {trial.trial_id} FAILED (see trials.csv; the search goes on)",
+              flush=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.plan.later_trials:
+            print(f"{self._stamp(trials)} stage 1 finished; the time left is stage 2's", flush=True)
+        else:
+            print(f"{self._stamp(trials, eta=False)} search finished", flush=True)
+
+    def summary(self, trials: list, done: Any = None) -> dict[str, Any]:
+        """Counts (done, running, failed, pending), front size and hypervolume of `trials`."""
+        import pandas as pd
+
+        from raytune_ft import pareto
+
+        status = self._status(trials, done)
+        counts = {s: sum(1 for v in status.values() if v == s)
+                  for s in ("TERMINATED", "RUNNING", "ERROR", "PENDING")}
+        finished = [t for t in trials if status[t.trial_id] == "TERMINATED" and self._fully_trained(t)]
+        rows = [{"trial_id": t.trial_id, "status": "completed",
+                 **{k: (t.last_result or {}).get(k) for k in self.objectives}} for t in finished]
+        front_size, hv = 0, 0.0
+        if rows:
+            table = pd.DataFrame(rows)
+            front_size = len(pareto.pareto_front(table, self.objectives))
+            scales = pareto.hv_scales(table, self.objectives, self.teacher)
+            points = pareto.normalize(table, self.objectives, scales)
+            points = points[np.isfinite(points).all(axis=1)]
+            hv = pareto.hypervolume(points, np.ones(len(self.objectives))) if len(points) else 0.0
+        return {"done": counts["TERMINATED"], "running": counts["RUNNING"], "failed": counts["ERROR"],
+                "pending": counts["PENDING"], "front": front_size, "hypervolume": hv,
+                "elapsed_min": (time.time() - self.started) / 60}
+
+    def estimate(self, trials: list, done: Any = None) -> tuple[float | None, bool]:
+        """(seconds left, whether that is an upper bound) for the trials of `trials` not ended, the
+        ones the searcher has yet to start (of `total`) and the plan's later stage; (None, False)
+        before any epoch was measured. See progress.py."""
+        mean_rate = self.clock.rate("")
+        if mean_rate is None:
+            return None, False
+        status = self._status(trials, done)
+        self.most_running = max(self.most_running, sum(1 for v in status.values() if v == "RUNNING"))
+        share, upper = 1.0, self.plan.early_stopping
+        ended = [t for t in trials if status[t.trial_id] == "TERMINATED" and self._planned(t)]
+        if upper and ended:  # early stopping: plan queued trials at the share of epochs ended ones trained
+            share = float(np.mean([min(1.0, (t.last_result or {}).get("epoch", 0) / self._planned(t))
+                                    for t in ended]))
+            upper = False
+        running, queued = [], []
+        for t in trials:
+            planned_epochs = self._planned(t)
+            if status[t.trial_id] in ("TERMINATED", "ERROR") or planned_epochs is None:
+                continue
+            rate = self.clock.rate(t.trial_id, t.config.get("model"))
+            if status[t.trial_id] == "RUNNING":
+                running.append((rate, max(0, planned_epochs - (t.last_result or {}).get("epoch", 0))))
+            else:
+                queued.append((rate, planned_epochs * share))
+        if self.epochs:
+            queued += [(mean_rate, self.epochs * share)] * max(0, self.total - len(trials))
+        slots = max(1, min(self.plan.slots, self.most_running or 1))
+        later = [(mean_rate / self.plan.data_fraction, self.plan.later_epochs)] * self.plan.later_trials
+        return time_left(running, queued, slots, later), upper
+
+    def _stamp(self, trials: list, done: Any = None, *, eta: bool = True) -> str:
+        s = self.summary(trials, done)
+        seconds, upper = self.estimate(trials, done) if eta else (None, False)
+        left = format_eta(seconds, upper_bound=upper)
+        self.printed = time.time()
+        return (f"[{s['done'] + s['failed']}/{self.total} done, {s['running']} running, "
+                f"{s['failed']} failed | front {s['front']}, HV {s['hypervolume']:.4f} | "
+                f"{s['elapsed_min']:.1f} min{', ' + left if left else ''}]")
+
+    def _status(self, trials: list, done: Any = None) -> dict[str, str]:
+        status = {t.trial_id: t.status for t in trials}
+        if done is not None:
+            status[done.trial_id] = "TERMINATED"
+        return status
+
+    def _planned(self, trial: Any) -> int | None:
+        epochs = trial.config.get("epochs", self.epochs)
+        return int(epochs) if epochs else None
+
+    def _fully_trained(self, trial: Any) -> bool:
+        from raytune_ft.report import results
+
+        return results.fully_trained((trial.last_result or {}).get("epoch", 0), trial.config, self.epochs)
+
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+

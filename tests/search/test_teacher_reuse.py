@@ -46,12 +46,12 @@ def test_a_fitted_teacher_is_found_in_another_experiment_of_the_same_storage(tmp
 
 def test_a_search_reuses_the_teacher_and_records_where_it_came_from(tmp_path, capsys):
     from raytune_ft import data as data_mod
-    from raytune_ft.search import cli
+    from raytune_ft import search
     from raytune_ft.space import builtin_space_path, load_space
 
     space = load_space(builtin_space_path("quickstart")).with_overrides(
         ["max_samples=120", "image_size=16", "latency_budget_s=0.05", "teacher.epochs=1"])
-    splits = data_mod.load_splits(cli.students_data_config(space)).without_test()
+    splits = data_mod.load_splits(search.students_data_config(space)).without_test()
     cfg = space.teacher_config()
     teacher_dir = tmp_path / "first" / layout.TEACHER_DIR
     models.save_checkpoint(teacher_dir, models.build_model(cfg.model, splits.num_classes, weights="none"),
@@ -59,7 +59,7 @@ def test_a_search_reuses_the_teacher_and_records_where_it_came_from(tmp_path, ca
     teacher_reuse.write_key(teacher_dir, cfg.to_dict())
     second = tmp_path / "second"
     second.mkdir()
-    info, logits, _ = cli.obtain_teacher(space, splits, second, reuse_root=tmp_path)
+    info, logits, _ = search.obtain_teacher(space, splits, second, reuse_root=tmp_path)
     assert "teacher: reusing the teacher fitted by experiment 'first'" in capsys.readouterr().out
     assert info["reused_from"] == str(teacher_dir) and logits.shape == (len(splits.y_train), splits.num_classes)
     assert (second / layout.TEACHER_DIR / layout.TEACHER_KEY_JSON).is_file()  # reusable in turn
@@ -69,18 +69,18 @@ def test_a_teacher_that_cannot_be_fitted_stops_the_search_before_any_trial_namin
     import ray
 
     from raytune_ft import data as data_mod
-    from raytune_ft.search import cli
+    from raytune_ft import search
     from raytune_ft.space import builtin_space_path, load_space
 
     space = load_space(builtin_space_path("quickstart")).with_overrides(
         ["max_samples=120", "image_size=16", "teacher.epochs=1", "teacher.model=compact_cnn_16", "teacher.weights=none",
          "teacher.lr=1.0e+12"])  # the loss stops being finite at once
-    splits = data_mod.load_splits(cli.students_data_config(space)).without_test()
+    splits = data_mod.load_splits(search.students_data_config(space)).without_test()
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        with pytest.raises(cli.UserError, match=r"teacher: compact_cnn_16 could not be fitted on this data "
+        with pytest.raises(search.UserError, match=r"teacher: compact_cnn_16 could not be fitted on this data "
                                                 r"\(FloatingPointError: .*no trial has started"):
-            cli.obtain_teacher(space, splits, tmp_path, reuse_root=tmp_path.parent)
+            search.obtain_teacher(space, splits, tmp_path, reuse_root=tmp_path.parent)
     finally:
         ray.shutdown()
     assert not (tmp_path / layout.TEACHER_DIR / layout.TEACHER_KEY_JSON).exists()  # nothing half-made to reuse
