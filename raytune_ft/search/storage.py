@@ -62,14 +62,12 @@ class Location:
         filesystem, path = fs.FileSystem.from_uri(self.uri)
         for name in names:
             source = self.local / name
-            files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
-            for file in (f for f in files if f.is_file()):
-                target = f"{path}/{file.relative_to(self.local).as_posix()}"
-                filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
-                with open(file, "rb") as src, filesystem.open_output_stream(target) as dst:
-                    dst.write(src.read())
-
-
+            if not source.exists():
+                continue
+            target = f"{path}/{name}"
+            filesystem.create_dir(target.rsplit("/", 1)[0] if source.is_file() else target, recursive=True)
+            fs.copy_files(str(source), target, source_filesystem=fs.LocalFileSystem(),
+                          destination_filesystem=filesystem)
 
 
 def locate(storage_path: str, name: str) -> Location:
