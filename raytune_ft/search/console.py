@@ -43,6 +43,7 @@ def configure(stream: TextIO | None = None) -> dict[str, str]:
     wanted = settings(is_terminal(stream))
     applied = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(applied)
+    _apply_to_imported_ray(applied)
     if "ray.data" in sys.modules and os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS") == "1":
         from ray.data import DataContext
 
@@ -50,3 +51,22 @@ def configure(stream: TextIO | None = None) -> dict[str, str]:
         context.enable_progress_bars = False
         context.enable_operator_progress_bars = False
     return applied
+
+
+def _apply_to_imported_ray(applied: dict[str, str]) -> None:
+    """Ray reads RAY_DISABLE_WORKER_LOG_PREFIX and RAY_DEDUP_LOGS_ALLOW_REGEX once, when
+    ray._private.ray_constants and ray_logging are imported, and the search's modules import Ray
+    (Tune's OptunaSearch) before run_experiment can set them: set the imported copies too. (Found in
+    the shipped Fashion-MNIST search's log: every forwarded line kept its "(tune_trial pid=...)" prefix and
+    the trials' epoch lines were folded as "[repeated 2x across cluster]".)"""
+    import re
+
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and applied.get("RAY_DISABLE_WORKER_LOG_PREFIX") == "1":
+        constants.RAY_DISABLE_WORKER_LOG_PREFIX = True
+    logging_module = sys.modules.get("ray._private.ray_logging")
+    if logging_module is not None and "RAY_DEDUP_LOGS_ALLOW_REGEX" in applied:
+        for name in ("stdout_deduplicator", "stderr_deduplicator"):
+            deduplicator = getattr(logging_module, name, None)
+            if deduplicator is not None:
+                deduplicator.allow_re = re.compile(applied["RAY_DEDUP_LOGS_ALLOW_REGEX"])

@@ -49,3 +49,17 @@ def test_configure_sets_what_is_unset_and_keeps_the_users_choice(monkeypatch):
 
     assert console.configure(Terminal()) == {"RAY_DEDUP_LOGS_ALLOW_REGEX": console.OWN_LINES}
     assert "RAY_DATA_DISABLE_PROGRESS_BARS" not in os.environ
+
+
+def test_configure_reaches_a_ray_imported_before_it(monkeypatch):
+    """The search's modules import Ray before run_experiment configures it: the constants Ray read at
+    import (the worker-line prefix, the lines never folded) are set in the imported modules too."""
+    import ray._private.ray_constants as constants
+    import ray._private.ray_logging as ray_logging
+
+    _unset(monkeypatch)
+    monkeypatch.setattr(constants, "RAY_DISABLE_WORKER_LOG_PREFIX", False)
+    monkeypatch.setattr(ray_logging.stdout_deduplicator, "allow_re", None)
+    console.configure(io.StringIO())
+    assert constants.RAY_DISABLE_WORKER_LOG_PREFIX is True
+    assert ray_logging.stdout_deduplicator.allow_re.search("[5cb43b1c] epoch 3/12  val_acc=0.9721")
