@@ -74,7 +74,7 @@ def test_a_teacher_that_cannot_be_fitted_stops_the_search_before_any_trial_namin
 
     space = load_space(builtin_space_path("quickstart")).with_overrides(
         ["max_samples=120", "image_size=16", "teacher.epochs=1", "teacher.model=compact_cnn_16", "teacher.weights=none",
-         "teacher.lr=1.0e+12"])  # the loss stops being finite at once
+         "teacher.lr=1.0e+12", "teacher.cpus_per_trial=1"])  # the loss stops being finite at once
     splits = data_mod.load_splits(search.students_data_config(space)).without_test()
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
