@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from raytune_ft import layout, models
@@ -63,3 +64,29 @@ def test_a_search_reuses_the_teacher_and_records_where_it_came_from(tmp_path, ca
     assert info["reused_from"] == str(teacher_dir) and logits.shape == (len(splits.y_train), splits.num_classes)
     assert (second / layout.TEACHER_DIR / layout.TEACHER_KEY_JSON).is_file()  # reusable in turn
 
+
+
+def test_a_teacher_that_cannot_be_fitted_stops_the_search_before_any_trial_naming_why(tmp_path, monkeypatch):
+    """The teacher's Ray task fails (Ray raises its own error with the teacher's exception as .cause):
+    the search stops with one line naming the model and the cause, before any trial, writing nothing
+    a later search could mistake for a fitted teacher."""
+    from raytune_ft import data as data_mod
+    from raytune_ft import search
+    from raytune_ft.search import trial
+    from raytune_ft.space import builtin_space_path, load_space
+
+    class TaskError(Exception):  # the shape of ray.exceptions.RayTaskError: the remote exception as .cause
+        cause = FloatingPointError("the loss is nan at step 3 (lr 1e+30)")
+
+    def fails(cfg, data):
+        raise TaskError("ray::fit_teacher() (pid=1) ... a long remote traceback")
+
+    monkeypatch.setattr(trial, "fit_teacher_remote", fails)
+    space = load_space(builtin_space_path("quickstart")).with_overrides(
+        ["max_samples=120", "image_size=16", "teacher.model=compact_cnn_16", "teacher.weights=none"])
+    splits = data_mod.load_splits(search.students_data_config(space)).without_test()
+    with pytest.raises(search.UserError, match=r"teacher: compact_cnn_16 could not be fitted on this data "
+                                                r"\(FloatingPointError: the loss is nan at step 3 \(lr 1e\+30\)\); "
+                                                r"no trial has started"):
+        search.obtain_teacher(space, splits, tmp_path, reuse_root=tmp_path.parent)
+    assert not (tmp_path / layout.TEACHER_DIR / layout.TEACHER_KEY_JSON).exists()
