@@ -18,6 +18,7 @@ measured from its last start.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -94,10 +95,9 @@ def _trials_end(exp: Path) -> float | None:
     path = exp / "trials.csv"
     if not path.is_file():
         return None
-    import pandas as pd
-
-    ends = pd.read_csv(path, usecols=lambda c: c == "end_time").get("end_time")
-    return float(ends.max()) if ends is not None and ends.notna().any() else None
+    with open(path, newline="") as rows:
+        ends = [float(row["end_time"]) for row in csv.DictReader(rows) if row.get("end_time")]
+    return max(ends) if ends else None
 
 
 def _fmt(seconds: float | None) -> str:

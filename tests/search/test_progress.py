@@ -84,9 +84,15 @@ def test_progress_estimate_on_a_hand_made_search():
     ended = [_trial("a", "TERMINATED", 1), _trial("b", "RUNNING", 1)]
     seconds, upper = p.estimate(ended)
     assert not upper and seconds == pytest.approx(60)  # b: 60; 3 x (15 s x 1 epoch) on the slot free at 0
-    # a two-stage plan adds stage 2 at the measured epoch time / data_fraction
+    # a two-stage plan adds stage 2 at the measured epoch time / data_fraction ...
     p.plan = progress.Plan(slots=2, later_trials=2, later_epochs=4, data_fraction=0.25)
     assert p.estimate(trials)[0] == pytest.approx(150 + 4 * 15 / 0.25)
+    # ... that of the fully trained trials once one has ended (a: 4 epochs at 10 s), not b's 20 s
+    p.clock.epoch("a", 20.0)
+    p.clock.epoch("a", 30.0)
+    p.clock.epoch("a", 40.0)
+    done = [_trial("a", "TERMINATED", 4), _trial("b", "RUNNING", 1)]
+    assert p.estimate(done)[0] == pytest.approx(60 + 60 + 4 * 10 / 0.25)  # b 60; 3 x 60 on 2 slots: 120
 
 
 def test_record_appends_json_lines_and_skips_a_missing_folder(tmp_path, monkeypatch):
