@@ -44,7 +44,9 @@ def promoted(trials: pd.DataFrame, objectives: Mapping[str, str], k: int, random
     drawn = np.random.default_rng(seed).choice(rest, size=min(random, len(rest)), replace=False) if random else []
     order = np.concatenate([ranked[:k], np.asarray(drawn, dtype=int)]).astype(int)
     chosen = done.iloc[order].copy()
-    chosen["stage1_rank"] = [int(np.flatnonzero(ranked == i)[0]) + 1 for i in order]
+    rank_of = np.empty(len(ranked), dtype=int)
+    rank_of[ranked] = np.arange(1, len(ranked) + 1)  # each trial's place in NSGA-II order
+    chosen["stage1_rank"] = rank_of[order]
     chosen["stage1_front"] = front_of[order]
     chosen["promotion"] = ["top"] * min(k, len(ranked)) + ["random"] * len(drawn)
     return chosen.reset_index(drop=True)

@@ -70,9 +70,3 @@ class KDGate:
         if self.path:
             Path(self.path).write_text(json.dumps(asdict(self), indent=2))
 
-    @staticmethod
-    def read(exp_dir: Path) -> dict[str, Any] | None:
-        from raytune_ft import layout
-
-        path = Path(exp_dir) / layout.TEACHER_GATE_JSON
-        return json.loads(path.read_text()) if path.is_file() else None
