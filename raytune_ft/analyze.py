@@ -11,8 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from raytune_ft import pareto
-from raytune_ft.report import analysis
+from raytune_ft.report import analysis, results
 from raytune_ft.report.results import Experiment, load_experiment
 
 
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 def _write_outputs(exps: Sequence[Experiment], out: Path, export_n: int | None) -> None:
     page = analysis.write_report(exps, out)
     for exp in exps:
-        front = pareto.pareto_front(exp.trials, exp.objectives) if len(exp.trials) else exp.trials
+        front = results.front(exp.trials, exp.objectives)
         counts = exp.trials["status"].value_counts().to_dict() if len(exp.trials) else {}
         print(f"{exp.name} ({exp.state}): {len(exp.trials)} trials "
               f"({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none started'}), "

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raytune_ft import layout, pareto
+from raytune_ft import data_fraction, layout, pareto
 from raytune_ft.layout import COMPLETED
 from raytune_ft.pareto import hv_scales, hypervolume_curve, normalize
+from raytune_ft.report import results
 from raytune_ft.report.results import Experiment, local_path
 
 # Size and speed columns shown in the front table when a trial reports them (in this order).
@@ -253,7 +254,7 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[s
     from raytune_ft.report import trust
 
     trials, size, acc = exp.trials, exp.size_name, exp.acc_name
-    front = pareto.pareto_front(trials, exp.objectives) if len(trials) else trials
+    front = results.front(trials, exp.objectives)
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     planned = f" of {exp.planned} planned" if exp.planned else ""
     ended = float(trials["end_time"].max()) if len(trials) else math.nan
@@ -372,8 +373,9 @@ def _fidelity_section(exp: Experiment, out: Path, prefix: str) -> list[str]:
         return []
     summary = json.loads(summary_path.read_text())
     table = pd.read_csv(table_path) if table_path.is_file() and table_path.stat().st_size > 1 else pd.DataFrame()
-    stages = [(f"subset ({fraction:g} of the data)", exp.trials[exp.trials["stage"] == 1], None)
-              for fraction in pd.to_numeric(exp.trials.loc[exp.trials["stage"] == 1, "data_fraction"]).unique()[:1]]
+    stage1 = exp.trials[exp.trials["stage"] == 1]
+    fraction = data_fraction.subset_fraction(stage1)
+    stages = [(f"subset ({fraction:g} of the data)", stage1, None)] if fraction is not None else []
     stages.append(("all the data (promoted recipes)", exp.trials[exp.trials["stage"] == 2], exp.teacher))
     report.plot_fronts(stages, exp.objectives, out / f"{prefix}fidelity.png")
     tau = summary.get("kendall_tau")
@@ -410,7 +412,7 @@ def _comparison_section(exps: Sequence[Experiment], out: Path) -> list[str]:
         done = exp.trials[exp.trials["status"] == COMPLETED] if len(exp.trials) else exp.trials
         points = normalize(done, objectives, scales)
         points = points[np.isfinite(points).all(axis=1)] if len(points) else points
-        front = pareto.pareto_front(exp.trials, objectives) if len(exp.trials) else exp.trials
+        front = results.front(exp.trials, objectives)
         rows.append({"experiment": exp.name, "state": exp.state, "trials": len(exp.trials),
                      "completed": len(done), "front": len(front),
                      f"teacher {first.size_name}": (exp.teacher or {}).get(first.size_name),

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raytune_ft import data_fraction
 from raytune_ft.pareto import MODES, pareto_front
+from raytune_ft.report import results
 
 TEACHER_MARGIN = 0.02  # "teacher − 2 pts": accuracy is a fraction in [0, 1]
 LOG_X_SPREAD = 10.0  # switch the size axis to log scale when max/min exceeds this
@@ -57,7 +59,8 @@ def plot_pareto(
     if teacher is not None and y_name not in teacher:
         raise ValueError(f"teacher needs a {y_name!r} value, got keys {sorted(teacher)}")
 
-    front = pareto_front(trials, objectives, status_column=status_column, completed=completed)
+    eligible = data_fraction.front_eligible(trials, status_column=status_column, completed=completed)
+    front = pareto_front(trials, objectives, eligible=eligible, status_column=status_column, completed=completed)
     status = trials[status_column]
     is_completed = (status == completed).to_numpy(dtype=bool, na_value=False)
     is_failed = (status == failed).to_numpy(dtype=bool, na_value=False)
@@ -360,7 +363,7 @@ def plot_fronts(experiments: Sequence[tuple[str, pd.DataFrame, Mapping[str, Any]
         if len(done):
             ax.scatter(done[x_name], done[y_name], s=10, color=color, alpha=0.3)
             sizes.extend(pd.to_numeric(done[x_name]).tolist())
-        front = pareto_front(trials, objectives) if len(trials) else trials
+        front = results.front(trials, objectives)
         if len(front):
             ax.step(front[x_name], front[y_name], where="post", color=color)
         ax.scatter(front[x_name] if len(front) else [], front[y_name] if len(front) else [], s=30,
@@ -386,7 +389,7 @@ def pareto_svg(trials: pd.DataFrame, objectives: Mapping[str, str], hover: Seque
     others hollow), the front in red joined by a step line, the teacher as a blue star. Each
     mark has an SVG <title> (`hover[i]` for trial i), which browsers show on hover — no script."""
     x_name, y_name = _plot_axes(objectives)
-    front_ids = set(pareto_front(trials, objectives)["trial_id"]) if len(trials) else set()
+    front_ids = set(results.front(trials, objectives)["trial_id"])
     x = pd.to_numeric(trials[x_name], errors="coerce").to_numpy(dtype=float) if len(trials) else np.array([])
     y = pd.to_numeric(trials[y_name], errors="coerce").to_numpy(dtype=float) if len(trials) else np.array([])
     tx = float(teacher[x_name]) if teacher and _number(teacher.get(x_name)) else None

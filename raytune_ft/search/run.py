@@ -11,7 +11,8 @@ import sys
 import time
 from typing import Any
 
-from raytune_ft import layout
+from raytune_ft import data_fraction, layout
+from raytune_ft.report import results
 from raytune_ft.search.searcher import make_searcher, resume_into
 from raytune_ft.search.storage import Location, UserError
 from raytune_ft.search.teacher_stage import obtain_teacher, students_data_config
@@ -42,8 +43,7 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
     progress.begin(exp_dir / layout.PROGRESS_JSONL)  # every time-left estimate, recorded (progress.py)
     # the trials' fixed settings: a two-stage search's first stage trains on a subset (fidelity.py);
     # the teacher and the test split are not the trials' and keep all the data
-    trial_fixed = {**space.fixed, "data_fraction": space.search.data_fraction} if space.search.data_fraction < 1 \
-        else space.fixed
+    trial_fixed = data_fraction.with_fraction(space.fixed, space.search.data_fraction)
     (exp_dir / layout.SPACE_JSON).write_text(json.dumps(
         {"space_file": space.path, "fixed": trial_fixed, "teacher_overrides": space.teacher_overrides,
          "teacher_checkpoint": space.teacher_checkpoint, "search": space.search.__dict__,
@@ -137,11 +137,11 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
 
 
 def write_results(trials, space, where: Location, teacher: dict[str, Any]):
-    from raytune_ft import pareto, report
+    from raytune_ft import report
 
     exp_dir = where.local
     trials.to_csv(exp_dir / layout.TRIALS_CSV, index=False)
-    front = pareto.pareto_front(trials, space.objectives)  # of a two-stage search: its full-data trials
+    front = results.front(trials, space.objectives)  # of a two-stage search: its full-data trials
     front.to_csv(exp_dir / layout.PARETO_CSV, index=False)
     report.plot_pareto(trials, space.objectives, exp_dir / layout.PARETO_PNG, teacher=teacher,
                        baselines=list((teacher.get("baselines") or {}).values()),
