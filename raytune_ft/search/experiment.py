@@ -65,9 +65,9 @@ def run_experiment(space: str | os.PathLike | Mapping[str, Any] = "quickstart", 
     progress.finish()
     where.upload(layout.PROGRESS_JSONL)
     if confirmed is not None:
-        from raytune_ft import report
+        from raytune_ft.report import tables
 
         print(f"\nconfirmed with {confirm} seeds per front recipe ({where.uri}/confirmed.csv):\n"
-              + report.format_front(confirmed, list(confirmed.columns)))
+              + tables.format_front(confirmed, list(confirmed.columns)))
     return where
 
