@@ -274,7 +274,10 @@ def searched_switches(exp: Experiment) -> list[str]:
     return [p for p in exp.params if p.startswith("use_") and p in exp.trials.columns]
 
 
-def fidelity(exp: Experiment) -> tuple[dict[str, Any], pd.DataFrame, list[tuple[str, pd.DataFrame, Any]]] | None:
+Stages = list[tuple[str, pd.DataFrame, Any]]  # (label, trials, teacher or None): one front each on a plot
+
+
+def fidelity_results(exp: Experiment) -> tuple[dict[str, Any], pd.DataFrame, Stages] | None:
     """A two-stage search (search/fidelity.py): (fidelity.json's summary, fidelity.csv's table, the two
     stages as (label, trials, teacher) for one plot of both fronts); None for a one-stage search."""
     table_path, summary_path = exp.local_dir / layout.FIDELITY_CSV, exp.local_dir / layout.FIDELITY_JSON

@@ -154,7 +154,7 @@ def _teacher_section(exp: Experiment, front: pd.DataFrame) -> list[str]:
 def _fidelity_section(exp: Experiment, out: Path, prefix: str) -> list[str]:
     """A two-stage search (search/fidelity.py): both fronts on one plot, and how well the subset's
     ranking predicted the full-data one (fidelity.csv / fidelity.json)."""
-    found = analysis.fidelity(exp)
+    found = analysis.fidelity_results(exp)
     if found is None:
         return []
     summary, table, stages = found
