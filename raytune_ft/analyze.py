@@ -1,6 +1,7 @@
 """CLI: python -m raytune_ft.analyze — tables, plots and one HTML report from experiment folders
 (finished, running or interrupted; local or any URI pyarrow.fs understands, e.g. s3://), and
-`--export-best`. A thin layer: reading is `report.results`, the analyses `report.analysis`.
+`--export-best`. A thin layer: reading is `report.results`, the analyses `report.analysis`, the page
+`report.page`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from raytune_ft import pareto
-from raytune_ft.report import analysis
+from raytune_ft.report import analysis, page, results
 from raytune_ft.report.results import Experiment, load_experiment
 
 
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_outputs(exps: Sequence[Experiment], out: Path, export_n: int | None) -> None:
-    page = analysis.write_report(exps, out)
+    report = page.write_report(exps, out)
     for exp in exps:
-        front = pareto.pareto_front(exp.trials, exp.objectives) if len(exp.trials) else exp.trials
+        front = results.front(exp.trials, exp.objectives)
         counts = exp.trials["status"].value_counts().to_dict() if len(exp.trials) else {}
         print(f"{exp.name} ({exp.state}): {len(exp.trials)} trials "
               f"({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none started'}), "
@@ -63,7 +63,7 @@ def _write_outputs(exps: Sequence[Experiment], out: Path, export_n: int | None) 
             dest = out / "export-best" / (exp.name if len(exps) > 1 else "")
             index = analysis.export_best(exp, front, export_n, dest)
             print(f"  copied {len(index)} front models to {dest}")
-    print(f"wrote {page}")
+    print(f"wrote {report}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from raytune_ft import layout, pareto
+from raytune_ft import layout
 from raytune_ft.report import results
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ class Experiment:
         self.objectives = dict(record.objectives)
         self.start_time = record.start_time  # unix time the search started (None before Tune wrote it)
         self.trials = record.trials
-        front = pareto.pareto_front(self.trials, self.objectives) if len(self.trials) else self.trials.iloc[:0]
+        front = results.front(self.trials, self.objectives)
         self.front = holdout.with_test_columns(front, self.path)
         teacher = dict(record.teacher or {})
         baselines = list((teacher.pop("baselines", None) or {}).values())

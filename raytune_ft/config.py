@@ -39,7 +39,8 @@ class TrialConfig:
     max_samples: int | None = None  # use a stratified subset of this many images (quick tests)
     max_test_samples: int | None = None  # a stratified subset of a dataset's own test split (null: all of it)
     # train on this stratified fraction of the training split (val and test unchanged): the first
-    # stage of a data-size fidelity search (search.data_fraction); 1 = all of it
+    # stage of a data-size fidelity search (search.data_fraction); 1 = all of it (what follows from
+    # it, e.g. which trials may share a front, is data_fraction.py's)
     data_fraction: float = 1.0
     data_seed: int = 0  # fixes the train/val/test split; the same for every trial of an experiment
     download: bool = False  # cifar10/cifar100 only: fetch the dataset into data_root if it is missing

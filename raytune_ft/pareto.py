@@ -4,7 +4,8 @@ hypervolume, and the normalisation of a trials table for the hypervolume (`hv_sc
 
 Every array function takes an (n, m) float array in which each of the m objectives is
 "lower is better"; `to_minimization` is the one place where "max" objectives are negated.
-`pareto_front` is the DataFrame-facing entry point: it builds the front of a trials table.
+`pareto_front` is the DataFrame-facing entry point: it builds the front of a trials table from the
+rows its caller marks eligible (which trials may share a front is not this module's to know).
 """
 
 from __future__ import annotations
@@ -178,15 +179,16 @@ def pareto_front(
     trials: pd.DataFrame,
     objectives: Mapping[str, str],
     *,
+    eligible: np.ndarray | None = None,
     status_column: str = "status",
     completed: str = "completed",
 ) -> pd.DataFrame:
-    """The non-dominated, fully trained rows of `trials`, with all their columns.
+    """The non-dominated rows among the completed, eligible rows of `trials`, with all their columns.
 
-    Only rows with `status_column == completed` and finite values in every objective take
-    part: a trial stopped early reports truncated metrics and must not reach the front. Likewise a
-    trial trained on a subset of the data (`data_fraction` < 1, the first stage of a two-stage
-    search) takes part only while no completed trial was trained on all of it.
+    Only rows with `status_column == completed`, finite values in every objective and True in
+    `eligible` (a boolean (n,) mask; None: every row) take part: a trial stopped early reports
+    truncated metrics and must not reach the front, and which other rows may (e.g. only the
+    full-data trials of a two-stage search, `data_fraction.front_eligible`) is the caller's to say.
     `objectives` maps column name -> "max" or "min". The result is sorted by the first "min"
     objective ascending (the size), then by the first "max" objective descending; index reset.
     """
@@ -196,14 +198,15 @@ def pareto_front(
             f"status column {status_column!r} not in trials; columns are {list(trials.columns)}"
         )
     values = objective_matrix(trials, objectives)
-    is_completed = (trials[status_column] == completed).to_numpy(dtype=bool, na_value=False).copy()
-    if "data_fraction" in trials.columns:
-        full = (pd.to_numeric(trials["data_fraction"], errors="coerce").fillna(1.0) >= 1.0).to_numpy()
-        if (is_completed & full).any():
-            is_completed &= full
-    eligible = is_completed & np.isfinite(values).all(axis=1)
-    candidates = trials.loc[eligible]
-    front = candidates.loc[pareto_mask(values[eligible])]
+    taking_part = (trials[status_column] == completed).to_numpy(dtype=bool, na_value=False).copy()
+    if eligible is not None:
+        eligible = np.asarray(eligible, dtype=bool).reshape(-1)
+        if eligible.shape != (len(trials),):
+            raise ValueError(f"eligible has {eligible.size} values for {len(trials)} rows")
+        taking_part = taking_part & eligible
+    taking_part &= np.isfinite(values).all(axis=1)
+    candidates = trials.loc[taking_part]
+    front = candidates.loc[pareto_mask(values[taking_part])]
     sort_by, ascending = [], []
     for mode, want_ascending in (("min", True), ("max", False)):
         if mode in modes:

@@ -270,6 +270,27 @@ def test_pareto_front_sorts_by_size_then_accuracy_descending() -> None:
     assert list(pareto_front(trials, size_first)["trial_id"]) == ["y", "x", "z"]
 
 
+def test_pareto_front_takes_only_the_rows_the_caller_marks_eligible() -> None:
+    trials = trials_table()
+    eligible = (trials["trial_id"] != "b").to_numpy()  # b and h are equal: h alone stays
+    assert list(pareto_front(trials, OBJECTIVES, eligible=eligible)["trial_id"]) == ["h", "a", "g"]
+    # a row that dominates every other one is left out when it is not eligible, and c takes a's place
+    best = trials.assign(val_acc=np.where(trials["trial_id"] == "a", 0.999, trials["val_acc"]),
+                         nonzero_params=np.where(trials["trial_id"] == "a", 10, trials["nonzero_params"]))
+    assert list(pareto_front(best, OBJECTIVES)["trial_id"]) == ["a"]
+    without_a = (best["trial_id"] != "a").to_numpy()
+    assert "a" not in set(pareto_front(best, OBJECTIVES, eligible=without_a)["trial_id"])
+    with pytest.raises(ValueError, match="3 values for 8 rows"):
+        pareto_front(trials, OBJECTIVES, eligible=np.ones(3, dtype=bool))
+
+
+def test_pareto_front_knows_no_data_fraction() -> None:
+    """Which trials may share a front is the caller's (data_fraction.front_eligible): the column is a
+    column like any other here."""
+    trials = trials_table().assign(data_fraction=0.25)
+    assert list(pareto_front(trials, OBJECTIVES)["trial_id"]) == ["b", "h", "a", "g"]
+
+
 def test_pareto_front_no_eligible_rows_gives_empty_frame_with_columns() -> None:
     trials = trials_table().assign(status="failed")
     front = pareto_front(trials, OBJECTIVES)

@@ -1,16 +1,15 @@
-"""The analyses behind `python -m raytune_ft.analyze` and the report: hyperparameter importances,
-per-family effects at equal size, the spread of the front, `export_best`, and `write_report` (the
-HTML page with its figures, one section per experiment plus a comparison). Reading an experiment
-is `results`; drawing is `plots`; the Pareto and hypervolume math is `raytune_ft.pareto`.
+"""The analyses behind `python -m raytune_ft.analyze` and the report, computed and nothing else:
+hyperparameter importances, per-family effects at equal size, the front's tables, the hypervolume
+over time, the two stages of a fidelity search, several experiments compared, the spread of the
+front and `export_best`. Tables and numbers only: reading an experiment is `results`, drawing is
+`figures`, the HTML page is `page`; the Pareto and hypervolume math is `raytune_ft.pareto`.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raytune_ft import layout, pareto
+from raytune_ft import data_fraction, layout, pareto
 from raytune_ft.layout import COMPLETED
 from raytune_ft.pareto import hv_scales, hypervolume_curve, normalize
+from raytune_ft.report import results
 from raytune_ft.report.results import Experiment, local_path
 
 # Size and speed columns shown in the front table when a trial reports them (in this order).
@@ -95,7 +95,7 @@ def param_importances(exp: Experiment) -> tuple[pd.DataFrame | None, str]:
     stands for them otherwise."""
     import optuna
 
-    done = exp.trials[exp.trials["status"] == COMPLETED] if len(exp.trials) else exp.trials
+    done = completed(exp.trials)
     if len(done) < MIN_IMPORTANCE_TRIALS:
         return None, f"needs ≥ {MIN_IMPORTANCE_TRIALS} completed trials, has {len(done)}"
     distributions = search_distributions(exp.space_file, exp.params, done)
@@ -133,7 +133,7 @@ def family_effects(exp: Experiment) -> tuple[pd.DataFrame, int]:
     adjusted accuracy over the trials where the param was active. Counts are in the table;
     fewer than two trials on a side gives no number.
     """
-    done = exp.trials[exp.trials["status"] == COMPLETED].copy() if len(exp.trials) else exp.trials
+    done = completed(exp.trials).copy()
     columns = ["family", "parameter", "comparison", "n", "effect", "measure"]
     if len(done) < 2:
         return pd.DataFrame(columns=columns), 0
@@ -220,225 +220,96 @@ def recipe_text(row: Mapping[str, Any] | pd.Series, params: Sequence[str]) -> st
     return ", ".join(parts)
 
 
-def write_report(exps: Sequence[Experiment], out: Path) -> Path:
-    """Write report.html (one self-contained page), the PNGs it embeds, trials.csv and
-    pareto.csv into `out` (with several experiments: one section each, an `experiment`
-    column in the CSVs, their fronts on one plot and a hypervolume table); returns the page."""
-    from raytune_ft import report
-
-    multi = len(exps) > 1
-    body = [f"<h1>raytune_ft: {html.escape(', '.join(e.name for e in exps))}</h1>",
-            f'<p class="note">Generated {time.strftime("%Y-%m-%d %H:%M:%S")} by '
-            "python -m raytune_ft.analyze. "
-            "Hover over a point of a Pareto plot to see its recipe.</p>"]
-    if multi:
-        body += _comparison_section(exps, out)
-    tables, fronts = [], []
-    for exp in exps:
-        section, front = _experiment_section(exp, out, prefix=f"{exp.name}-" if multi else "")
-        body += section
-        tables.append(exp.trials.assign(experiment=exp.name) if multi else exp.trials)
-        fronts.append(front.assign(experiment=exp.name) if multi else front)
-    pd.concat(tables, ignore_index=True).to_csv(out / layout.TRIALS_CSV, index=False)
-    pd.concat(fronts, ignore_index=True).to_csv(out / layout.PARETO_CSV, index=False)
-    page = out / layout.REPORT_HTML
-    title = f"raytune_ft report: {', '.join(e.name for e in exps)}"
-    page.write_text(report.html_page(title, "\n".join(body)))
-    return page
+def completed(trials: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `trials` that trained all their epochs (status completed)."""
+    return trials[trials["status"] == COMPLETED] if len(trials) else trials
 
 
-def _experiment_section(exp: Experiment, out: Path, prefix: str) -> tuple[list[str], pd.DataFrame]:
-    from raytune_ft import report
-    from raytune_ft.deploy import holdout
-    from raytune_ft.report import trust
-
-    trials, size, acc = exp.trials, exp.size_name, exp.acc_name
-    front = pareto.pareto_front(trials, exp.objectives) if len(trials) else trials
-    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
-    planned = f" of {exp.planned} planned" if exp.planned else ""
-    ended = float(trials["end_time"].max()) if len(trials) else math.nan
-    elapsed = (ended - exp.start_time) / 60 if exp.start_time and math.isfinite(ended) else None
-    teacher = exp.teacher or {}
-    h = [f"<h2>{html.escape(exp.name)}</h2>",
-         f'<p class="note">{html.escape(exp.location)} — <b>{exp.state}</b>{_age(exp)}: '
-         f"{len(trials)} trials started"
-         f"{planned} ({html.escape(', '.join(f'{n} {s}' for s, n in counts.items()) or 'none')})"
-         f"{f', {exp.pending} pending' if exp.pending else ''}"
-         f"{f', {elapsed:.1f} min of search' if elapsed is not None else ''}; "
-         f"objectives {html.escape(', '.join(f'{k} ({v})' for k, v in exp.objectives.items()))}; "
-         f"{len(front)} completed trials on the front.</p>"]
-
-    h.append(f"<h3>Pareto front: {html.escape(acc)} vs {html.escape(size)}</h3>")
-    hover = [f"{r['trial_id']} [{r['status']}] {acc}={_fmt(r.get(acc))} {size}={_fmt(r.get(size))} | "
-             + recipe_text(r, exp.params) for _, r in trials.iterrows()]
-    h.append(report.pareto_svg(trials, exp.objectives, hover, teacher=teacher or None))
-    report.plot_pareto(holdout.with_test_columns(trials, exp.local_dir), exp.objectives, out / f"{prefix}pareto.png",
-                       teacher=teacher if pareto.is_number(teacher.get(acc)) else None,
-                       baselines=list((teacher.get("baselines") or {}).values()),
-                       title=f"{exp.name}: {len(trials)} trials, {len(front)} on the front")
-    h.append('<p class="note">Filled grey: completed; hollow: incomplete or early-stopped (never on the '
-             "front); red: the front; blue star: the dense teacher.</p>")
-    if teacher:
-        shown = {k: teacher[k] for k in ("model", acc, *SIZE_COLUMNS, "epochs_trained", "checkpoint", "export_path")
-                 if k in teacher}
-        h += ["<h3>Dense teacher (reference)</h3>", report.html_table(pd.DataFrame([shown]))]
-        if teacher.get("reused_from"):
-            h.append(f"<p>Reused from another experiment in the same storage folder (same data and teacher "
-                     f"config): {html.escape(str(teacher['reused_from']))}</p>")
-    gate_path = exp.local_dir / layout.TEACHER_GATE_JSON
-    if gate_path.is_file():  # the teacher-quality gate (search/gate.py)
-        gate = json.loads(gate_path.read_text())
-        verdict = (html.escape(gate.get("reason") or "") if gate.get("closed") else
-                   f"open: the teacher (val {_fmt(gate.get('teacher_val_acc'))}) stayed at least "
-                   f"{_fmt(gate.get('margin'))} ahead of the best of {gate.get('students_seen', 0)} students "
-                   f"({_fmt(gate.get('best_student_val_acc'))}), so distillation was searched throughout")
-        h.append(f"<p><b>Teacher-quality gate</b> (search.kd_gate = {html.escape(str(gate.get('mode')))}): "
-                 f"{verdict}.</p>")
-    if teacher.get("baselines"):  # the teacher shipped as fp32 and int8 ONNX, measured like trials
-        rows = list(teacher["baselines"].values())
-        h += ["<h3>Baselines (the dense teacher's deployed files)</h3>", report.html_table(pd.DataFrame(rows))]
-        int8 = teacher["baselines"].get("teacher_int8")
-        if int8:
-            line = pareto.dominance_line(front, exp.objectives, int8, "the int8 teacher")
-            h.append(f'<p class="note">{html.escape(line)}</p>')
-
-    h.append("<h3>Front models</h3>")
-    if len(front):
-        sizes = [c for c in SIZE_COLUMNS if c in front.columns and front[c].notna().any() and c != size]
-        arch = ["model"] if "model" in front.columns else []  # the student architecture of each point
-        table = front[["trial_id", *arch, acc, size, *sizes]].copy()
-        if pareto.is_number(teacher.get(size)):
-            table[f"{size} / teacher"] = pd.to_numeric(front[size]) / float(teacher[size])
-        paths = front["checkpoint"]
-        if "export_path" in front.columns:  # the exported model where there is one
-            paths = front["export_path"].where(front["export_path"].notna(), paths)
-        files = pd.DataFrame({"trial_id": front["trial_id"], "model path": paths,
-                              "recipe": [recipe_text(r, exp.params) for _, r in front.iterrows()]})
-        h += [report.html_table(table), report.html_table(files)]
-    else:
-        h.append('<p class="note">No completed trial yet, so no front.</p>')
-    h += trust.trust_section(exp.local_dir, front, acc, teacher)  # test_acc, intervals, confirmed front
-    h += _fidelity_section(exp, out, prefix)
-
-    scales = hv_scales(trials, exp.objectives, exp.teacher)
-    curve = hypervolume_curve(trials, exp.objectives, scales, exp.start_time)
-    report.plot_hypervolume(curve, out / f"{prefix}hypervolume.png", title=f"{exp.name}: hypervolume")
-    final = f"{curve['hypervolume'].iloc[-1]:.4f}" if len(curve) else "0 (no completed trials)"
-    h += ["<h3>Hypervolume</h3>",
-          f"<p>{hv_statement(exp.objectives, scales, exp.teacher)} Final hypervolume: <b>{final}</b> "
-          f"after {len(curve)} completed trials (left: after each completion, in completion order; right: "
-          "against wall time since the search started).</p>",
-          report.img_tag(out / f"{prefix}hypervolume.png", "hypervolume over trials and wall time")]
-
-    importances, note = param_importances(exp)
-    report.plot_importances(importances, out / f"{prefix}importance.png", note=note)
-    h += ["<h3>Hyperparameter importance</h3>", f'<p class="note">{html.escape(note)}</p>',
-          report.img_tag(out / f"{prefix}importance.png", "hyperparameter importance per objective")]
-    if importances is not None:
-        h.append(report.html_table(importances.rename_axis("parameter").reset_index()))
-
-    effects, bins = family_effects(exp)
-    switches = [p for p in exp.params if p.startswith("use_") and p in trials.columns]
-    done = trials[trials["status"] == COMPLETED] if len(trials) else trials
-    report.plot_family_panels(done, size, acc, switches, out / f"{prefix}families.png")
-    h += ["<h3>Effect of each family at equal size</h3>",
-          f'<p class="note">Completed trials in {bins} size bin(s) (quantiles of {html.escape(size)}); '
-          f"size-adjusted {html.escape(acc)} = {html.escape(acc)} − its bin's mean. Switches and categorical "
-          "levels: Δ = mean adjusted accuracy with the level − without it; numeric parameters: Spearman ρ "
-          "between the value and the adjusted accuracy, over trials where it was active. Empty effect: "
-          "fewer than two trials on a side (three for ρ). Few trials make these numbers noisy; read them "
-          "with the counts.</p>",
-          report.html_table(effects),
-          report.img_tag(out / f"{prefix}families.png", "accuracy vs size per switch, and vs sparsity by KD")]
-
-    failed = trials[trials["status"] == "failed"] if len(trials) else trials
-    if len(failed):
-        h += ["<h3>Failed trials</h3>", report.html_table(failed[["trial_id", "epochs_trained", "error"]])]
-    if len(trials):
-        cols = ["trial_id", "status", acc, size, "epochs_trained", "wall_time_s"]
-        table = trials[[c for c in cols if c in trials.columns]].copy()
-        table["recipe"] = [recipe_text(r, exp.params) for _, r in trials.iterrows()]
-        h += ["<h3>All trials</h3>", report.html_table(table)]
-    return h, front
+def search_minutes(exp: Experiment) -> float | None:
+    """Minutes from the search's start to the last trial's end; None before either is known."""
+    ended = float(exp.trials["end_time"].max()) if len(exp.trials) else math.nan
+    return (ended - exp.start_time) / 60 if exp.start_time and math.isfinite(ended) else None
 
 
-def _fidelity_section(exp: Experiment, out: Path, prefix: str) -> list[str]:
-    """A two-stage search (search/fidelity.py): both fronts on one plot, and how well the subset's
-    ranking predicted the full-data one (fidelity.csv / fidelity.json)."""
-    from raytune_ft import report
+def teacher_gate(exp: Experiment) -> dict[str, Any] | None:
+    """The teacher-quality gate's record (teacher_gate.json, search/gate.py); None without one."""
+    path = exp.local_dir / layout.TEACHER_GATE_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
 
+
+def front_tables(exp: Experiment, front: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The front models as two tables: their numbers (trial_id, model, the objectives, the other size
+    and speed columns that were measured, the size relative to the teacher's) and their files
+    (trial_id, the exported model's folder where there is one or else the checkpoint, the recipe)."""
+    size, acc, teacher = exp.size_name, exp.acc_name, exp.teacher or {}
+    sizes = [c for c in SIZE_COLUMNS if c in front.columns and front[c].notna().any() and c != size]
+    arch = ["model"] if "model" in front.columns else []  # the student architecture of each point
+    numbers = front[["trial_id", *arch, acc, size, *sizes]].copy()
+    if pareto.is_number(teacher.get(size)):
+        numbers[f"{size} / teacher"] = pd.to_numeric(front[size]) / float(teacher[size])
+    paths = front["checkpoint"]
+    if "export_path" in front.columns:  # the exported model where there is one
+        paths = front["export_path"].where(front["export_path"].notna(), paths)
+    files = pd.DataFrame({"trial_id": front["trial_id"], "model path": paths,
+                          "recipe": [recipe_text(r, exp.params) for _, r in front.iterrows()]})
+    return numbers, files
+
+
+def trials_overview(exp: Experiment) -> pd.DataFrame:
+    """Every trial: its status, objectives, epochs, wall time and recipe."""
+    cols = ["trial_id", "status", exp.acc_name, exp.size_name, "epochs_trained", "wall_time_s"]
+    table = exp.trials[[c for c in cols if c in exp.trials.columns]].copy()
+    table["recipe"] = [recipe_text(r, exp.params) for _, r in exp.trials.iterrows()]
+    return table
+
+
+def hypervolume_over_time(exp: Experiment) -> tuple[pd.DataFrame, dict[str, float]]:
+    """(pareto.hypervolume_curve of the experiment, the normalisation it used: pareto.hv_scales)."""
+    scales = hv_scales(exp.trials, exp.objectives, exp.teacher)
+    return hypervolume_curve(exp.trials, exp.objectives, scales, exp.start_time), scales
+
+
+def searched_switches(exp: Experiment) -> list[str]:
+    """The searched on/off switches (`use_*`) the trials table has."""
+    return [p for p in exp.params if p.startswith("use_") and p in exp.trials.columns]
+
+
+Stages = list[tuple[str, pd.DataFrame, Any]]  # (label, trials, teacher or None): one front each on a plot
+
+
+def fidelity_results(exp: Experiment) -> tuple[dict[str, Any], pd.DataFrame, Stages] | None:
+    """A two-stage search (search/fidelity.py): (fidelity.json's summary, fidelity.csv's table, the two
+    stages as (label, trials, teacher) for one plot of both fronts); None for a one-stage search."""
     table_path, summary_path = exp.local_dir / layout.FIDELITY_CSV, exp.local_dir / layout.FIDELITY_JSON
     if not summary_path.is_file() or "stage" not in exp.trials.columns:
-        return []
+        return None
     summary = json.loads(summary_path.read_text())
     table = pd.read_csv(table_path) if table_path.is_file() and table_path.stat().st_size > 1 else pd.DataFrame()
-    stages = [(f"subset ({fraction:g} of the data)", exp.trials[exp.trials["stage"] == 1], None)
-              for fraction in pd.to_numeric(exp.trials.loc[exp.trials["stage"] == 1, "data_fraction"]).unique()[:1]]
+    stage1 = exp.trials[exp.trials["stage"] == 1]
+    fraction = data_fraction.subset_fraction(stage1)
+    stages = [(f"subset ({fraction:g} of the data)", stage1, None)] if fraction is not None else []
     stages.append(("all the data (promoted recipes)", exp.trials[exp.trials["stage"] == 2], exp.teacher))
-    report.plot_fronts(stages, exp.objectives, out / f"{prefix}fidelity.png")
-    tau = summary.get("kendall_tau")
-    low, high = (summary.get("kendall_tau_ci95") or [None, None])[:2]
-    interval = f", bootstrap 95 % [{_fmt(low)}, {_fmt(high)}]" if pareto.is_number(low) else ""
-    said = (f"<p><b>{html.escape(summary['disagreement'][0].upper() + summary['disagreement'][1:])}.</b></p>"
-            if summary.get("disagreement") else "")
-    scatter = []
-    if len(table) and f"{exp.acc_name}_subset" in table.columns:
-        report.plot_subset_vs_full(table, exp.acc_name, out / f"{prefix}fidelity_scatter.png")
-        scatter = [report.img_tag(out / f"{prefix}fidelity_scatter.png", "subset against full-data accuracy")]
-    return ["<h3>Data-size fidelity: the subset front and the full-data front</h3>",
-            f"<p>Stage 1 trained every trial on a subset of the training split; its best {summary.get('n', 0)} "
-            "recipes (the subset front first, then the nearest in NSGA-II order) were retrained on all of it, "
-            "and the front above is made of those. Kendall's τ between the subset and the full-data "
-            f"{html.escape(exp.acc_name)} of the promoted recipes: <b>{_fmt(tau)}</b> "
-            f"(p = {_fmt(summary.get('kendall_p'))}{interval}, n = {summary.get('n', 0)}); 1: the subset ranked "
-            "them exactly as the full data did, 0: no better than chance. Recipes marked random were drawn at "
-            "random from the rest (search.promote_random), the check that the subset did not misjudge one.</p>",
-            said,
-            report.img_tag(out / f"{prefix}fidelity.png", "the subset front and the full-data front"),
-            *scatter,
-            report.html_table(table)]
+    return summary, table, stages
 
 
-def _comparison_section(exps: Sequence[Experiment], out: Path) -> list[str]:
-    from raytune_ft import report
-
+def comparison(exps: Sequence[Experiment]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Several experiments side by side: per experiment its state, trials, completed trials, front
+    size, teacher size and the hypervolume of its completed trials, all under one normalisation (the
+    first experiment's objectives and teacher, the scales of every trial); (table, the scales)."""
     first = exps[0]
     objectives = first.objectives
     scales = hv_scales(pd.concat([e.trials for e in exps], ignore_index=True), objectives, first.teacher)
     rows = []
     for exp in exps:
-        done = exp.trials[exp.trials["status"] == COMPLETED] if len(exp.trials) else exp.trials
+        done = completed(exp.trials)
         points = normalize(done, objectives, scales)
         points = points[np.isfinite(points).all(axis=1)] if len(points) else points
-        front = pareto.pareto_front(exp.trials, objectives) if len(exp.trials) else exp.trials
         rows.append({"experiment": exp.name, "state": exp.state, "trials": len(exp.trials),
-                     "completed": len(done), "front": len(front),
+                     "completed": len(done), "front": len(results.front(exp.trials, objectives)),
                      f"teacher {first.size_name}": (exp.teacher or {}).get(first.size_name),
                      "hypervolume": (pareto.hypervolume(points, np.ones(len(objectives)))
                                      if len(points) else 0.0)})
-    report.plot_fronts([(e.name, e.trials, e.teacher) for e in exps], objectives, out / "fronts.png")
-    return ["<h2>Experiments compared</h2>",
-            report.img_tag(out / "fronts.png", "Pareto fronts of all experiments"),
-            f"<p>{hv_statement(objectives, scales, first.teacher)} The same normalisation (from "
-            f"{html.escape(first.name)}) is used for every experiment so the numbers compare.</p>",
-            report.html_table(pd.DataFrame(rows))]
-
-
-def hv_statement(objectives: Mapping[str, str], scales: Mapping[str, float],
-                 teacher: Mapping[str, Any] | None) -> str:
-    """The sentence stating how objectives were normalised and the fixed reference point."""
-    parts = []
-    for name, mode in objectives.items():
-        whose = "the dense teacher's" if teacher and teacher.get(name) == scales[name] else "the largest seen"
-        if mode == "max":
-            scaled = f"1 − {name} / {_fmt(scales[name])} ({whose})"
-            parts.append(f"1 − {name}" if scales[name] == 1.0 else scaled)
-        else:
-            parts.append(f"{name} / {_fmt(scales[name])} ({whose})")
-    return (f"Hypervolume of the completed trials with objectives normalised to lower-is-better: "
-            f"{html.escape(', '.join(parts))}; fixed reference point ({', '.join('1.0' for _ in parts)}), "
-            "i.e. 100 % error at the dense teacher's size. It is the area (fraction of that box) the "
-            "front dominates: 1.0 would be a perfect, zero-size model.")
+    return pd.DataFrame(rows), scales
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -457,21 +328,6 @@ def _in_distribution(dist: Any, value: Any) -> bool:
         return bool(dist._contains(dist.to_internal_repr(value)))
     except (ValueError, TypeError):
         return False
-
-
-
-
-def _age(exp: Experiment) -> str:
-    if exp.state == "finished" or "://" in exp.location:
-        return ""
-    return f" (last write {(time.time() - exp.last_update) / 60:.1f} min ago: still running, or interrupted)"
-
-
-def _fmt(value: Any) -> str:
-    if not pareto.is_number(value):
-        return str(value)
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-
 
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raytune_ft import layout
+from raytune_ft import data_fraction, layout, pareto
 from raytune_ft.layout import COMPLETED, EARLY_STOPPED, FAILED, INCOMPLETE  # noqa: E402  (re-exported)
 
 
@@ -126,8 +126,8 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
             # the student architecture of every row, also when it is neither fixed nor searched
             **({} if "model" in config or "model" in fixed else {"model": TrialConfig.model}),
             # which share of the training split the row was trained on, also in a one-stage search
-            **({} if "data_fraction" in config or "data_fraction" in fixed
-               else {"data_fraction": TrialConfig.data_fraction}),
+            **({} if data_fraction.COLUMN in config or data_fraction.COLUMN in fixed
+               else {data_fraction.COLUMN: data_fraction.FULL}),
             "error": error if status == FAILED else None,
         })
     texts = ("trial_id", "status", "checkpoint", "error")
@@ -144,6 +144,15 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
     if stage_dir.is_dir() and any(stage_dir.glob("trial_*")):
         trials = with_stage2(trials, read_trials(stage_dir), space.get("params") or [])
     return trials
+
+
+def front(trials: pd.DataFrame, objectives: dict[str, str]) -> pd.DataFrame:
+    """The Pareto front of a trials table (pareto.csv's rows): `pareto.pareto_front` over the rows
+    `data_fraction.front_eligible` lets take part — a two-stage search's full-data trials, once one
+    completed. Every reader of an experiment's front asks here; an empty table gives an empty front."""
+    if not len(trials):
+        return trials.iloc[:0]
+    return pareto.pareto_front(trials, objectives, eligible=data_fraction.front_eligible(trials))
 
 
 def with_stage2(stage1: pd.DataFrame, stage2: pd.DataFrame, params: list[str]) -> pd.DataFrame:
@@ -203,7 +212,8 @@ def load_experiment(location: str | Path, *, with_checkpoints: bool = False) -> 
     search = space.get("search", {})
     planned = search.get("num_samples")
     done = trials["status"].isin([COMPLETED, FAILED, EARLY_STOPPED]).sum() if len(trials) else 0
-    if planned is not None and (search.get("data_fraction") or 1) < 1 and len(trials):
+    if planned is not None and data_fraction.is_subset(search.get(data_fraction.COLUMN) or data_fraction.FULL) \
+            and len(trials):
         # a two-stage search also plans its stage-2 retrainings (killed during stage 2: unfinished)
         stage1 = trials[trials["stage"] == 1] if "stage" in trials else trials
         planned += min(int(search["promote"]), int((stage1["status"] == COMPLETED).sum()))

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from raytune_ft import layout
+from raytune_ft import data_fraction, layout
 from raytune_ft.search.options import SearchOptions, prepare
 from raytune_ft.search.run import honest_results, run_search, write_results
 from raytune_ft.search.storage import Location
@@ -41,7 +41,7 @@ def run_experiment(space: str | os.PathLike | Mapping[str, Any] = "quickstart", 
 
     # Tune's files are complete once fit() returned
     trials = results_mod.load_experiment(where.uri).trials if where.remote else results_mod.read_trials(where.local)
-    if space.search.data_fraction < 1:
+    if data_fraction.is_subset(space.search.data_fraction):  # a subset stage came first: the full-data one now
         from raytune_ft.search import fidelity
 
         trials = fidelity.second_stage(trials, space, where.local, trial_inputs)
@@ -65,9 +65,9 @@ def run_experiment(space: str | os.PathLike | Mapping[str, Any] = "quickstart", 
     progress.finish()
     where.upload(layout.PROGRESS_JSONL)
     if confirmed is not None:
-        from raytune_ft import report
+        from raytune_ft.report import tables
 
         print(f"\nconfirmed with {confirm} seeds per front recipe ({where.uri}/confirmed.csv):\n"
-              + report.format_front(confirmed, list(confirmed.columns)))
+              + tables.format_front(confirmed, list(confirmed.columns)))
     return where
 

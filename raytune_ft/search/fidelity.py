@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from ray.tune.search import Searcher
 
-from raytune_ft import layout, pareto
+from raytune_ft import data_fraction, layout, pareto
 from raytune_ft.layout import COMPLETED
 
 
@@ -61,7 +61,7 @@ def stage2_configs(chosen: pd.DataFrame, params: list[str], epochs: int | None =
         params_file = Path(str(checkpoint)).parent / layout.TUNE_PARAMS_JSON if isinstance(checkpoint, str) else None
         sampled = json.loads(params_file.read_text()) if params_file is not None and params_file.is_file() \
             else {p: row[p] for p in params if p in row and not pd.isna(row[p])}
-        configs.append({**sampled, "data_fraction": 1.0, **({"epochs": epochs} if epochs else {})})
+        configs.append({**data_fraction.on_full_data(sampled), **({"epochs": epochs} if epochs else {})})
     return configs
 
 
@@ -79,7 +79,7 @@ def run_stage2(configs: list[dict[str, Any]], exp_dir: Path, trainable: Any, *, 
     stage_dir = exp_dir / layout.STAGE2_DIR
     space_json = json.loads((exp_dir / layout.SPACE_JSON).read_text())
     # what the stage-2 trials share, as trials.csv states it: all the data, `epochs` (promote_epochs) if set
-    space_json["fixed"] = {**space_json.get("fixed", {}), "data_fraction": 1.0,
+    space_json["fixed"] = {**data_fraction.on_full_data(space_json.get("fixed", {})),
                            **({"epochs": epochs} if epochs else {})}
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / layout.SPACE_JSON).write_text(json.dumps(space_json, indent=2, default=str))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from raytune_ft import data as data_mod
-from raytune_ft import layout, models, train
+from raytune_ft import data_fraction, layout, models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits, parquet
 from raytune_ft.deploy.measure import epoch_size_metrics, export_and_measure
@@ -59,7 +59,7 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
     (cheaper: no teacher forward per step; computed on the teacher's view of the same rows).
     """
     if data_mod.streams(cfg):
-        if cfg.data_fraction < 1:
+        if data_fraction.is_subset(cfg.data_fraction):
             raise ValueError(f"data_fraction {cfg.data_fraction} needs an in-memory dataset; dataset {cfg.dataset} "
                              "streams its training rows (set search.data_fraction: 1)")
         if stream is None:
@@ -81,7 +81,7 @@ def training_inputs(cfg: TrialConfig, data: Splits, *, dist: train.Dist, stream:
         augment = functools.partial(data_mod.augment_batch, crop=cfg.augment_crop, min_scale=cfg.crop_min_scale,
                                     padding=cfg.crop_padding, erasing=cfg.random_erasing) if cfg.augment else None
         x_train, y_train = data.x_train, data.y_train
-        if cfg.data_fraction < 1:  # a subset-fidelity trial: the same stratified subset in every process
+        if data_fraction.is_subset(cfg.data_fraction):  # a subset-fidelity trial: the same stratified rows everywhere
             keep = train_subset(data.y_train, cfg)
             x_train, y_train = x_train[keep], y_train[keep]
             teacher_logits = teacher_logits[keep] if teacher_logits is not None else None

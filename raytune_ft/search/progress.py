@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from ray import tune
 
+from raytune_ft import data_fraction
+
 LOG_ENV = "RAYTUNE_FT_PROGRESS_LOG"  # where the driver records estimates: <experiment>/progress.jsonl
 
 
@@ -52,7 +54,7 @@ def plan_for(space: Any) -> Plan:
     """The Plan of a Space: search.max_concurrent, its scheduler, and with search.data_fraction < 1
     stage 2's search.promote recipes for search.promote_epochs (or the trials' epochs)."""
     search = space.search
-    two_stage = search.data_fraction < 1
+    two_stage = data_fraction.is_subset(search.data_fraction)
     return Plan(slots=max(1, int(search.max_concurrent)), early_stopping=space.scheduler is not None,
                 later_trials=int(search.promote) if two_stage else 0,
                 later_epochs=int(search.promote_epochs or space.trial_config({}).epochs) if two_stage else 0,

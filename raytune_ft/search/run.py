@@ -11,7 +11,8 @@ import sys
 import time
 from typing import Any
 
-from raytune_ft import layout
+from raytune_ft import data_fraction, layout
+from raytune_ft.report import figures, results
 from raytune_ft.search.searcher import make_searcher, resume_into
 from raytune_ft.search.storage import Location, UserError
 from raytune_ft.search.teacher_stage import obtain_teacher, students_data_config
@@ -42,8 +43,7 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
     progress.begin(exp_dir / layout.PROGRESS_JSONL)  # every time-left estimate, recorded (progress.py)
     # the trials' fixed settings: a two-stage search's first stage trains on a subset (fidelity.py);
     # the teacher and the test split are not the trials' and keep all the data
-    trial_fixed = {**space.fixed, "data_fraction": space.search.data_fraction} if space.search.data_fraction < 1 \
-        else space.fixed
+    trial_fixed = data_fraction.with_fraction(space.fixed, space.search.data_fraction)
     (exp_dir / layout.SPACE_JSON).write_text(json.dumps(
         {"space_file": space.path, "fixed": trial_fixed, "teacher_overrides": space.teacher_overrides,
          "teacher_checkpoint": space.teacher_checkpoint, "search": space.search.__dict__,
@@ -137,15 +137,13 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
 
 
 def write_results(trials, space, where: Location, teacher: dict[str, Any]):
-    from raytune_ft import pareto, report
-
     exp_dir = where.local
     trials.to_csv(exp_dir / layout.TRIALS_CSV, index=False)
-    front = pareto.pareto_front(trials, space.objectives)  # of a two-stage search: its full-data trials
+    front = results.front(trials, space.objectives)  # of a two-stage search: its full-data trials
     front.to_csv(exp_dir / layout.PARETO_CSV, index=False)
-    report.plot_pareto(trials, space.objectives, exp_dir / layout.PARETO_PNG, teacher=teacher,
-                       baselines=list((teacher.get("baselines") or {}).values()),
-                       title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front")
+    figures.plot_pareto(trials, space.objectives, exp_dir / layout.PARETO_PNG, teacher=teacher,
+                        baselines=list((teacher.get("baselines") or {}).values()),
+                        title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front")
     tracked = [layout.MLFLOW_DB] if (exp_dir / layout.MLFLOW_DB).exists() else []
     where.upload(layout.TRIALS_CSV, layout.PARETO_CSV, layout.PARETO_PNG, layout.OPTUNA_TRIALS_CSV,
                  layout.OPTUNA_JOURNAL, *tracked)
@@ -160,7 +158,7 @@ def honest_results(trials, front, space, where: Location, teacher: dict[str, Any
     teacher (pareto.csv, pareto.png and teacher.json get test_acc with its Wilson 95 % interval,
     test_front.json the McNemar pairs), then `confirm` - 1 more seeds per front recipe (confirmed.csv).
     Returns (front, teacher, confirmed table or None)."""
-    from raytune_ft import models, report
+    from raytune_ft import models
     from raytune_ft.deploy import holdout
     from raytune_ft.search import confirmation
     from raytune_ft.train import teachers
@@ -205,10 +203,10 @@ def honest_results(trials, front, space, where: Location, teacher: dict[str, Any
         pairs = holdout.indistinguishable(correct)
         (exp_dir / layout.TEST_FRONT_JSON).write_text(pairs.to_json(orient="records", indent=2))
         marked = trials.merge(front[["trial_id", *holdout.TEST_COLUMNS]], on="trial_id", how="left")
-        report.plot_pareto(marked, space.objectives, exp_dir / layout.PARETO_PNG, teacher=teacher,
-                           baselines=list((teacher.get("baselines") or {}).values()),
-                           title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front "
-                           "(bars: test_acc, Wilson 95 %)")
+        figures.plot_pareto(marked, space.objectives, exp_dir / layout.PARETO_PNG, teacher=teacher,
+                            baselines=list((teacher.get("baselines") or {}).values()),
+                            title=f"{exp_dir.name}: {len(trials)} trials, {len(front)} on the front "
+                            "(bars: test_acc, Wilson 95 %)")
         where.upload(layout.PARETO_CSV, layout.PARETO_PNG, layout.TEACHER_JSON, layout.TEST_FRONT_JSON,
                      *([layout.BASELINES_CSV] if (exp_dir / layout.BASELINES_CSV).exists() else []))
         print(f"test: {len(front)} front point(s) and the teacher evaluated in "

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from raytune_ft import data_fraction
 from raytune_ft.config import FIELD_TYPES, TrialConfig, coerce, unknown_key_message
 
 TOP_KEYS = ("name", "description", "fixed", "teacher", "search", "scheduler", "params", "objectives")
@@ -343,10 +344,11 @@ def parse_search(where: str, raw: dict[str, Any]) -> SearchSettings:
                 where, f"search.{key}", f"must be an int >= {SEARCH_MINIMUM[key]}, got {value!r}"
             )
     settings = SearchSettings(**raw)
-    if settings.data_fraction < 1 and settings.promote > settings.num_samples:
+    two_stage = data_fraction.is_subset(settings.data_fraction)
+    if two_stage and settings.promote > settings.num_samples:
         fail(where, "search.promote", f"promotes {settings.promote} recipes to the full data but the subset stage "
              f"runs only search.num_samples = {settings.num_samples}; use a promote <= num_samples")
-    if settings.data_fraction < 1 and settings.promote + settings.promote_random > settings.num_samples:
+    if two_stage and settings.promote + settings.promote_random > settings.num_samples:
         fail(where, "search.promote_random", f"{settings.promote} best and {settings.promote_random} random recipes "
              f"cannot be drawn from search.num_samples = {settings.num_samples}; use promote + promote_random <= "
              "num_samples")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from raytune_ft import pareto, search, train
+from raytune_ft import search, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.search import fidelity, trial
 
@@ -58,8 +58,12 @@ def test_combine_marks_stages_and_the_front_uses_full_data_only():
     both["stage1_rank"] = both["trial_id"].map(dict(zip(chosen["trial_id"], chosen["stage1_rank"], strict=True)))
     assert both["stage"].tolist() == [1] * 6 + [2] * 3
     assert both.loc[both["stage"] == 2, "promoted_from"].tolist() == ["a", "b", "c"]
-    assert set(pareto.pareto_front(both, OBJECTIVES)["trial_id"]) <= {"x", "y", "z"}  # full-data trials only
-    assert set(pareto.pareto_front(stage1, OBJECTIVES)["trial_id"]) == {"a", "b", "c"}  # none: the subset front
+    assert set(results.front(both, OBJECTIVES)["trial_id"]) <= {"x", "y", "z"}  # full-data trials only
+    assert set(results.front(stage1, OBJECTIVES)["trial_id"]) == {"a", "b", "c"}  # none: the subset front
+    # a subset row better than every full-data row in both objectives still stays off the front
+    best_subset = both.assign(val_acc=np.where(both["trial_id"] == "a", 0.999, both["val_acc"]),
+                              nonzero_params=np.where(both["trial_id"] == "a", 10, both["nonzero_params"]))
+    assert "a" not in set(results.front(best_subset, OBJECTIVES)["trial_id"])
     table, summary = fidelity.agreement(both, OBJECTIVES)
     assert summary["n"] == 3 and summary["kendall_tau"] == pytest.approx(1.0)  # same order in both stages
     assert table["on_full_front"].all() and table["rank_full"].tolist() == [1, 2, 3]

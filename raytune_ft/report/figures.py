@@ -1,13 +1,12 @@
-"""Human-facing output of an experiment: PNG plots, an inline-SVG Pareto plot with hover text,
-plain-text and HTML tables, and the self-contained HTML page around them.
-
-The math lives in pareto.py and analyze.py; this module only draws and formats. matplotlib is
+"""Figures of an experiment, drawn and nothing else: the Pareto plot (pareto.png), the report's
+PNG figures (hypervolume, importances, per-family panels, several fronts, subset against full data)
+and the report's inline SVG Pareto plot with hover text. What they show is computed elsewhere: the
+front by `results.front`, the tables by `analysis`; the page around them is `page`. matplotlib is
 imported inside the functions (Agg canvas, no pyplot state), so importing this module costs nothing.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raytune_ft.pareto import MODES, pareto_front
+from raytune_ft import data_fraction
+from raytune_ft.pareto import MODES, is_number, pareto_front
+from raytune_ft.report import results
 
 TEACHER_MARGIN = 0.02  # "teacher − 2 pts": accuracy is a fraction in [0, 1]
 LOG_X_SPREAD = 10.0  # switch the size axis to log scale when max/min exceeds this
@@ -39,17 +40,15 @@ def plot_pareto(
 
     Completed trials are grey dots; trials with any other status except `failed` (stopped
     early, still running) are hollow grey circles; failed trials are only counted in the
-    legend. The front of `pareto_front(trials, objectives)` (over all objectives, fully
-    trained trials only) is highlighted, joined by a step line and labelled with trial_id.
-    `teacher` maps metric names to the dense baseline's values: a star at (x, y) when it has
-    both, and a dashed line at y - 0.02 ("teacher − 2 pts"). The x axis is logarithmic when
-    the sizes span more than 10x. `baselines` (rows with a `baseline` name, e.g. the teacher in
-    fp32 and int8, measured on their deployed files) are drawn as labelled diamonds. Writes a PNG
-    at 120 dpi and returns its path.
+    legend. The front over all objectives (`pareto_front` of the completed rows that
+    `data_fraction.front_eligible` lets take part) is highlighted, joined by a step line and
+    labelled with trial_id. `teacher` maps metric names to the dense baseline's values: a star at
+    (x, y) when it has both, and a dashed line at y - 0.02 ("teacher − 2 pts"). The x axis is
+    logarithmic when the sizes span more than 10x, its ticks in engineering notation (380k,
+    3.38M). `baselines` (rows with a `baseline` name, e.g. the teacher in fp32 and int8, measured
+    on their deployed files) are drawn as labelled diamonds. Writes a PNG at 120 dpi and returns
+    its path.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     x_name, y_name = _plot_axes(objectives)
     for name in (x_name, y_name, status_column):
         if name not in trials.columns:
@@ -57,7 +56,8 @@ def plot_pareto(
     if teacher is not None and y_name not in teacher:
         raise ValueError(f"teacher needs a {y_name!r} value, got keys {sorted(teacher)}")
 
-    front = pareto_front(trials, objectives, status_column=status_column, completed=completed)
+    eligible = data_fraction.front_eligible(trials, status_column=status_column, completed=completed)
+    front = pareto_front(trials, objectives, eligible=eligible, status_column=status_column, completed=completed)
     status = trials[status_column]
     is_completed = (status == completed).to_numpy(dtype=bool, na_value=False)
     is_failed = (status == failed).to_numpy(dtype=bool, na_value=False)
@@ -67,10 +67,7 @@ def plot_pareto(
     done = plottable & is_completed
     stopped = plottable & ~is_completed & ~is_failed
 
-    # A bare Figure is registered nowhere (unlike pyplot), so nothing stays open afterwards.
-    fig = Figure(figsize=(7.0, 4.8))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, (ax,) = _figure((7.0, 4.8))
     if done.any():
         ax.scatter(x[done], y[done], s=18, color="0.6", label=f"completed ({done.sum()})")
     if stopped.any():
@@ -122,7 +119,7 @@ def plot_pareto(
         )
     baseline_x = []
     for i, row in enumerate(baselines):
-        if _number(row.get(x_name)) and _number(row.get(y_name)):
+        if is_number(row.get(x_name)) and is_number(row.get(y_name)):
             baseline_x.append(float(row[x_name]))
             ax.scatter([row[x_name]], [row[y_name]], marker="D", s=50, zorder=5, color=("tab:cyan", "tab:purple",
                        "tab:olive")[i % 3], edgecolors="black", linewidths=0.5, label=str(row.get("baseline")))
@@ -147,25 +144,21 @@ def plot_pareto(
     sizes = np.append(sizes, baseline_x)
     if sizes.size and sizes.min() > 0 and sizes.max() / sizes.min() > LOG_X_SPREAD:
         ax.set_xscale("log")
+    _eng_axis(ax.xaxis)
     ax.set_xlabel(x_name)
     ax.set_ylabel(y_name)
     ax.set_title(title if title is not None else f"{y_name} vs {x_name}")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, format="png")
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def draw_test_intervals(ax: Any, front: pd.DataFrame, x_name: str, teacher: Mapping[str, Any] | None = None) -> None:
     """Test accuracy of the front points (and the teacher) as hollow diamonds with their Wilson 95 %
     interval as error bars (holdout.py), next to the val_acc the front was selected on."""
     rows = [dict(r) for _, r in front.iterrows()] + ([dict(teacher)] if teacher else [])
-    rows = [r for r in rows if _finite(r.get("test_acc")) and _finite(r.get(x_name))]
+    rows = [r for r in rows if is_number(r.get("test_acc")) and is_number(r.get(x_name))]
     if not rows:
         return
     x = np.array([float(r[x_name]) for r in rows])
@@ -175,13 +168,6 @@ def draw_test_intervals(ax: Any, front: pd.DataFrame, x_name: str, teacher: Mapp
     ax.errorbar(x, acc, yerr=np.vstack([acc - low, high - acc]), fmt="D", markersize=5, mfc="none",
                 color="tab:green", ecolor="tab:green", elinewidth=1, capsize=3, zorder=4,
                 label="test_acc, Wilson 95 %")
-
-
-def format_interval(row: Mapping[str, Any]) -> str:
-    """"0.9650 [0.9412, 0.9795]": test_acc and its Wilson 95 % interval ("" when missing)."""
-    if not _finite(row.get("test_acc")):
-        return ""
-    return f"{float(row['test_acc']):.4f} [{float(row['test_acc_low']):.4f}, {float(row['test_acc_high']):.4f}]"
 
 
 ARCHITECTURE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
@@ -205,26 +191,6 @@ def mark_architectures(ax: Any, trials: pd.DataFrame, x: np.ndarray, y: np.ndarr
                    label=f"{kind} ({int(rows.sum())})")
 
 
-def format_front(front: pd.DataFrame, columns: Sequence[str], *, max_rows: int = 30) -> str:
-    """A plain-text table of `columns` of `front` (missing columns skipped), index hidden.
-
-    Per column: floats all in [0, 1] get 4 decimals (values below 1e-3 get 3 significant
-    digits instead of rounding to 0), integers and integral floats get thousands separators,
-    other floats 3 significant digits. At most `max_rows` rows, then a "... N more rows" line.
-    """
-    present = [c for c in columns if c in front.columns]
-    if not present:
-        return "(no columns to show)"
-    if front.empty:
-        return "  ".join(present) + "\n(no rows)"
-    shown = front.head(max_rows)
-    table = pd.DataFrame({c: _format_column(shown[c]) for c in present})
-    text = table.to_string(index=False)
-    if len(front) > max_rows:
-        text += f"\n... {len(front) - max_rows} more rows"
-    return text
-
-
 def _plot_axes(objectives: Mapping[str, str]) -> tuple[str, str]:
     """(x, y) = (first "min" objective, first "max" objective)."""
     for name, mode in objectives.items():
@@ -240,35 +206,6 @@ def _plot_axes(objectives: Mapping[str, str]) -> tuple[str, str]:
             f"got {dict(objectives)}"
         )
     return mins[0], maxs[0]
-
-
-def _format_column(column: pd.Series) -> list[str]:
-    if pd.api.types.is_bool_dtype(column):
-        return [_missing_or(v, str) for v in column]
-    if pd.api.types.is_integer_dtype(column):
-        return [_missing_or(v, lambda v: f"{int(v):,}") for v in column]
-    if not pd.api.types.is_float_dtype(column):
-        return [_missing_or(v, str) for v in column]
-    values = column.to_numpy(dtype=float, na_value=np.nan)
-    finite = values[np.isfinite(values)]
-    if finite.size and ((finite >= 0) & (finite <= 1)).all():
-        return [_format_unit(v) for v in values]
-    if finite.size and (finite == np.round(finite)).all() and (np.abs(finite) < 1e15).all():
-        return [f"{int(v):,}" if np.isfinite(v) else str(v) for v in values]
-    return [f"{v:.3g}" for v in values]
-
-
-def _format_unit(value: float) -> str:
-    if value != 0 and abs(value) < 1e-3:
-        return f"{value:.3g}"
-    return f"{value:.4f}"
-
-
-def _missing_or(value: Any, fmt: Any) -> str:
-    return "" if pd.isna(value) else fmt(value)
-
-
-# --- analysis plots (python -m raytune_ft.analyze) -------------------------------------------
 
 
 def plot_hypervolume(curve: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
@@ -360,12 +297,12 @@ def plot_fronts(experiments: Sequence[tuple[str, pd.DataFrame, Mapping[str, Any]
         if len(done):
             ax.scatter(done[x_name], done[y_name], s=10, color=color, alpha=0.3)
             sizes.extend(pd.to_numeric(done[x_name]).tolist())
-        front = pareto_front(trials, objectives) if len(trials) else trials
+        front = results.front(trials, objectives)
         if len(front):
             ax.step(front[x_name], front[y_name], where="post", color=color)
         ax.scatter(front[x_name] if len(front) else [], front[y_name] if len(front) else [], s=30,
                    color=color, label=f"{name} ({len(front)} on the front)")
-        if teacher and _number(teacher.get(x_name)) and _number(teacher.get(y_name)):
+        if teacher and is_number(teacher.get(x_name)) and is_number(teacher.get(y_name)):
             ax.scatter([teacher[x_name]], [teacher[y_name]], marker="*", s=140, color=color,
                        edgecolors="black", linewidths=0.5)
             sizes.append(float(teacher[x_name]))
@@ -386,11 +323,11 @@ def pareto_svg(trials: pd.DataFrame, objectives: Mapping[str, str], hover: Seque
     others hollow), the front in red joined by a step line, the teacher as a blue star. Each
     mark has an SVG <title> (`hover[i]` for trial i), which browsers show on hover — no script."""
     x_name, y_name = _plot_axes(objectives)
-    front_ids = set(pareto_front(trials, objectives)["trial_id"]) if len(trials) else set()
+    front_ids = set(results.front(trials, objectives)["trial_id"])
     x = pd.to_numeric(trials[x_name], errors="coerce").to_numpy(dtype=float) if len(trials) else np.array([])
     y = pd.to_numeric(trials[y_name], errors="coerce").to_numpy(dtype=float) if len(trials) else np.array([])
-    tx = float(teacher[x_name]) if teacher and _number(teacher.get(x_name)) else None
-    ty = float(teacher[y_name]) if teacher and _number(teacher.get(y_name)) else None
+    tx = float(teacher[x_name]) if teacher and is_number(teacher.get(x_name)) else None
+    ty = float(teacher[y_name]) if teacher and is_number(teacher.get(y_name)) else None
     xs = [v for v in [*x, tx] if v is not None and np.isfinite(v)]
     ys = [v for v in [*y, ty] if v is not None and np.isfinite(v)]
     left, right, top, bottom = 70, 20, 20, 50
@@ -459,102 +396,6 @@ def pareto_svg(trials: pd.DataFrame, objectives: Mapping[str, str], hover: Seque
     return "\n".join(out)
 
 
-def html_table(frame: pd.DataFrame, *, max_rows: int = 200) -> str:
-    """An HTML table of `frame` with format_front's number formatting, cells escaped."""
-    if frame.empty:
-        return '<p class="note">(no rows)</p>'
-    shown = frame.head(max_rows)
-    text = pd.DataFrame({c: ["" if v in ("nan", "None") else v for v in _format_column(shown[c])]
-                         for c in shown.columns})
-    table = f'<div class="scroll">{text.to_html(index=False, escape=True, border=0, classes="data")}</div>'
-    if len(frame) > max_rows:
-        table += f'<p class="note">… {len(frame) - max_rows} more rows</p>'
-    return table
-
-
-def img_tag(path: str | Path, alt: str) -> str:
-    """An <img> with the PNG at `path` embedded as a base64 data URI (the page stays one file)."""
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
-
-
-def html_page(title: str, body: str) -> str:
-    """A complete HTML document with inline CSS and no external resource (opens offline)."""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1180px; color: #222; }}
-h1 {{ font-size: 22px; }} h2 {{ font-size: 18px; margin-top: 28px; border-bottom: 1px solid #ddd; }}
-h3 {{ font-size: 15px; }}
-table.data {{ border-collapse: collapse; font-size: 12px; margin: 8px 0; }}
-table.data th, table.data td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; }}
-table.data th {{ background: #f3f3f3; }}
-div.scroll {{ overflow-x: auto; }}
-img {{ max-width: 100%; border: 1px solid #eee; margin: 6px 0; }}
-p.note {{ color: #555; font-size: 13px; }}
-svg.pareto circle.trial:hover {{ stroke: black; stroke-width: 2; }}
-</style></head>
-<body>
-{body}
-<script>/* for checks in a headless browser: how many embedded images decoded */
-addEventListener("load", () => {{ document.body.dataset.imagesDecoded =
-  [...document.images].filter(i => i.complete && i.naturalWidth > 0).length; }});</script>
-</body></html>
-"""
-
-
-def _figure(size: tuple[float, float], *, ncols: int = 1, nrows: int = 1) -> tuple[Any, list[Any]]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, list(axes.ravel())
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, format="png")
-    return path
-
-
-def _eng_axis(axis: Any) -> None:
-    """Tick labels like 380k, 3.38M: raw parameter counts overlap at small sizes."""
-    from matplotlib.ticker import EngFormatter
-
-    axis.set_major_formatter(EngFormatter(sep=""))
-
-
-def _no_data(ax: Any, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _finite(value: Any) -> bool:
-    """A finite number, numpy scalars included (not bool, not NaN, not a string)."""
-    return isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_) \
-        and math.isfinite(float(value))
-
-
-def _padded(values: Sequence[float]) -> tuple[float, float]:
-    lo, hi = float(min(values)), float(max(values))
-    pad = (hi - lo) * 0.06 or abs(lo) * 0.06 or 0.5
-    return lo - pad, hi + pad
-
-
-def _tick(value: float) -> str:
-    """A size in the SVG's labels as the PNG axes show it (_eng_axis), to 3 significant digits: 380k, 3.38M."""
-    from matplotlib.ticker import EngFormatter
-
-    return EngFormatter(sep="").format_eng(float(f"{value:.3g}"))
-
-
 def plot_subset_vs_full(table: pd.DataFrame, accuracy: str, path: str | Path) -> Path:
     """Each promoted recipe's subset accuracy against its full-data accuracy (fidelity.csv): the top
     recipes as dots, those drawn at random as open circles, the diagonal's order as a guide. A
@@ -575,3 +416,46 @@ def plot_subset_vs_full(table: pd.DataFrame, accuracy: str, path: str | Path) ->
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def _figure(size: tuple[float, float], *, ncols: int = 1, nrows: int = 1) -> tuple[Any, list[Any]]:
+    """A bare Figure on an Agg canvas, registered nowhere (unlike pyplot): nothing stays open."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, list(axes.ravel())
+
+
+def _save(fig: Any, path: str | Path, *, dpi: int = 110) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def _eng_axis(axis: Any) -> None:
+    """Tick labels like 380k, 3.38M: raw parameter counts overlap at small sizes."""
+    from matplotlib.ticker import EngFormatter
+
+    axis.set_major_formatter(EngFormatter(sep=""))
+
+
+def _no_data(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def _padded(values: Sequence[float]) -> tuple[float, float]:
+    lo, hi = float(min(values)), float(max(values))
+    pad = (hi - lo) * 0.06 or abs(lo) * 0.06 or 0.5
+    return lo - pad, hi + pad
+
+
+def _tick(value: float) -> str:
+    """A size in the SVG's labels as the PNG axes show it (_eng_axis), to 3 significant digits: 380k, 3.38M."""
+    from matplotlib.ticker import EngFormatter
+
+    return EngFormatter(sep="").format_eng(float(f"{value:.3g}"))
