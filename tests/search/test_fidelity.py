@@ -182,9 +182,40 @@ def test_two_stage_search_promotes_retrains_and_resumes_without_repeating_stage_
     (["search.promote=0"], r"search\.promote: must be an int >= 1"),
     (["search.promote_epochs=0"], r"search\.promote_epochs: must be an int >= 1 .* or null"),
     (["search.promote_epochs=ten"], r"search\.promote_epochs: must be an int >= 1 .*got 'ten'"),
+    (["search.data_fraction=abc"], r"search\.data_fraction: must be a number in \(0, 1\].*got 'abc'"),
+    (["search.promote=1.5"], r"search\.promote: must be an int >= 1, got 1\.5"),
+    (["search.promote_random=-1"], r"search\.promote_random: must be an int >= 0, got -1"),
+    (["search.promote_random=x"], r"search\.promote_random: must be an int >= 0, got 'x'"),
+    (["search.data_fraction=0.5", "search.promote=4", "search.promote_random=3"],
+     r"search\.promote_random: 4 best and 3 random recipes cannot be drawn from search\.num_samples = 6"),
 ])
 def test_bad_fidelity_settings_fail_at_load_naming_the_key(assignments, fragment):
     from raytune_ft.space import SpaceError, builtin_space_path, load_space
 
-    with pytest.raises(SpaceError, match=fragment):
+    with pytest.raises(SpaceError, match=fragment) as caught:
         load_space(builtin_space_path("quickstart")).with_overrides(assignments)
+    assert "\n" not in str(caught.value)  # one line
+
+
+@pytest.mark.parametrize(("search_yaml", "fragment"), [
+    ("data_fraction: 0", r"fid\.yaml: search\.data_fraction: must be a number in \(0, 1\]"),
+    ("data_fraction: 0.5\n  promote: 0", r"fid\.yaml: search\.promote: must be an int >= 1"),
+    ("data_fraction: 0.5\n  promote: 7", r"fid\.yaml: search\.promote: promotes 7 recipes"),
+    ("promote_random: -2", r"fid\.yaml: search\.promote_random: must be an int >= 0, got -2"),
+    ("data_fraction: 0.5\n  promote: 5\n  promote_random: 2", r"fid\.yaml: search\.promote_random: 5 best and 2"),
+    ("promote_epochs: 0", r"fid\.yaml: search\.promote_epochs: must be an int >= 1"),
+])
+def test_bad_fidelity_settings_in_the_file_fail_at_load_in_one_line_naming_file_and_key(search_yaml, fragment,
+                                                                                        tmp_path):
+    import yaml
+
+    from raytune_ft.space import SpaceError, builtin_space_path, load_space
+
+    raw = yaml.safe_load(builtin_space_path("quickstart").read_text())
+    assert raw["search"]["num_samples"] == 6, "the cases below count on the quickstart's 6 trials"
+    text = builtin_space_path("quickstart").read_text().replace("\nsearch:\n", f"\nsearch:\n  {search_yaml}\n", 1)
+    assert text != builtin_space_path("quickstart").read_text()
+    (tmp_path / "fid.yaml").write_text(text)
+    with pytest.raises(SpaceError, match=fragment) as caught:
+        load_space(tmp_path / "fid.yaml")
+    assert "\n" not in str(caught.value)
