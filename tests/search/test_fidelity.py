@@ -219,3 +219,87 @@ def test_bad_fidelity_settings_in_the_file_fail_at_load_in_one_line_naming_file_
     with pytest.raises(SpaceError, match=fragment) as caught:
         load_space(tmp_path / "fid.yaml")
     assert "\n" not in str(caught.value)
+
+
+STAGE2_DRIVER = '''
+import json, sys
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from raytune_ft import data as data_mod
+from raytune_ft.config import TrialConfig
+from raytune_ft.search import fidelity, trial
+
+exp, fixed, configs = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=True)
+data = data_mod.load_splits(TrialConfig.from_dict(fixed)).without_test()
+trainable = tune.with_parameters(trial.tune_trial, fixed=fixed, data=data, teacher_logits=None)
+fidelity.run_stage2(configs, exp, trainable, max_concurrent=1, keep_checkpoints=1, max_failures=0)
+print("stage 2 returned", flush=True)
+'''
+
+
+@pytest.mark.e2e
+def test_stage2_killed_mid_trial_resumes_without_repeating_a_finished_trial_and_a_failed_one_is_recorded(tmp_path):
+    """The search's stage 2 (fidelity.run_stage2 with the trials' own trainable, one trial at a time) killed
+    with SIGKILL — the driver and the Ray processes it started — while its third recipe trains: the
+    recipe that had finished is not trained again, the interrupted one continues after its last epoch, a
+    recipe whose trial failed (lr < 0) is recorded as failed and did not stop the ones after it."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from raytune_ft.report import results
+    from tests.conftest import kill_session, session_pids
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    fixed = {"dataset": "digits", "max_samples": 240, "image_size": 8, "model": "compact_cnn_16", "weights": "none",
+             "epochs": 2, "batch_size": 64, "export": False, "cpus_per_trial": 1}
+    (exp / "space.json").write_text(json.dumps({"fixed": fixed, "params": ["lr", "epochs"]}))
+    configs = [{"lr": 0.01, "data_fraction": 1.0},  # finishes before the kill
+               {"lr": -1.0, "data_fraction": 1.0},  # fails: TrialConfig refuses it in the trial
+               {"lr": 0.02, "data_fraction": 1.0, "epochs": 25}]  # killed while it trains
+    (tmp_path / "driver.py").write_text(STAGE2_DRIVER)
+    command = [sys.executable, str(tmp_path / "driver.py"), str(exp), json.dumps(fixed), json.dumps(configs)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    stage = exp / "stage2"
+
+    def trial_dir(lr: float) -> Path | None:
+        return next((d for d in stage.glob("trial_*") if (d / "params.json").is_file()
+                     and json.loads((d / "params.json").read_text()).get("lr") == lr), None)
+
+    def epochs(lr: float) -> list[int]:
+        folder = trial_dir(lr)
+        return [r["epoch"] for r in results._read_results(folder / "result.json")] if folder else []
+
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline and proc.poll() is None and len(epochs(0.02)) < 2:
+            time.sleep(0.1)
+    finally:
+        kill_session(proc)
+        log.close()
+    first = (tmp_path / "first.log").read_text()
+    assert 2 <= len(epochs(0.02)) < 25, first[-3000:]
+    assert epochs(0.01) == [1, 2] and trial_dir(-1.0) is not None, first[-3000:]
+    assert not session_pids(proc.pid)
+    killed_at = len(epochs(0.02))
+
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=420)
+    text = second.stdout + second.stderr
+    assert second.returncode == 0 and "stage 2: resuming" in text and "stage 2 returned" in text, text[-3000:]
+    assert epochs(0.01) == [1, 2]  # finished before the kill: not trained again
+    resumed = epochs(0.02)
+    assert resumed[:killed_at] == list(range(1, killed_at + 1)) and resumed[-1] == 25
+    assert resumed.count(killed_at) == 1 or resumed.count(killed_at) == 2  # the epoch after the last checkpoint
+    assert resumed.count(1) == 1, resumed  # continued from its checkpoint, not from the start
+    rows = results.read_trials(stage).set_index("lr")
+    assert len(rows) == 3  # no recipe handed out twice
+    assert rows.loc[0.01, "status"] == "completed" and rows.loc[0.02, "status"] == "completed"
+    assert rows.loc[-1.0, "status"] == "failed" and "lr" in rows.loc[-1.0, "error"]
