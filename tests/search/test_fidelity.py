@@ -281,13 +281,13 @@ def test_stage2_killed_mid_trial_resumes_without_repeating_a_finished_trial_and_
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 420
-        while time.monotonic() < deadline and proc.poll() is None and len(epochs(0.02)) < 2:
+        while time.monotonic() < deadline and proc.poll() is None and len(epochs(0.02)) < 3:
             time.sleep(0.1)
     finally:
         kill_session(proc)
         log.close()
     first = (tmp_path / "first.log").read_text()
-    assert 2 <= len(epochs(0.02)) < 25, first[-3000:]
+    assert 3 <= len(epochs(0.02)) < 25, first[-3000:]
     assert epochs(0.01) == [1, 2] and trial_dir(-1.0) is not None, first[-3000:]
     assert not session_pids(proc.pid)
     killed_at = len(epochs(0.02))
@@ -297,9 +297,9 @@ def test_stage2_killed_mid_trial_resumes_without_repeating_a_finished_trial_and_
     assert second.returncode == 0 and "stage 2: resuming" in text and "stage 2 returned" in text, text[-3000:]
     assert epochs(0.01) == [1, 2]  # finished before the kill: not trained again
     resumed = epochs(0.02)
-    assert resumed[:killed_at] == list(range(1, killed_at + 1)) and resumed[-1] == 25
-    assert resumed.count(killed_at) == 1 or resumed.count(killed_at) == 2  # the epoch after the last checkpoint
-    assert resumed.count(1) == 1, resumed  # continued from its checkpoint, not from the start
+    assert resumed[:killed_at] == list(range(1, killed_at + 1)) and sorted(set(resumed)) == list(range(1, 26))
+    # continued from its newest checkpoint, not from the start: at most the epoch the kill cut short runs twice
+    assert resumed.count(1) == 1 and len(resumed) <= 26, resumed
     rows = results.read_trials(stage).set_index("lr")
     assert len(rows) == 3  # no recipe handed out twice
     assert rows.loc[0.01, "status"] == "completed" and rows.loc[0.02, "status"] == "completed"
