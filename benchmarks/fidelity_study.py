@@ -254,8 +254,8 @@ def analyse(study: dict[str, Any], objectives: dict[str, str], k: int, seed: int
     table = units_table(study)
     out = []
     reference = table[table["fidelity"] == REFERENCE].set_index("recipe").sort_index()
-    ref_rank = pd.Series(pareto.non_dominated_sort(pareto.objective_matrix(reference, objectives)),
-                         index=reference.index)
+    ref_rank = pd.Series(pareto.non_dominated_sort(pareto.objective_matrix(reference, objectives)) if len(reference)
+                         else [], index=reference.index, dtype=int)
     for name in CHEAP:
         cheap = table[table["fidelity"] == name].set_index("recipe").sort_index()
         both = cheap.index.intersection(reference.index)
