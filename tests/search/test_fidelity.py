@@ -234,7 +234,7 @@ from raytune_ft.config import TrialConfig
 from raytune_ft.search import fidelity, trial
 
 exp, fixed, configs = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
-ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=True)
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
 data = data_mod.load_splits(TrialConfig.from_dict(fixed)).without_test()
 trainable = tune.with_parameters(trial.tune_trial, fixed=fixed, data=data, teacher_logits=None)
 fidelity.run_stage2(configs, exp, trainable, max_concurrent=1, keep_checkpoints=1, max_failures=0)
