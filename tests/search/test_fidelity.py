@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -186,9 +187,124 @@ def test_two_stage_search_promotes_retrains_and_resumes_without_repeating_stage_
     (["search.promote=0"], r"search\.promote: must be an int >= 1"),
     (["search.promote_epochs=0"], r"search\.promote_epochs: must be an int >= 1 .* or null"),
     (["search.promote_epochs=ten"], r"search\.promote_epochs: must be an int >= 1 .*got 'ten'"),
+    (["search.data_fraction=abc"], r"search\.data_fraction: must be a number in \(0, 1\].*got 'abc'"),
+    (["search.promote=1.5"], r"search\.promote: must be an int >= 1, got 1\.5"),
+    (["search.promote_random=-1"], r"search\.promote_random: must be an int >= 0, got -1"),
+    (["search.promote_random=x"], r"search\.promote_random: must be an int >= 0, got 'x'"),
+    (["search.data_fraction=0.5", "search.promote=4", "search.promote_random=3"],
+     r"search\.promote_random: 4 best and 3 random recipes cannot be drawn from search\.num_samples = 6"),
 ])
 def test_bad_fidelity_settings_fail_at_load_naming_the_key(assignments, fragment):
     from raytune_ft.space import SpaceError, builtin_space_path, load_space
 
-    with pytest.raises(SpaceError, match=fragment):
+    with pytest.raises(SpaceError, match=fragment) as caught:
         load_space(builtin_space_path("quickstart")).with_overrides(assignments)
+    assert "\n" not in str(caught.value)  # one line
+
+
+@pytest.mark.parametrize(("search_yaml", "fragment"), [
+    ("data_fraction: 0", r"fid\.yaml: search\.data_fraction: must be a number in \(0, 1\]"),
+    ("data_fraction: 0.5\n  promote: 0", r"fid\.yaml: search\.promote: must be an int >= 1"),
+    ("data_fraction: 0.5\n  promote: 7", r"fid\.yaml: search\.promote: promotes 7 recipes"),
+    ("promote_random: -2", r"fid\.yaml: search\.promote_random: must be an int >= 0, got -2"),
+    ("data_fraction: 0.5\n  promote: 5\n  promote_random: 2", r"fid\.yaml: search\.promote_random: 5 best and 2"),
+    ("promote_epochs: 0", r"fid\.yaml: search\.promote_epochs: must be an int >= 1"),
+])
+def test_bad_fidelity_settings_in_the_file_fail_at_load_in_one_line_naming_file_and_key(search_yaml, fragment,
+                                                                                        tmp_path):
+    import yaml
+
+    from raytune_ft.space import SpaceError, builtin_space_path, load_space
+
+    raw = yaml.safe_load(builtin_space_path("quickstart").read_text())
+    assert raw["search"]["num_samples"] == 6, "the cases below count on the quickstart's 6 trials"
+    text = builtin_space_path("quickstart").read_text().replace("\nsearch:\n", f"\nsearch:\n  {search_yaml}\n", 1)
+    assert text != builtin_space_path("quickstart").read_text()
+    (tmp_path / "fid.yaml").write_text(text)
+    with pytest.raises(SpaceError, match=fragment) as caught:
+        load_space(tmp_path / "fid.yaml")
+    assert "\n" not in str(caught.value)
+
+
+STAGE2_DRIVER = '''
+import json, sys
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from raytune_ft import data as data_mod
+from raytune_ft.config import TrialConfig
+from raytune_ft.search import fidelity, trial
+
+exp, fixed, configs = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
+data = data_mod.load_splits(TrialConfig.from_dict(fixed)).without_test()
+trainable = tune.with_parameters(trial.tune_trial, fixed=fixed, data=data, teacher_logits=None)
+fidelity.run_stage2(configs, exp, trainable, max_concurrent=1, keep_checkpoints=1, max_failures=0)
+print("stage 2 returned", flush=True)
+'''
+
+
+@pytest.mark.e2e
+def test_stage2_killed_mid_trial_resumes_without_repeating_a_finished_trial_and_a_failed_one_is_recorded(tmp_path):
+    """The search's stage 2 (fidelity.run_stage2 with the trials' own trainable, one trial at a time) killed
+    with SIGKILL — the driver and the Ray processes it started — while its third recipe trains: the
+    recipe that had finished is not trained again, the interrupted one continues after its last epoch, a
+    recipe whose trial failed (lr < 0) is recorded as failed and did not stop the ones after it."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from raytune_ft.report import results
+    from tests.conftest import kill_session, session_pids
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    fixed = {"dataset": "digits", "max_samples": 240, "image_size": 8, "model": "compact_cnn_16", "weights": "none",
+             "epochs": 2, "batch_size": 64, "export": False, "cpus_per_trial": 1}
+    (exp / "space.json").write_text(json.dumps({"fixed": fixed, "params": ["lr", "epochs"]}))
+    configs = [{"lr": 0.01, "data_fraction": 1.0},  # finishes before the kill
+               {"lr": -1.0, "data_fraction": 1.0},  # fails: TrialConfig refuses it in the trial
+               {"lr": 0.02, "data_fraction": 1.0, "epochs": 25}]  # killed while it trains
+    (tmp_path / "driver.py").write_text(STAGE2_DRIVER)
+    command = [sys.executable, str(tmp_path / "driver.py"), str(exp), json.dumps(fixed), json.dumps(configs)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    stage = exp / "stage2"
+
+    def trial_dir(lr: float) -> Path | None:
+        return next((d for d in stage.glob("trial_*") if (d / "params.json").is_file()
+                     and json.loads((d / "params.json").read_text()).get("lr") == lr), None)
+
+    def epochs(lr: float) -> list[int]:
+        folder = trial_dir(lr)
+        return [r["epoch"] for r in results._read_results(folder / "result.json")] if folder else []
+
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline and proc.poll() is None and len(epochs(0.02)) < 3:
+            time.sleep(0.1)
+    finally:
+        kill_session(proc)
+        log.close()
+    first = (tmp_path / "first.log").read_text()
+    assert 3 <= len(epochs(0.02)) < 25, first[-3000:]
+    assert epochs(0.01) == [1, 2] and trial_dir(-1.0) is not None, first[-3000:]
+    assert not session_pids(proc.pid)
+    killed_at = len(epochs(0.02))
+
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=420)
+    text = second.stdout + second.stderr
+    assert second.returncode == 0 and "stage 2: resuming" in text and "stage 2 returned" in text, text[-3000:]
+    assert epochs(0.01) == [1, 2]  # finished before the kill: not trained again
+    resumed = epochs(0.02)
+    assert resumed[:killed_at] == list(range(1, killed_at + 1)) and sorted(set(resumed)) == list(range(1, 26))
+    # continued from its newest checkpoint, not from the start: at most the epoch the kill cut short runs twice
+    assert resumed.count(1) == 1 and len(resumed) <= 26, resumed
+    rows = results.read_trials(stage).set_index("lr")
+    assert len(rows) == 3  # no recipe handed out twice
+    assert rows.loc[0.01, "status"] == "completed" and rows.loc[0.02, "status"] == "completed"
+    assert rows.loc[-1.0, "status"] == "failed" and "lr" in rows.loc[-1.0, "error"]
