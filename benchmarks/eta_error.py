@@ -4,6 +4,7 @@ made when a third of the search's time had passed against the time that actually
 
     python benchmarks/eta_error.py ray_results/<name> [--at 0.333] [--json]
     python benchmarks/eta_error.py ray_results/<name> --replay PLAN.json   # what a plan would have said
+    python benchmarks/eta_error.py ray_results/<name> --replay-measured 48000 12000   # ... with exact steps
 
 The search runs from the "start" record to the "end" record (after the front was tested). An
 estimate covers its phase: a "teacher" estimate the teacher's remaining epochs (it ends at its last
@@ -54,7 +55,7 @@ def phase_ends(records: list[dict[str, Any]], trials_end: float | None = None) -
     teacher = [r["time"] for r in records if r["phase"] == "teacher"]
     if teacher:
         ends["teacher"] = teacher[-1]
-    if any(r["phase"] == "trials" for r in records):
+    if trials_end or any(r["phase"] == "trials" for r in records):
         ends["trials"] = min(end, trials_end) if trials_end else end
     return ends
 
@@ -82,6 +83,39 @@ def replay(records: list[dict[str, Any]], plan: dict[str, Any]) -> list[dict[str
             r = {**r, "eta_s": teacher_eta + after.seconds(mean), "teacher_eta_s": teacher_eta, "covers": "search"}
         out.append(r)
     return out
+
+
+def plan_from_trials(exp: Path, records: list[dict[str, Any]], train_rows: int, val_rows: int) -> dict[str, Any]:
+    """The plan progress.plan_after_teacher would have made for the recorded run `exp` had its timed
+    steps been exact: each model's stage-1 epoch over the teacher's as the run measured them
+    (trials.csv: wall_time_s / epochs_trained of its stage-1 trials, setup and export included; the
+    teacher's mean epoch from its records), everything else as the planner does it (the `initial`
+    recipes' models first, then the mean over the space's model choices; MO-ASHA's expected epochs;
+    stage 2 at the mean model, grown by progress.ratio_growth). Isolates the planner's assumptions
+    from the timing of one step."""
+    from raytune_ft.search import mo_asha, progress
+
+    space = json.loads((exp / "space.json").read_text())
+    search, fixed = space["search"], space["fixed"]
+    teacher = [r for r in records if r["phase"] == "teacher"]
+    teacher_epoch = teacher[-1]["elapsed_s"] / teacher[-1]["epoch"]
+    with open(exp / "trials.csv", newline="") as rows:
+        stage1 = [r for r in csv.DictReader(rows) if str(r.get("stage", "1")) in ("1", "1.0")]
+    per_model: dict[str, list[float]] = {}
+    for r in stage1:
+        per_model.setdefault(r["model"], []).append(float(r["wall_time_s"]) / float(r["epochs_trained"]) / teacher_epoch)
+    ratio = {m: sum(v) / len(v) for m, v in per_model.items()}
+    mean1 = sum(ratio.values()) / len(ratio)
+    n, epochs = int(search["num_samples"]), int(fixed["epochs"])
+    rungs = mo_asha.rung_milestones(1, epochs, 3)  # the shipped space's grace_period 1, reduction_factor 3
+    planned = progress.expected_epochs(n, epochs, rungs, 3, objectives=2)
+    first = [ratio.get(r.get("model"), mean1) for r in search.get("initial", [])][:n]
+    fraction = float(search["data_fraction"])
+    later = int(search["promote"]) + int(search.get("promote_random", 0))
+    return {"stage1": [list(x) for x in zip(first + [mean1] * (n - len(first)), planned)],
+            "stage2": [[mean1 * progress.ratio_growth(fraction, train_rows, val_rows),
+                        float(search.get("promote_epochs") or epochs)]] * later,
+            "slots": int(search["max_concurrent"]), "ratios": ratio, "teacher_epoch_s": teacher_epoch}
 
 
 def estimate_at(records: list[dict[str, Any]], when: float, phase: str | None = None) -> dict[str, Any] | None:
@@ -174,11 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
     p.add_argument("--replay", type=Path, help="a plan of the trials (AfterTeacher as JSON): recompute the "
                    "teacher's estimates with it first")
+    p.add_argument("--replay-measured", nargs=2, type=int, metavar=("TRAIN_ROWS", "VAL_ROWS"),
+                   help="replay with the plan made from the run's own measured epochs (plan_from_trials)")
     args = p.parse_args(argv)
     try:
         records = read_records(args.experiment)
         if args.replay:
             records = replay(records, json.loads(args.replay.read_text()))
+        elif args.replay_measured:
+            plan = plan_from_trials(args.experiment, records, *args.replay_measured)
+            print(f"plan from the run's epochs: {json.dumps(plan)}")
+            records = replay(records, plan)
         result = measure(records, at=args.at, trials_end=_trials_end(args.experiment))
     except (OSError, ValueError) as err:
         print(f"eta_error: {err}", file=sys.stderr)

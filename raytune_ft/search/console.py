@@ -3,7 +3,8 @@
 differ only in numbers and must each be seen). When stdout is not a terminal (a log file, a pipe,
 CI): no Ray Data progress bars, no ANSI colour codes and no "(pid=...)" prefixes on the lines Ray
 forwards from its workers. Set through Ray's environment variables before Ray starts, so the
-processes of a local cluster inherit them; a variable the user set is left as it is.
+processes of a local cluster inherit them, and passed to the workers of other nodes in the job's
+runtime_env (`worker_env`); a variable the user set is left as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def settings(terminal: bool) -> dict[str, str]:
     """The environment variables for Ray's output: deduplication that keeps the search's own lines,
     and with `terminal` False, QUIET."""
     return {"RAY_DEDUP_LOGS_ALLOW_REGEX": OWN_LINES, **({} if terminal else QUIET)}
+
+
+def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The QUIET settings in force here (`environ`, default os.environ), for ray.init's
+    runtime_env={"env_vars": ...}: the processes of a local cluster inherit the driver's environment,
+    but a worker on another node does not (its raylet was started by `ray start`), and Ray Data's
+    progress bars are drawn by the trial that streams, wherever it runs."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in QUIET if k in environ}
 
 
 def configure(stream: TextIO | None = None) -> dict[str, str]:

@@ -50,11 +50,11 @@ class Plan:
 
 def plan_for(space: Any) -> Plan:
     """The Plan of a Space: search.max_concurrent, its scheduler, and with search.data_fraction < 1
-    stage 2's search.promote recipes for search.promote_epochs (or the trials' epochs)."""
+    stage 2's search.promote + search.promote_random recipes for search.promote_epochs (or the trials' epochs)."""
     search = space.search
     two_stage = search.data_fraction < 1
     return Plan(slots=max(1, int(search.max_concurrent)), early_stopping=space.scheduler is not None,
-                later_trials=int(search.promote) if two_stage else 0,
+                later_trials=int(search.promote) + int(search.promote_random) if two_stage else 0,
                 later_epochs=int(search.promote_epochs or space.trial_config({}).epochs) if two_stage else 0,
                 data_fraction=float(search.data_fraction))
 
@@ -324,8 +324,8 @@ class Progress(tune.Callback):
 
     def __init__(self, total: int, objectives: dict[str, str], *,
                  teacher: dict[str, Any] | None = None, epochs: int | None = None,
-                 plan: Plan | None = None) -> None:
-        self.total, self.objectives = total, dict(objectives)
+                 plan: Plan | None = None, stage: str = "") -> None:
+        self.total, self.objectives, self.stage = total, dict(objectives), stage  # stage: "stage 2 " etc.
         self.teacher, self.epochs = (dict(teacher) if teacher else None), epochs
         self.started = time.time()  # wall clock: still meaningful after a restore
         self.plan, self.clock = plan or Plan(), EpochClock()
@@ -333,7 +333,7 @@ class Progress(tune.Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # restored from a search saved before these fields
         self.__dict__.update({"plan": Plan(), "clock": EpochClock(), "most_running": 0,
-                              "printed": None, **state})
+                              "printed": None, "stage": "", **state})
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.clock.start(trial.trial_id, trial.config.get("model"), time.time())
@@ -367,7 +367,7 @@ class Progress(tune.Callback):
         if self.plan.later_trials:
             print(f"{self._stamp(trials)} stage 1 finished; the time left is stage 2's", flush=True)
         else:
-            print(f"{self._stamp(trials, eta=False)} search finished", flush=True)
+            print(f"{self._stamp(trials, eta=False)} {self.stage or 'search '}finished", flush=True)
 
     def summary(self, trials: list, done: Any = None) -> dict[str, Any]:
         """Counts (done, running, failed, pending), front size and hypervolume of `trials`."""
@@ -434,7 +434,7 @@ class Progress(tune.Callback):
         seconds, upper = self.estimate(trials, done) if eta else (None, False)
         left = format_eta(seconds, upper_bound=upper)
         self.printed = time.time()
-        return (f"[{s['done'] + s['failed']}/{self.total} done, {s['running']} running, "
+        return (f"{self.stage}[{s['done'] + s['failed']}/{self.total} done, {s['running']} running, "
                 f"{s['failed']} failed | front {s['front']}, HV {s['hypervolume']:.4f} | "
                 f"{s['elapsed_min']:.1f} min{', ' + left if left else ''}]")
 

@@ -206,3 +206,15 @@ def test_eta_error_replays_a_plan_over_a_recorded_teacher(eta_error, tmp_path):
     assert result["estimate"]["covers"] == "search"
     assert result["estimate"]["relative_error"] == pytest.approx((60 - 70) / 70)
     assert result["phases"]["teacher"]["estimate_s"] == pytest.approx(30)  # the teacher's share, at 1/5 of it
+
+
+def test_stage_two_lines_are_labelled_and_say_the_time_left(capsys):
+    from raytune_ft.search.trial import Progress
+
+    p = Progress(2, {"val_acc": "max"}, epochs=3, stage="stage 2 ", plan=progress.Plan(slots=2))
+    p.clock.start("a", "m", 0.0)
+    p.clock.epoch("a", 10.0)
+    p.on_trial_start(0, [_trial("a", "RUNNING", 1), _trial("b", "PENDING", 0)], _trial("b", "PENDING", 0))
+    line = capsys.readouterr().out
+    # a: 2 epochs left at 10 s; b: 3 epochs at a's 10 s after it (one trial has run at a time so far): 50 s
+    assert line.startswith("stage 2 [0/2 done, 1 running") and "~0.8 min left" in line and "trial b started" in line
