@@ -71,7 +71,8 @@ def replay(records: list[dict[str, Any]], plan: dict[str, Any]) -> list[dict[str
     differences of the records' elapsed_s) plus plan.seconds(that mean)."""
     from raytune_ft.search import progress
 
-    after = progress.AfterTeacher(stage1=tuple(map(tuple, plan["stage1"])), stage2=tuple(map(tuple, plan.get("stage2", ()))),
+    after = progress.AfterTeacher(stage1=tuple(map(tuple, plan["stage1"])),
+                                  stage2=tuple(map(tuple, plan.get("stage2", ()))),
                                   slots=int(plan.get("slots", 1)))
     out, times, last = [], [], 0.0
     for r in records:
@@ -103,7 +104,8 @@ def plan_from_trials(exp: Path, records: list[dict[str, Any]], train_rows: int, 
         stage1 = [r for r in csv.DictReader(rows) if str(r.get("stage", "1")) in ("1", "1.0")]
     per_model: dict[str, list[float]] = {}
     for r in stage1:
-        per_model.setdefault(r["model"], []).append(float(r["wall_time_s"]) / float(r["epochs_trained"]) / teacher_epoch)
+        epoch_s = float(r["wall_time_s"]) / float(r["epochs_trained"])
+        per_model.setdefault(r["model"], []).append(epoch_s / teacher_epoch)
     ratio = {m: sum(v) / len(v) for m, v in per_model.items()}
     mean1 = sum(ratio.values()) / len(ratio)
     n, epochs = int(search["num_samples"]), int(fixed["epochs"])
@@ -112,7 +114,7 @@ def plan_from_trials(exp: Path, records: list[dict[str, Any]], train_rows: int, 
     first = [ratio.get(r.get("model"), mean1) for r in search.get("initial", [])][:n]
     fraction = float(search["data_fraction"])
     later = int(search["promote"]) + int(search.get("promote_random", 0))
-    return {"stage1": [list(x) for x in zip(first + [mean1] * (n - len(first)), planned)],
+    return {"stage1": [list(x) for x in zip(first + [mean1] * (n - len(first)), planned, strict=True)],
             "stage2": [[mean1 * progress.ratio_growth(fraction, train_rows, val_rows),
                         float(search.get("promote_epochs") or epochs)]] * later,
             "slots": int(search["max_concurrent"]), "ratios": ratio, "teacher_epoch_s": teacher_epoch}

@@ -205,7 +205,8 @@ def test_eta_error_replays_a_plan_over_a_recorded_teacher(eta_error, tmp_path):
     result = eta_error.measure(replayed, at=0.2, trials_end=t0 + 90)  # at t0 + 20: 70 s left to the last trial
     assert result["estimate"]["covers"] == "search"
     assert result["estimate"]["relative_error"] == pytest.approx((60 - 70) / 70)
-    assert result["phases"]["teacher"]["estimate_s"] == pytest.approx(30)  # the teacher's share, at 1/5 of it
+    half = eta_error.measure(replayed, at=0.5, trials_end=t0 + 90)["phases"]["teacher"]
+    assert half["estimate_s"] == pytest.approx(20) and half["actual_s"] == 20  # its own share, at t0 + 20
 
 
 def test_stage_two_lines_are_labelled_and_say_the_time_left(capsys):
