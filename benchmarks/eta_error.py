@@ -3,16 +3,25 @@ estimate the search printed or recorded, raytune_ft/search/progress.py) and repo
 made when a third of the search's time had passed against the time that actually remained.
 
     python benchmarks/eta_error.py ray_results/<name> [--at 0.333] [--json]
+    python benchmarks/eta_error.py ray_results/<name> --replay PLAN.json   # what a plan would have said
+    python benchmarks/eta_error.py ray_results/<name> --replay-measured 48000 12000   # ... with exact steps
 
 The search runs from the "start" record to the "end" record (after the front was tested). An
-estimate covers its phase only: a "teacher" estimate the teacher's remaining epochs (it ends at
-its last epoch), a "trials" estimate the remaining trials and a two-stage search's stage 2 (they
-end with the last trial, trials.csv's largest end_time, else the "end" record). So the estimate
+estimate covers its phase: a "teacher" estimate the teacher's remaining epochs (it ends at its last
+epoch) — or, recorded with "covers": "search" (progress.AfterTeacher planned the trials), the
+teacher and all the trials after it; a "trials" estimate the remaining trials and a two-stage
+search's stage 2 (they end with the last trial, trials.csv's largest end_time, else the "end"
+record). So the estimate
 at the point asked for is compared both with what remained of its phase (the estimate's own
 error) and with what remained of the search (what a person waiting would have been told). Each
 phase is also scored at the same share of its own duration. Relative error = (estimate − actual)
 / actual: positive is too pessimistic. A search that was resumed (several "start" records) is
 measured from its last start.
+
+--replay PLAN.json recomputes the teacher phase's estimates of a recorded run as a given plan of
+the trials would have made them (progress.AfterTeacher's fields as JSON: stage1, stage2, slots; the
+teacher's epoch times read from its records), then measures them as above: what the estimator
+prints today, checked on a run recorded before it existed.
 """
 
 from __future__ import annotations
@@ -46,9 +55,69 @@ def phase_ends(records: list[dict[str, Any]], trials_end: float | None = None) -
     teacher = [r["time"] for r in records if r["phase"] == "teacher"]
     if teacher:
         ends["teacher"] = teacher[-1]
-    if any(r["phase"] == "trials" for r in records):
+    if trials_end or any(r["phase"] == "trials" for r in records):
         ends["trials"] = min(end, trials_end) if trials_end else end
     return ends
+
+
+def search_wide(record: dict[str, Any]) -> bool:
+    """Whether an estimate covers the rest of the search (a teacher estimate with the trials planned)."""
+    return record.get("covers") == "search"
+
+
+def replay(records: list[dict[str, Any]], plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """`records` with every teacher estimate recomputed as fit_teacher makes it with `plan` (an
+    AfterTeacher's fields): the teacher's epochs left at its mean epoch so far (epoch times: the
+    differences of the records' elapsed_s) plus plan.seconds(that mean)."""
+    from raytune_ft.search import progress
+
+    after = progress.AfterTeacher(stage1=tuple(map(tuple, plan["stage1"])),
+                                  stage2=tuple(map(tuple, plan.get("stage2", ()))),
+                                  slots=int(plan.get("slots", 1)))
+    out, times, last = [], [], 0.0
+    for r in records:
+        if r["phase"] == "teacher" and r.get("elapsed_s") is not None:
+            times.append(r["elapsed_s"] - last)
+            last = r["elapsed_s"]
+            teacher_eta = progress.teacher_time_left(times, r["epochs"] - r["epoch"])
+            mean = sum(times) / len(times)
+            r = {**r, "eta_s": teacher_eta + after.seconds(mean), "teacher_eta_s": teacher_eta, "covers": "search"}
+        out.append(r)
+    return out
+
+
+def plan_from_trials(exp: Path, records: list[dict[str, Any]], train_rows: int, val_rows: int) -> dict[str, Any]:
+    """The plan progress.plan_after_teacher would have made for the recorded run `exp` had its timed
+    steps been exact: each model's stage-1 epoch over the teacher's as the run measured them
+    (trials.csv: wall_time_s / epochs_trained of its stage-1 trials, setup and export included; the
+    teacher's mean epoch from its records), everything else as the planner does it (the `initial`
+    recipes' models first, then the mean over the space's model choices; MO-ASHA's expected epochs;
+    stage 2 at the mean model, grown by progress.ratio_growth). Isolates the planner's assumptions
+    from the timing of one step."""
+    from raytune_ft.search import mo_asha, progress
+
+    space = json.loads((exp / "space.json").read_text())
+    search, fixed = space["search"], space["fixed"]
+    teacher = [r for r in records if r["phase"] == "teacher"]
+    teacher_epoch = teacher[-1]["elapsed_s"] / teacher[-1]["epoch"]
+    with open(exp / "trials.csv", newline="") as rows:
+        stage1 = [r for r in csv.DictReader(rows) if str(r.get("stage", "1")) in ("1", "1.0")]
+    per_model: dict[str, list[float]] = {}
+    for r in stage1:
+        epoch_s = float(r["wall_time_s"]) / float(r["epochs_trained"])
+        per_model.setdefault(r["model"], []).append(epoch_s / teacher_epoch)
+    ratio = {m: sum(v) / len(v) for m, v in per_model.items()}
+    mean1 = sum(ratio.values()) / len(ratio)
+    n, epochs = int(search["num_samples"]), int(fixed["epochs"])
+    rungs = mo_asha.rung_milestones(1, epochs, 3)  # the shipped space's grace_period 1, reduction_factor 3
+    planned = progress.expected_epochs(n, epochs, rungs, 3, objectives=2)
+    first = [ratio.get(r.get("model"), mean1) for r in search.get("initial", [])][:n]
+    fraction = float(search["data_fraction"])
+    later = int(search["promote"]) + int(search.get("promote_random", 0))
+    return {"stage1": [list(x) for x in zip(first + [mean1] * (n - len(first)), planned, strict=True)],
+            "stage2": [[mean1 * progress.ratio_growth(fraction, train_rows, val_rows),
+                        float(search.get("promote_epochs") or epochs)]] * later,
+            "slots": int(search["max_concurrent"]), "ratios": ratio, "teacher_epoch_s": teacher_epoch}
 
 
 def estimate_at(records: list[dict[str, Any]], when: float, phase: str | None = None) -> dict[str, Any] | None:
@@ -78,14 +147,18 @@ def measure(records: list[dict[str, Any]], *, at: float = 1 / 3, trials_end: flo
     out: dict[str, Any] = {"total_s": total, "at": at, "at_s": at * total, "estimate": None, "phases": {}}
     if made is not None:
         whole = score(made, ends["end"], start)
-        out["estimate"] = {**score(made, ends[made["phase"]], start), "search_left_s": whole["actual_s"],
-                           "relative_error_vs_search": whole["relative_error"]}
+        covered = ends.get("trials", ends["end"]) if search_wide(made) else ends[made["phase"]]
+        out["estimate"] = {**score(made, covered, start), "search_left_s": whole["actual_s"],
+                           "relative_error_vs_search": whole["relative_error"],
+                           "covers": "search" if search_wide(made) else made["phase"]}
     for phase in ("teacher", "trials"):
         rows = [r for r in records if r["phase"] == phase]
         if not rows or phase not in ends:
             continue
         began = rows[0]["time"] - (rows[0].get("elapsed_s") or 0)  # elapsed_s counts from the phase's start
         then = estimate_at(records, began + at * (ends[phase] - began), phase)
+        if then is not None and search_wide(then):  # the phase's own share of a search-wide estimate
+            then = {**then, "eta_s": then.get("teacher_eta_s")}
         out["phases"][phase] = {"duration_s": ends[phase] - began,
                                 **(score(then, ends[phase], start) if then else {"estimate_s": None})}
     return out
@@ -117,7 +190,8 @@ def report(exp: Path, result: dict[str, Any]) -> str:
         bound = " (an upper bound: early stopping)" if e["upper_bound"] else ""
         lines.append(f"at {result['at']:.0%} of it ({_fmt(result['at_s'])} in), the last estimate (made "
                      f"{_fmt(e['made_at_s'])} in, phase {e['phase']}): {_fmt(e['estimate_s'])} left{bound}")
-        lines.append(f"  actual: {_fmt(e['actual_s'])} left of the {e['phase']} phase "
+        what = "search's trials" if e.get("covers") == "search" else f"{e['phase']} phase"
+        lines.append(f"  actual: {_fmt(e['actual_s'])} left of the {what} "
                      f"(error {_pct(e['relative_error'])}), {_fmt(e['search_left_s'])} of the search "
                      f"(error {_pct(e['relative_error_vs_search'])})")
     for phase, p in result["phases"].items():
@@ -134,9 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("experiment", type=Path, help="a finished experiment folder (holds progress.jsonl)")
     p.add_argument("--at", type=float, default=1 / 3, help="share of the search's time (default: a third)")
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
+    p.add_argument("--replay", type=Path, help="a plan of the trials (AfterTeacher as JSON): recompute the "
+                   "teacher's estimates with it first")
+    p.add_argument("--replay-measured", nargs=2, type=int, metavar=("TRAIN_ROWS", "VAL_ROWS"),
+                   help="replay with the plan made from the run's own measured epochs (plan_from_trials)")
     args = p.parse_args(argv)
     try:
-        result = measure(read_records(args.experiment), at=args.at, trials_end=_trials_end(args.experiment))
+        records = read_records(args.experiment)
+        if args.replay:
+            records = replay(records, json.loads(args.replay.read_text()))
+        elif args.replay_measured:
+            plan = plan_from_trials(args.experiment, records, *args.replay_measured)
+            print(f"plan from the run's epochs: {json.dumps(plan)}")
+            records = replay(records, plan)
+        result = measure(records, at=args.at, trials_end=_trials_end(args.experiment))
     except (OSError, ValueError) as err:
         print(f"eta_error: {err}", file=sys.stderr)
         return 2

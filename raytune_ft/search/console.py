@@ -3,7 +3,8 @@
 differ only in numbers and must each be seen). When stdout is not a terminal (a log file, a pipe,
 CI): no Ray Data progress bars, no ANSI colour codes and no "(pid=...)" prefixes on the lines Ray
 forwards from its workers. Set through Ray's environment variables before Ray starts, so the
-processes of a local cluster inherit them; a variable the user set is left as it is.
+processes of a local cluster inherit them, and passed to the workers of other nodes in the job's
+runtime_env (`worker_env`); a variable the user set is left as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ QUIET = {
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # ray.data.DataContext.enable_progress_bars' default, per process
     "RAY_COLOR_PREFIX": "0",  # no colour codes around the prefixes of forwarded worker lines
     "RAY_DISABLE_WORKER_LOG_PREFIX": "1",  # no "(fit_teacher pid=7236)" before them
+    # Ray Data's INFO lines, 5-6 per dataset execution (two a trial epoch when the data streams): 45
+    # of the 91 lines of a 2-trial, 1-epoch Parquet search (benchmarks/results/quiet_log.md); its
+    # warnings stay
+    "RAY_DATA_LOG_LEVEL": "WARNING",
 }
 
 
@@ -36,6 +41,15 @@ def settings(terminal: bool) -> dict[str, str]:
     return {"RAY_DEDUP_LOGS_ALLOW_REGEX": OWN_LINES, **({} if terminal else QUIET)}
 
 
+def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The QUIET settings in force here (`environ`, default os.environ), for ray.init's
+    runtime_env={"env_vars": ...}: the processes of a local cluster inherit the driver's environment,
+    but a worker on another node does not (its raylet was started by `ray start`), and Ray Data's
+    progress bars are drawn by the trial that streams, wherever it runs."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in QUIET if k in environ}
+
+
 def configure(stream: TextIO | None = None) -> dict[str, str]:
     """Set `settings` for `stream` (default: stdout) into os.environ where not set already, and
     turn Ray Data's progress bars off in this process if ray.data is already imported; returns what
@@ -50,6 +64,10 @@ def configure(stream: TextIO | None = None) -> dict[str, str]:
         context = DataContext.get_current()
         context.enable_progress_bars = False
         context.enable_operator_progress_bars = False
+    if "ray.data" in sys.modules and "RAY_DATA_LOG_LEVEL" in applied:  # read when ray.data was imported
+        import logging
+
+        logging.getLogger("ray.data").setLevel(applied["RAY_DATA_LOG_LEVEL"])
     return applied
 
 

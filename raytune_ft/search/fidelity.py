@@ -135,7 +135,7 @@ def second_stage(stage1: pd.DataFrame, space: Any, exp_dir: Path, trial_inputs: 
     from ray import tune
 
     from raytune_ft.report import results
-    from raytune_ft.search import tracking, trial
+    from raytune_ft.search import progress, tracking, trial
 
     params = [p.name for p in space.params]
     chosen = promoted(stage1, space.objectives, space.search.promote, space.search.promote_random, space.search.seed)
@@ -151,7 +151,10 @@ def second_stage(stage1: pd.DataFrame, space: Any, exp_dir: Path, trial_inputs: 
         run_stage2(stage2_configs(chosen, params, space.search.promote_epochs), exp_dir, trainable,
                    epochs=space.search.promote_epochs, max_concurrent=space.search.max_concurrent,
                    keep_checkpoints=space.search.keep_checkpoints, max_failures=space.search.max_failures,
-                   callbacks=tracking.logger_callbacks(space.search.callbacks, exp_dir))  # mlflow etc. see them too
+                   callbacks=[  # a line per trial event with the time left, as in stage 1; mlflow etc. see them too
+                       progress.Progress(len(chosen), space.objectives, epochs=epochs, stage="stage 2 ",
+                                         plan=progress.Plan(slots=max(1, int(space.search.max_concurrent)))),
+                       *tracking.logger_callbacks(space.search.callbacks, exp_dir)])
     except Exception as err:  # noqa: BLE001  (stage 1's results must survive whatever stage 2 does)
         print(f"stage 2 failed: {type(err).__name__}: {err}; the front is the subset stage's", flush=True)
         return stage1.assign(stage=1)

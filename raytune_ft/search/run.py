@@ -35,7 +35,7 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
     from raytune_ft import data as data_mod
     from raytune_ft.config import TrialConfig
     from raytune_ft.data import parquet
-    from raytune_ft.search import mo_asha, planned, progress, tracking, trial
+    from raytune_ft.search import console, mo_asha, planned, progress, tracking, trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     exp_dir = where.local
@@ -60,8 +60,11 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
                       "reaches that address can submit jobs (code) to this cluster", file=sys.stderr, flush=True)
         # no --address: a fresh local cluster, never a stale one recorded in /tmp/ray (Ray's default
         # for address=None), except under `ray job submit`, which sets RAY_ADDRESS for its driver
+        # the quiet settings reach workers on other nodes too (console.worker_env); a job submitted
+        # with `ray job submit` keeps its own runtime_env
+        quiet = console.worker_env() if not os.environ.get("RAY_ADDRESS") else {}
         ray.init(address=address or (None if os.environ.get("RAY_ADDRESS") else "local"), log_to_driver=True,
-                 **dashboard)
+                 **({"runtime_env": {"env_vars": quiet}} if quiet else {}), **dashboard)
     if address in (None, "local") and not {"workers_per_trial", "cpus_per_worker", "cpus_per_trial",
                                                  "gpus_per_worker"} & {p.name for p in space.params}:
         # a local cluster does not grow: refuse a trial that could never be placed

@@ -65,12 +65,14 @@ __all__ = ["EPOCH_SIZE_METRICS", "Progress", "epoch_size_metrics", "export_and_m
 
 
 
-def fit_teacher(cfg: TrialConfig, data: Splits, progress_log: str | None = None) -> dict[str, Any]:
+def fit_teacher(cfg: TrialConfig, data: Splits, progress_log: str | None = None,
+                after: progress.AfterTeacher | None = None) -> dict[str, Any]:
     """Fine-tune the dense teacher `cfg` (its own model, weights and settings) on `data`, its own
     view of the students' split (teachers.teacher_splits); returns its state dict, final metrics
     and train-set logits in that row order (None for dataset parquet, whose training split is not
-    in memory: trials use the model). Each epoch's line says the time left (progress.py), which
-    is recorded into `progress_log` when given."""
+    in memory: trials use the model). Each epoch's line says the time left (progress.py): of the
+    whole search when `after` plans the trials that follow (its teacher-relative epochs at this
+    teacher's mean epoch time), else of the teacher; recorded into `progress_log` when given."""
     setup_torch(cfg, cfg.worker_cpus)
     model = models.build_model(cfg.model, data.num_classes, weights=cfg.weights, dropout=cfg.dropout)
     started = time.perf_counter()
@@ -80,10 +82,17 @@ def fit_teacher(cfg: TrialConfig, data: Splits, progress_log: str | None = None)
 
     def report(metrics: dict[str, Any], _model: torch.nn.Module, _state: Any) -> None:
         epoch_times.append(metrics["epoch_time_s"])
-        eta = progress.teacher_time_left(epoch_times, cfg.epochs - metrics["epoch"])
+        teacher_eta = progress.teacher_time_left(epoch_times, cfg.epochs - metrics["epoch"])
+        trials_eta = after.seconds(sum(epoch_times) / len(epoch_times)) if after is not None else None
+        eta = teacher_eta + (trials_eta or 0.0)
         progress.record(progress_log, "teacher", elapsed_s=round(time.perf_counter() - started, 1), eta_s=eta,
+                        teacher_eta_s=round(teacher_eta, 1), covers="search" if after is not None else "teacher",
                         epoch=metrics["epoch"], epochs=cfg.epochs)
-        left = f", {progress.format_eta(eta)}" if metrics["epoch"] < cfg.epochs else ""
+        left = ""
+        if after is not None:
+            left = f", search {progress.format_eta(eta)}"
+        elif metrics["epoch"] < cfg.epochs:
+            left = f", {progress.format_eta(eta)}"
         print(f"[teacher] epoch {metrics['epoch']}/{cfg.epochs}  val_acc={metrics['val_acc']:.4f}  "
               f"train_loss={metrics['train_loss']:.4f}  {metrics['precision']}  ({metrics['epoch_time_s']:.1f}s{left})",
               flush=True)
@@ -100,11 +109,11 @@ def fit_teacher(cfg: TrialConfig, data: Splits, progress_log: str | None = None)
     }
 
 
-def fit_teacher_remote(cfg: TrialConfig, data: Splits) -> dict[str, Any]:
+def fit_teacher_remote(cfg: TrialConfig, data: Splits, after: progress.AfterTeacher | None = None) -> dict[str, Any]:
     """Run fit_teacher as a Ray task with one worker's resources (on a cluster: on a worker node);
     the teacher always trains in one process."""
     task = ray.remote(num_cpus=cfg.worker_cpus, num_gpus=cfg.gpus_per_worker if cfg.use_gpu else 0)(fit_teacher)
-    return ray.get(task.remote(cfg, data, progress.log_path()))
+    return ray.get(task.remote(cfg, data, progress.log_path(), after))
 
 
 def resources_for(fixed: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:

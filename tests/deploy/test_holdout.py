@@ -160,7 +160,8 @@ def test_search_reports_test_accuracy_no_trial_saw_and_a_fresh_process_reproduce
         return real_with_parameters(fn, **kwargs)
 
     monkeypatch.setattr(tune, "with_parameters", recording)
-    monkeypatch.setattr(trial, "fit_teacher_remote", lambda cfg, d: given.append(d) or real_teacher(cfg, d))
+    monkeypatch.setattr(trial, "fit_teacher_remote",
+                        lambda cfg, d, after=None: given.append(d) or real_teacher(cfg, d, after))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert search.main(["--storage-path", str(tmp_path), "--name", "h", "--set", "max_samples=240",

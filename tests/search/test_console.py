@@ -63,3 +63,12 @@ def test_configure_reaches_a_ray_imported_before_it(monkeypatch):
     console.configure(io.StringIO())
     assert constants.RAY_DISABLE_WORKER_LOG_PREFIX is True
     assert ray_logging.stdout_deduplicator.allow_re.search("[5cb43b1c] epoch 3/12  val_acc=0.9721")
+
+
+def test_worker_env_carries_the_quiet_settings_to_other_nodes():
+    # what run_search passes as ray.init(runtime_env={"env_vars": ...}): only the QUIET keys in force
+    environ = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_COLOR_PREFIX": "0", "HOME": "/root",
+               "RAY_DEDUP_LOGS_ALLOW_REGEX": console.OWN_LINES}  # read by the driver alone
+    assert console.worker_env(environ) == {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_COLOR_PREFIX": "0"}
+    assert console.worker_env({}) == {}
+    assert set(console.worker_env({**console.settings(terminal=False)})) == set(console.QUIET)

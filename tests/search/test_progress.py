@@ -142,3 +142,80 @@ def test_eta_error_scores_the_estimate_made_at_a_third_of_the_time(eta_error, tm
     assert "phase trials" in capsys.readouterr().out
     (tmp_path / "progress.jsonl").write_text(json.dumps({"time": t0, "phase": "start"}) + "\n")
     assert eta_error.main([str(tmp_path)]) == 2  # not finished: said, not a traceback
+
+
+# --- the whole search planned during the teacher phase (AfterTeacher) ------------------------------
+
+def test_after_teacher_schedules_both_stages_in_units_of_the_teachers_epoch():
+    # teacher epoch 10 s: stage 1 jobs 0.5*2*10 = 10, 10 and 1.0*1*10 = 10 on 2 slots -> 20; then
+    # stage 2: two jobs of 1.0*3*10 = 30 side by side -> 30
+    after = progress.AfterTeacher(stage1=((0.5, 2), (0.5, 2), (1.0, 1)), stage2=((1.0, 3),) * 2, slots=2)
+    assert after.seconds(10.0) == 50
+    assert progress.AfterTeacher().seconds(10.0) == 0
+
+
+def test_epoch_ratio_counts_steps_and_a_third_of_a_step_per_validation_batch():
+    # a step of 0.1 s over 1,000 rows (10 steps) against the teacher's 0.2 s over 4,000 (40 steps)
+    assert progress.epoch_ratio(0.1, 100, 1000, 0.2, 100, 4000) == pytest.approx(1 / 8)
+    # 300 validation rows are 100 rows' worth of steps in both epochs
+    assert progress.epoch_ratio(0.1, 100, 1000, 0.2, 100, 4000, val_rows=300) == pytest.approx(1.1 / 8.2)
+    assert progress.ratio_growth(0.25, 4000, 0) == pytest.approx(4)
+    assert progress.ratio_growth(0.25, 4000, 3000) == pytest.approx(5000 / 2000)  # validation does not grow
+
+
+def test_expected_epochs_under_mo_asha_rungs():
+    # no rung below the last epoch: every trial trains to the end
+    assert progress.expected_epochs(3, 4, [4], 3) == [4.0, 4.0, 4.0]
+    # rungs 1, 3, 9 of 12 epochs, one objective: the first trial always continues; the second one
+    # continues at rung 1 iff it beats the first (1/2), and then at every later rung (same rank): 6.5
+    first, second = progress.expected_epochs(2, 12, [1, 3, 9], 3, objectives=1, repeats=2000)
+    assert first == 12 and second == pytest.approx(6.5, abs=0.4)
+    many = progress.expected_epochs(40, 12, [1, 3, 9], 3, simulated=12)
+    assert len(many) == 40 and many[0] == 12 and many[-1] == many[12] < 6  # levelled off, extrapolated
+
+
+def test_plan_after_teacher_on_the_fashion_mnist_space_with_equal_steps(monkeypatch):
+    """Every model's step timed at 1 s: the ratios are the data's alone. Stage 1: 12,000 rows and
+    12,000 validation rows (4,000 rows' worth of steps) against the teacher's 48,000 + 4,000; stage 2
+    on all 48,000 rows, as long as the teacher's epoch (both batch 128)."""
+    import torch
+
+    from raytune_ft.space import builtin_space_path, load_space
+
+    monkeypatch.setattr(progress, "step_seconds", lambda *args, **kwargs: 1.0)
+    space = load_space(builtin_space_path("fashion_mnist"))
+    x = torch.zeros(4, 3, 28, 28)
+    after = progress.plan_after_teacher(space, space.teacher_config(), x, x, 10, 48_000, 12_000)
+    assert after.slots == 2 and len(after.stage1) == 10
+    assert all(r == pytest.approx(16_000 / 52_000) for r, _ in after.stage1)
+    assert [n for _, n in after.stage1] == progress.expected_epochs(10, 12, [1, 3, 9], 3)
+    assert len(after.stage2) == 2 and all(r == pytest.approx(1.0) and n == 30 for r, n in after.stage2)
+
+
+def test_eta_error_replays_a_plan_over_a_recorded_teacher(eta_error, tmp_path):
+    t0 = 1_000.0
+    rows = [{"time": t0, "phase": "start"},
+            {"time": t0 + 10, "phase": "teacher", "elapsed_s": 10, "eta_s": 30, "epoch": 1, "epochs": 4},
+            {"time": t0 + 20, "phase": "teacher", "elapsed_s": 20, "eta_s": 20, "epoch": 2, "epochs": 4},
+            {"time": t0 + 40, "phase": "teacher", "elapsed_s": 40, "eta_s": 0, "epoch": 4, "epochs": 4},
+            {"time": t0 + 100, "phase": "end"}]
+    replayed = eta_error.replay(rows, {"stage1": [[1.0, 2], [1.0, 2]], "stage2": [], "slots": 1})
+    # epoch 2: 2 epochs left at 10 s = 20, then two trials of 2 teacher epochs = 40 -> 60
+    assert replayed[2]["eta_s"] == pytest.approx(60) and replayed[2]["teacher_eta_s"] == pytest.approx(20)
+    result = eta_error.measure(replayed, at=0.2, trials_end=t0 + 90)  # at t0 + 20: 70 s left to the last trial
+    assert result["estimate"]["covers"] == "search"
+    assert result["estimate"]["relative_error"] == pytest.approx((60 - 70) / 70)
+    half = eta_error.measure(replayed, at=0.5, trials_end=t0 + 90)["phases"]["teacher"]
+    assert half["estimate_s"] == pytest.approx(20) and half["actual_s"] == 20  # its own share, at t0 + 20
+
+
+def test_stage_two_lines_are_labelled_and_say_the_time_left(capsys):
+    from raytune_ft.search.trial import Progress
+
+    p = Progress(2, {"val_acc": "max"}, epochs=3, stage="stage 2 ", plan=progress.Plan(slots=2))
+    p.clock.start("a", "m", 0.0)
+    p.clock.epoch("a", 10.0)
+    p.on_trial_start(0, [_trial("a", "RUNNING", 1), _trial("b", "PENDING", 0)], _trial("b", "PENDING", 0))
+    line = capsys.readouterr().out
+    # a: 2 epochs left at 10 s; b: 3 epochs at a's 10 s after it (one trial has run at a time so far): 50 s
+    assert line.startswith("stage 2 [0/2 done, 1 running") and "~0.8 min left" in line and "trial b started" in line

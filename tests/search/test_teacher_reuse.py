@@ -78,7 +78,7 @@ def test_a_teacher_that_cannot_be_fitted_stops_the_search_before_any_trial_namin
     class TaskError(Exception):  # the shape of ray.exceptions.RayTaskError: the remote exception as .cause
         cause = FloatingPointError("the loss is nan at step 3 (lr 1e+30)")
 
-    def fails(cfg, data):
+    def fails(cfg, data, after=None):
         raise TaskError("ray::fit_teacher() (pid=1) ... a long remote traceback")
 
     monkeypatch.setattr(trial, "fit_teacher_remote", fails)
