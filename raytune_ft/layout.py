@@ -52,7 +52,7 @@ TUNE_RESULT_JSON = "result.json"  # one line per reported epoch
 TUNE_ERROR_TXT = "error.txt"  # a failed trial's traceback
 TUNE_ERROR_PKL = "error.pkl"  # the same exception, pickled
 
-# a checkpoint folder (a trial's, or the dense teacher's teacher/): models.save_checkpoint
+# a checkpoint folder (a trial's, or the dense teacher's teacher/): checkpoints.save_checkpoint
 CHECKPOINT_WEIGHTS = "model.pt"  # the state dict, plain tensors (torch.load(weights_only=True))
 CHECKPOINT_META = "checkpoint.json"  # the resolved config, class names and metrics
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from raytune_ft import models
+from raytune_ft import checkpoints, models
 
 IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
@@ -72,9 +72,9 @@ def test_checkpoint_roundtrip_is_exact(tmp_path):
     model = models.build_model("efficientnet_lite0", 3, weights="none").eval()
     with torch.no_grad():
         model.conv_stem.weight[0].zero_()
-    models.save_checkpoint(tmp_path, model, config={"model": "efficientnet_lite0", "dropout": 0.0},
+    checkpoints.save_checkpoint(tmp_path, model, config={"model": "efficientnet_lite0", "dropout": 0.0},
                            class_names=("a", "b", "c"), metrics={"val_acc": 0.5})
-    loaded, meta = models.load_checkpoint(tmp_path)
+    loaded, meta = checkpoints.load_checkpoint(tmp_path)
     assert meta["class_names"] == ["a", "b", "c"] and meta["metrics"]["val_acc"] == 0.5
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), loaded(x))
@@ -89,9 +89,9 @@ def test_channel_pruned_checkpoint_rebuilds_from_tensor_shapes(tmp_path):
                                            scope="global", head=model.get_classifier())
     pruner.step()
     model.eval()
-    models.save_checkpoint(tmp_path, model, config={"model": "efficientnet_lite0"}, class_names=tuple("abcde"),
+    checkpoints.save_checkpoint(tmp_path, model, config={"model": "efficientnet_lite0"}, class_names=tuple("abcde"),
                            metrics={})
-    loaded, _ = models.load_checkpoint(tmp_path)
+    loaded, _ = checkpoints.load_checkpoint(tmp_path)
     x = torch.randn(3, 3, 32, 32)
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
     assert torch.equal(model(x), loaded(x))
@@ -105,9 +105,9 @@ def test_torchvision_model_by_name_gets_a_new_head_and_checkpoints(tmp_path):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
     assert models.head_parameter_names(model) == {"fc.1.weight", "fc.1.bias"}  # Dropout, then Linear
     assert isinstance(models.classifier(model)[0], torch.nn.Dropout)
-    models.save_checkpoint(tmp_path, model.eval(), config={"model": "torchvision/resnet18", "dropout": 0.2},
+    checkpoints.save_checkpoint(tmp_path, model.eval(), config={"model": "torchvision/resnet18", "dropout": 0.2},
                            class_names=tuple("abcdefg"), metrics={})
-    loaded, _ = models.load_checkpoint(tmp_path)
+    loaded, _ = checkpoints.load_checkpoint(tmp_path)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), loaded(x))
 
@@ -235,7 +235,7 @@ def test_the_teachers_baselines_use_its_own_view_and_record_how_files_were_decod
     teacher_cfg = dataclasses.replace(space.teacher_config(), model="efficientnet_lite0", weights="none", image_size=32)
     torch.manual_seed(0)
     net = models.build_model(teacher_cfg.model, 2, weights="none")
-    models.save_checkpoint(tmp_path / "teacher", net, config=teacher_cfg.to_dict(),
+    checkpoints.save_checkpoint(tmp_path / "teacher", net, config=teacher_cfg.to_dict(),
                            class_names=splits.class_names, metrics={"val_acc": 0.5, "epoch": 1})
     space = space.with_overrides([f"teacher.checkpoint={tmp_path / 'teacher'}", "latency_budget_s=0.05"])
     exp = tmp_path / "exp"
@@ -357,9 +357,9 @@ def test_compact_cnn_is_a_timm_model_that_prunes_checkpoints_and_exports(tmp_pat
     channel_pruning.ChannelPruner(model, torch.randn(2, 3, 28, 28), ratio=0.5, importance="l2", steps=1,
                                   scope="uniform", head=model.get_classifier()).step()
     assert model.fc.in_features == 32 and model(torch.randn(2, 3, 28, 28)).shape == (2, 10)
-    models.save_checkpoint(tmp_path / "ckpt", model, config={"model": "compact_cnn_16", "dropout": 0.1},
+    checkpoints.save_checkpoint(tmp_path / "ckpt", model, config={"model": "compact_cnn_16", "dropout": 0.1},
                            class_names=tuple("abcdefghij"), metrics={})
-    loaded, _ = models.load_checkpoint(tmp_path / "ckpt")
+    loaded, _ = checkpoints.load_checkpoint(tmp_path / "ckpt")
     x = torch.randn(4, 3, 28, 28)
     assert torch.equal(loaded(x), model.eval()(x))
     export.export_model(loaded, tmp_path / "export", image_size=28, manifest={})

@@ -13,7 +13,6 @@ the student's view into the teacher's (renormalize, resize).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raytune_ft import checkpoints, models
 from raytune_ft import data as data_mod
-from raytune_ft import layout, models
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 
@@ -183,10 +182,10 @@ def class_difference(teacher: tuple[str, ...] | list[str], dataset: tuple[str, .
 def check_checkpoint_classes(path: str | Path, class_names: tuple[str, ...], key: str = "teacher.checkpoint") -> dict:
     """The checkpoint.json of teacher checkpoint `path`; ModelError naming `key` unless it was
     trained on exactly `class_names` (same names, same order: the logits index the classes)."""
-    meta_path = Path(path) / layout.CHECKPOINT_META
-    if not meta_path.is_file():
-        raise models.ModelError(f"{key}: {str(path)!r} is not a raytune_ft checkpoint (no {layout.CHECKPOINT_META})")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = checkpoints.read_meta(path)
+    except models.ModelError as err:
+        raise models.ModelError(f"{key}: {err}") from err
     if list(meta["class_names"]) != list(class_names):
         raise models.ModelError(f"{key}: {str(path)!r} was trained on other classes than the dataset: "
                                 f"{class_difference(meta['class_names'], class_names)}")

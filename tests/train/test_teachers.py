@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from raytune_ft import data, models
+from raytune_ft import checkpoints, data, models
 from raytune_ft.config import TrialConfig
 from raytune_ft.space.spaces import SpaceError, load_space
 from raytune_ft.train import teachers
@@ -164,7 +164,7 @@ def test_class_difference_names_what_differs():
 def _foreign_checkpoint(folder: Path) -> Path:
     """A raytune_ft checkpoint of a 3-class teacher (digits has 10)."""
     model = models.build_model("efficientnet_lite0", 3, weights="none")
-    models.save_checkpoint(folder, model, config=TrialConfig().to_dict(), class_names=("cat", "dog", "0"),
+    checkpoints.save_checkpoint(folder, model, config=TrialConfig().to_dict(), class_names=("cat", "dog", "0"),
                            metrics={})
     return folder
 
@@ -245,7 +245,7 @@ def test_students_of_two_architectures_share_one_front_and_reload(tmp_path):
         better = trials[(trials.val_acc >= row.val_acc) & (trials.nonzero_params <= row.nonzero_params)
                         & ((trials.val_acc > row.val_acc) | (trials.nonzero_params < row.nonzero_params))]
         assert better.empty, f"{row.trial_id} is dominated by {list(better.trial_id)}"
-        model, meta = models.load_checkpoint(row.checkpoint)
+        model, meta = checkpoints.load_checkpoint(row.checkpoint)
         assert meta["config"]["model"] == row.model
         splits = data.load_splits(TrialConfig.from_dict(meta["config"]))
         program = torch.export.load(str(Path(row.export_path) / "model.pt2"))
