@@ -195,25 +195,26 @@ def test_searched_architectures_train_and_test_on_one_decode_of_a_folder(tmp_pat
     images: test 0.836 at val 0.914.)"""
     from raytune_ft import data as data_mod
     from raytune_ft import search
+    from raytune_ft.data import views
     from raytune_ft.train import teachers
 
     space = _fashion_space_on_a_folder(tmp_path)
     cfg = search.students_data_config(space)
     assert cfg.model == "compact_cnn_16" and models.input_config(cfg.model).crop_pct == 1.0
-    mixed = teachers.data_config(space.fixed, ("compact_cnn_16", "efficientnet_lite0"))
+    mixed = views.data_config(space.fixed, ("compact_cnn_16", "efficientnet_lite0"))
     assert mixed.model == "efficientnet_lite0"  # crops differ: one shared view, the default model's
-    fixed = teachers.data_config({**space.fixed, "model": "compact_cnn_24"}, ("compact_cnn_16",))
+    fixed = views.data_config({**space.fixed, "model": "compact_cnn_24"}, ("compact_cnn_16",))
     assert fixed.model == "compact_cnn_24"
 
     splits = data_mod.load_splits(cfg)
     assert splits.decode_view == (1.0, models.input_config(cfg.model).interpolation)
     # a Lite0 teacher: same mean/std and size, but a 0.875 crop
     teacher_cfg = dataclasses.replace(space.teacher_config(), model="efficientnet_lite0", weights="pretrained")
-    assert not teachers.same_view(splits, teacher_cfg)
+    assert not views.same_view(splits, teacher_cfg)
     view = teachers.teacher_splits(splits, teacher_cfg)
     assert view.decode_view[0] == 0.875 and torch.equal(view.y_train, splits.y_train)
     assert not torch.equal(view.x_train, splits.x_train)
-    assert teachers.same_view(splits, dataclasses.replace(teacher_cfg, model="compact_cnn_32"))
+    assert views.same_view(splits, dataclasses.replace(teacher_cfg, model="compact_cnn_32"))
 
 
 def test_the_teachers_baselines_use_its_own_view_and_record_how_files_were_decoded(tmp_path):

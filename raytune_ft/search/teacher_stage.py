@@ -161,8 +161,8 @@ def teacher_baselines(model: Any, cfg: Any, view: Any, metrics: dict[str, Any], 
 
 
 def students_data_config(space) -> Any:
-    """The config the trials' data and the test split are decoded with (teachers.data_config)."""
-    from raytune_ft.train import teachers
+    """The config the trials' data and the test split are decoded with (views.data_config)."""
+    from raytune_ft.data import views
 
     choices = next((tuple(p.choices) for p in space.params if p.name == "model" and p.type == "categorical"), ())
-    return teachers.data_config(space.fixed, choices)
+    return views.data_config(space.fixed, choices)

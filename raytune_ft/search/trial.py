@@ -27,7 +27,7 @@ from ray import tune
 from raytune_ft import data as data_mod
 from raytune_ft import models, train
 from raytune_ft.config import TrialConfig
-from raytune_ft.data import Splits
+from raytune_ft.data import Splits, views
 from raytune_ft.deploy.measure import EPOCH_SIZE_METRICS, epoch_size_metrics, export_and_measure
 from raytune_ft.search import planned, progress
 from raytune_ft.search.inputs import (
@@ -41,7 +41,6 @@ from raytune_ft.search.inputs import (
     training_inputs,
 )
 from raytune_ft.search.progress import Progress
-from raytune_ft.train import teachers
 
 # what callers reach through this module (the glue's public names), though they live beside it
 __all__ = ["EPOCH_SIZE_METRICS", "Progress", "epoch_size_metrics", "export_and_measure", "fit_teacher",
@@ -175,7 +174,7 @@ def tune_trial(
     (training_inputs decides between it and teacher_logits).
     """
     cfg = TrialConfig.from_dict({**fixed, **sampled})
-    data = teachers.student_view(data, cfg)  # a searched architecture may normalize differently
+    data = views.student_view(data, cfg)  # a searched architecture may normalize differently
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
     if cfg.workers_per_trial > 1:
         _ray_train_trial(cfg, data, teacher_logits if cfg.use_kd else None, epoch_metrics, checkpoint_every,
@@ -273,7 +272,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = TrialConfig.from_dict(config["cfg"])
-    data: Splits = teachers.student_view(config["data"], cfg)
+    data: Splits = views.student_view(config["data"], cfg)
     context = ray.train.get_context()
     dist = train.Dist(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
     setup_torch(cfg, cfg.worker_cpus)

@@ -54,19 +54,6 @@ def test_teacher_input_turns_the_student_view_into_the_teachers():
     assert seen["x"] is x  # nothing to convert: the batch goes through untouched
 
 
-def test_student_view_renormalizes_only_when_the_architecture_needs_it():
-    pixels = torch.rand(4, 3, 8, 8)
-    split = data.Splits(_normalize(pixels, TEACHER), torch.arange(4), _normalize(pixels, TEACHER), torch.arange(4),
-                        ("a", "b", "c", "d"), mean=TEACHER.mean, std=TEACHER.std)
-    assert teachers.student_view(split, TrialConfig(model="efficientnet_lite1")) is split  # ImageNet stats
-    vit = TrialConfig(model="vit_tiny_patch16_224")  # timm: mean = std = 0.5
-    inp = models.input_config(vit.model)
-    assert inp.mean != TEACHER.mean
-    view = teachers.student_view(split, vit)
-    torch.testing.assert_close(view.x_train, _normalize(pixels, inp))
-    assert view.mean == inp.mean and torch.equal(view.y_val, split.y_val)
-
-
 def test_teacher_splits_are_the_students_rows_in_the_teachers_input_size():
     """The teacher's view is loaded again at its size from the same rows: labels equal row by row,
     and each teacher image downsampled is close to the student's image of the same row."""
