@@ -4,11 +4,11 @@ Single-worker trials run fit() inside the Tune function trainable (actors are re
 trials): a trial's start-up costs about 3 s against about 21 s for a nested Ray Train run
 (docs/benchmarks.md, "Framework overhead"). With `workers_per_trial > 1` the trainable starts a
 Ray Train `TorchTrainer` (the V2 driver pattern) whose workers run the same fit() as DDP ranks and
-report through `TuneReportCallback`. Also here: a trial's inputs (`training_inputs`,
-`train_subset`), its checkpoints (`save_epoch`, `load_training_checkpoint`), the export and
-measurement of its final model (`export_and_measure`, `epoch_size_metrics`), the resources it asks
-for, and the progress callback (`Progress`). What is not Ray is a call into `train/`, `models`,
-`data/` and `deploy/`.
+report through `TuneReportCallback`. Also here: the resources a trial asks for (`resources_for`,
+`missing_resources`, `missing_data_cpus`) and its folder name. A trial's inputs and checkpoints are
+in search/inputs.py, the export and measurement of its final model in deploy/measure.py, the
+progress callback in search/progress.py (callers reach those names through this module's
+`__all__`). What is not Ray is a call into `train/`, `data/`, `checkpoints` and `deploy/`.
 """
 
 from __future__ import annotations
@@ -46,22 +46,6 @@ from raytune_ft.search.progress import Progress
 __all__ = ["EPOCH_SIZE_METRICS", "Progress", "epoch_size_metrics", "export_and_measure", "fit_teacher",
            "fit_teacher_remote", "load_training_checkpoint", "missing_data_cpus", "missing_resources",
            "online_teacher", "resources_for", "train_subset", "training_inputs", "trial_dirname", "tune_trial"]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def fit_teacher(cfg: TrialConfig, data: Splits, progress_log: str | None = None) -> dict[str, Any]:

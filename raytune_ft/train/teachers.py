@@ -100,7 +100,7 @@ def view_config(teacher_cfg: TrialConfig, checkpoint_config: dict[str, Any] | No
 def teacher_splits(data: Splits, teacher_cfg: TrialConfig) -> Splits:
     """The teacher's own view of the students' split `data`: loaded again with the teacher's
     normalization and image_size from the same images (the data settings, data_seed included, are
-    the students': space_parsing.SHARED_DATA_FIELDS), so row i is the same image in both. `data`
+    the students': space.parsing.SHARED_DATA_FIELDS), so row i is the same image in both. `data`
     itself when the views agree. The labels and class names are compared: a mismatch would make
     the precomputed logits' index lookup wrong and raises."""
     if views.same_view(data, teacher_cfg):
