@@ -75,7 +75,7 @@ def make_teacher(directory: Path, max_samples: int) -> None:
     splits = data.load_splits(cfg)
     model = models.build_model(cfg.model, splits.num_classes, weights="pretrained")
     checkpoints.save_checkpoint(directory, model, config=cfg.to_dict(), class_names=splits.class_names,
-                           metrics={"epoch": 1, "val_acc": 0.0, "params": 0, "nonzero_params": 0})
+                                metrics={"epoch": 1, "val_acc": 0.0, "params": 0, "nonzero_params": 0})
 
 
 def space_file(path: Path, teacher: Path, max_samples: int, epochs: int, batch_size: int, threads: int,

@@ -73,7 +73,7 @@ def test_checkpoint_roundtrip_is_exact(tmp_path):
     with torch.no_grad():
         model.conv_stem.weight[0].zero_()
     checkpoints.save_checkpoint(tmp_path, model, config={"model": "efficientnet_lite0", "dropout": 0.0},
-                           class_names=("a", "b", "c"), metrics={"val_acc": 0.5})
+                                class_names=("a", "b", "c"), metrics={"val_acc": 0.5})
     loaded, meta = checkpoints.load_checkpoint(tmp_path)
     assert meta["class_names"] == ["a", "b", "c"] and meta["metrics"]["val_acc"] == 0.5
     x = torch.randn(2, 3, 32, 32)
@@ -90,7 +90,7 @@ def test_channel_pruned_checkpoint_rebuilds_from_tensor_shapes(tmp_path):
     pruner.step()
     model.eval()
     checkpoints.save_checkpoint(tmp_path, model, config={"model": "efficientnet_lite0"}, class_names=tuple("abcde"),
-                           metrics={})
+                                metrics={})
     loaded, _ = checkpoints.load_checkpoint(tmp_path)
     x = torch.randn(3, 3, 32, 32)
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
@@ -106,7 +106,7 @@ def test_torchvision_model_by_name_gets_a_new_head_and_checkpoints(tmp_path):
     assert models.head_parameter_names(model) == {"fc.1.weight", "fc.1.bias"}  # Dropout, then Linear
     assert isinstance(models.classifier(model)[0], torch.nn.Dropout)
     checkpoints.save_checkpoint(tmp_path, model.eval(), config={"model": "torchvision/resnet18", "dropout": 0.2},
-                           class_names=tuple("abcdefg"), metrics={})
+                                class_names=tuple("abcdefg"), metrics={})
     loaded, _ = checkpoints.load_checkpoint(tmp_path)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), loaded(x))
@@ -237,7 +237,7 @@ def test_the_teachers_baselines_use_its_own_view_and_record_how_files_were_decod
     torch.manual_seed(0)
     net = models.build_model(teacher_cfg.model, 2, weights="none")
     checkpoints.save_checkpoint(tmp_path / "teacher", net, config=teacher_cfg.to_dict(),
-                           class_names=splits.class_names, metrics={"val_acc": 0.5, "epoch": 1})
+                                class_names=splits.class_names, metrics={"val_acc": 0.5, "epoch": 1})
     space = space.with_overrides([f"teacher.checkpoint={tmp_path / 'teacher'}", "latency_budget_s=0.05"])
     exp = tmp_path / "exp"
     exp.mkdir()
@@ -359,7 +359,7 @@ def test_compact_cnn_is_a_timm_model_that_prunes_checkpoints_and_exports(tmp_pat
                                   scope="uniform", head=model.get_classifier()).step()
     assert model.fc.in_features == 32 and model(torch.randn(2, 3, 28, 28)).shape == (2, 10)
     checkpoints.save_checkpoint(tmp_path / "ckpt", model, config={"model": "compact_cnn_16", "dropout": 0.1},
-                           class_names=tuple("abcdefghij"), metrics={})
+                                class_names=tuple("abcdefghij"), metrics={})
     loaded, _ = checkpoints.load_checkpoint(tmp_path / "ckpt")
     x = torch.randn(4, 3, 28, 28)
     assert torch.equal(loaded(x), model.eval()(x))

@@ -145,6 +145,6 @@ def save_epoch(cfg: TrialConfig, data: Splits, metrics: dict[str, Any], model: t
           flush=True)
     if written:
         checkpoints.save_checkpoint(directory, model, config=cfg.to_dict(), class_names=data.class_names,
-                               metrics=metrics)
+                                    metrics=metrics)
     return metrics, written
 

@@ -28,7 +28,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, file: str):
     folder, marker = tmp_path / "ckpt", tmp_path / "pwned"
     model = models.build_model("test_efficientnet", 3, weights="none")
     checkpoints.save_checkpoint(folder, model, config={"model": "test_efficientnet"}, class_names=("a", "b", "c"),
-                           metrics={})
+                                metrics={})
     if file == layout.TRAINING_STATE:
         torch.save({"epoch": 1, "step": _RunsCode(marker)}, folder / file)
     else:

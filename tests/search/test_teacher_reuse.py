@@ -16,7 +16,7 @@ from raytune_ft.search import teacher_reuse
 def _fitted(root, name: str, cfg: TrialConfig) -> None:
     teacher_dir = root / name / layout.TEACHER_DIR
     checkpoints.save_checkpoint(teacher_dir, models.build_model("compact_cnn_16", 3, weights="none"),
-                           config=cfg.to_dict(), class_names=("a", "b", "c"), metrics={"val_acc": 0.9})
+                                config=cfg.to_dict(), class_names=("a", "b", "c"), metrics={"val_acc": 0.9})
     teacher_reuse.write_key(teacher_dir, cfg.to_dict())
 
 
@@ -55,7 +55,8 @@ def test_a_search_reuses_the_teacher_and_records_where_it_came_from(tmp_path, ca
     cfg = space.teacher_config()
     teacher_dir = tmp_path / "first" / layout.TEACHER_DIR
     checkpoints.save_checkpoint(teacher_dir, models.build_model(cfg.model, splits.num_classes, weights="none"),
-                           config=cfg.to_dict(), class_names=splits.class_names, metrics={"val_acc": 0.5, "epoch": 1})
+                                config=cfg.to_dict(), class_names=splits.class_names,
+                                metrics={"val_acc": 0.5, "epoch": 1})
     teacher_reuse.write_key(teacher_dir, cfg.to_dict())
     second = tmp_path / "second"
     second.mkdir()

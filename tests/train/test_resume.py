@@ -47,7 +47,7 @@ def _run(cfg: TrialConfig, splits, teacher, *, model=None, resume=None, save_aft
         reports.append(dict(metrics))
         if metrics["epoch"] == save_after:
             checkpoints.save_checkpoint(folder, model, config=cfg.to_dict(), class_names=splits.class_names,
-                                   metrics=metrics)
+                                        metrics=metrics)
             torch.save(state(), folder / layout.TRAINING_STATE)
 
     train.fit(cfg, model, splits, head_names=models.head_parameter_names(model), report=report,

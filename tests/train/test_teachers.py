@@ -152,7 +152,7 @@ def _foreign_checkpoint(folder: Path) -> Path:
     """A raytune_ft checkpoint of a 3-class teacher (digits has 10)."""
     model = models.build_model("efficientnet_lite0", 3, weights="none")
     checkpoints.save_checkpoint(folder, model, config=TrialConfig().to_dict(), class_names=("cat", "dog", "0"),
-                           metrics={})
+                                metrics={})
     return folder
 
 

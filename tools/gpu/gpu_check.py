@@ -147,7 +147,7 @@ def family_case(case: str, *, cpu_smoke: bool, work: Path) -> dict[str, Any]:
             checkpoint.mkdir(parents=True, exist_ok=True)
             torch.save(state(), checkpoint / layout.TRAINING_STATE)
             checkpoints.save_checkpoint(checkpoint, model, config=cfg.to_dict(), class_names=data.class_names,
-                                   metrics=metrics)
+                                        metrics=metrics)
             raise _Interrupted
 
         try:
