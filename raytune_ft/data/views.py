@@ -36,8 +36,8 @@ def data_config(fixed: dict[str, Any], model_choices: tuple[str, ...] = ()) -> T
     cfg = TrialConfig.from_dict(fixed)
     if "model" in fixed or not model_choices:
         return cfg
-    views = {(models.input_config(m).crop_pct, models.input_config(m).interpolation) for m in model_choices}
-    return TrialConfig.from_dict({**fixed, "model": model_choices[0]}) if len(views) == 1 else cfg
+    decodes = {(models.input_config(m).crop_pct, models.input_config(m).interpolation) for m in model_choices}
+    return TrialConfig.from_dict({**fixed, "model": model_choices[0]}) if len(decodes) == 1 else cfg
 
 
 def renormalize(x: torch.Tensor, mean: tuple, std: tuple, model: str) -> torch.Tensor:
