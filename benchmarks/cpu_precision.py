@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from gpu_throughput import _cpu_model  # benchmarks/ is on sys.path when this script runs
+from gpu_throughput import cpu_model  # benchmarks/ is on sys.path when this script runs
 
 from raytune_ft import models, train
 from raytune_ft.families.base import autocast
@@ -63,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size).contiguous(memory_format=torch.channels_last)
-    lines = [f"CPU: {_cpu_model()}, {args.threads} thread(s), batch {args.batch_size}, {args.image_size} px, "
+    lines = [f"CPU: {cpu_model()}, {args.threads} thread(s), batch {args.batch_size}, {args.image_size} px, "
              f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; images/s, median [min-max] of "
              f"{args.repeats} steps", "",
              "| model | role | fp32 | bf16 autocast | bf16 / fp32 | amp: auto picks |",

@@ -125,6 +125,7 @@ def main() -> None:
 
     from raytune_ft import data as data_mod
     from raytune_ft import train
+    from raytune_ft.data import views
     from raytune_ft.space import spaces
     from raytune_ft.train import teachers
 
@@ -163,7 +164,7 @@ def main() -> None:
                                   **({"cpus_per_trial": args.threads} if args.threads else {}))
         if cfg.use_kd and logits is None:
             raise SystemExit("a recipe uses KD: give --teacher runs first (the last one is the teacher)")
-        view = teachers.student_view(student_data, cfg)
+        view = views.student_view(student_data, cfg)
         with tempfile.TemporaryDirectory() as tmp:
             record, _, _ = train_curve(cfg, view, teacher_logits=logits if cfg.use_kd else None,
                                        teacher_model=teacher_model if cfg.use_kd else None,

@@ -108,11 +108,11 @@ def load_teacher(path: str, space: Space, data: Any, need_logits: bool) -> tuple
     """The teacher as the search's trials get it (teacher_stage.obtain_teacher, loading branch):
     train-set logits on its own view of the students' rows (for KD without augmentation) and
     {"config", "state_dict"} for the online teacher (KD with augmentation)."""
-    from raytune_ft import models, train
+    from raytune_ft import checkpoints, train
     from raytune_ft.train import teachers
 
     teachers.check_checkpoint_classes(path, data.class_names)
-    model, meta = models.load_checkpoint(path)
+    model, meta = checkpoints.load_checkpoint(path)
     cfg = teachers.view_config(space.teacher_config(), meta["config"])
     logits = train.predict_logits(model, teachers.teacher_splits(data, cfg).x_train) if need_logits else None
     model.cpu()
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="RandomSampler's seed (default: search.seed)")
     p.add_argument("--models", nargs="*", help="draw only recipes with these architectures")
     p.add_argument("--no-kd", action="store_true", help="use_kd pinned to false (no teacher needed)")
-    p.add_argument("--teacher-checkpoint", help="the teacher (a models.save_checkpoint folder) for recipes with KD")
+    p.add_argument("--teacher-checkpoint", help="the teacher (a checkpoint folder) for recipes with KD")
     p.add_argument("--no-initial", action="store_true", help="leave out the space's search.initial recipes")
     p.add_argument("--full-epochs", type=int, help="the reference's epochs (default: the space's epochs)")
     p.add_argument("--equal-epochs", type=int, help="full_equal_cost's epochs (default: epochs x data_fraction)")

@@ -136,7 +136,7 @@ def main() -> int:
         where = f"{torch.cuda.get_device_name()} ({platform.machine()})"
         dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16 + GradScaler"
     else:
-        where = f"{_cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads"
+        where = f"{cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads"
         dtype = "bf16"
     command = "python " + " ".join(sys.argv)
     lines = [f"""
@@ -157,7 +157,7 @@ Command: `{command}`
     return 0
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy.stats import kendalltau
 
-from raytune_ft import layout, models
+from raytune_ft import checkpoints, layout
 from raytune_ft.families.quantization import int8_weight_bytes
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     for path in files:
         checkpoint = path.parent.parent
-        model, _ = models.load_checkpoint(checkpoint)
+        model, _ = checkpoints.load_checkpoint(checkpoint)
         real.append(len(gzip.compress(path.read_bytes(), compresslevel=6)))
         standin.append(len(gzip.compress(int8_weight_bytes(model), compresslevel=6)))
         name = "/".join(checkpoint.parts[-3:])

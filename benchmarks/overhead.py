@@ -68,14 +68,14 @@ def bare(max_samples: int, epochs: int, batch_size: int, threads: int) -> None:
 
 def make_teacher(directory: Path, max_samples: int) -> None:
     """A teacher checkpoint for the search to load (not timed): the pretrained model as is."""
-    from raytune_ft import data, models
+    from raytune_ft import checkpoints, data, models
     from raytune_ft.config import TrialConfig
 
     cfg = TrialConfig(max_samples=max_samples, image_size=32, epochs=1, export=False)
     splits = data.load_splits(cfg)
     model = models.build_model(cfg.model, splits.num_classes, weights="pretrained")
-    models.save_checkpoint(directory, model, config=cfg.to_dict(), class_names=splits.class_names,
-                           metrics={"epoch": 1, "val_acc": 0.0, "params": 0, "nonzero_params": 0})
+    checkpoints.save_checkpoint(directory, model, config=cfg.to_dict(), class_names=splits.class_names,
+                                metrics={"epoch": 1, "val_acc": 0.0, "params": 0, "nonzero_params": 0})
 
 
 def space_file(path: Path, teacher: Path, max_samples: int, epochs: int, batch_size: int, threads: int,

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
+from raytune_ft import checkpoints, models, train
 from raytune_ft import data as data_mod
-from raytune_ft import models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.deploy import holdout
 from raytune_ft.search import trial
@@ -77,7 +77,7 @@ def run(name: str, fields: dict[str, Any], space_fixed: dict[str, Any], threads:
     model = model.to(memory_format=torch.contiguous_format)
     correct = int((train.predict_logits(model, x_test).argmax(1) == y_test).sum())
     n = len(y_test)
-    models.save_checkpoint(ckpt_root / name, model, config=cfg.to_dict(), class_names=data.class_names,
+    checkpoints.save_checkpoint(ckpt_root / name, model, config=cfg.to_dict(), class_names=data.class_names,
                            metrics={k: v for k, v in metrics.items() if isinstance(v, int | float | str)})
     return {"fields": fields, "val_acc": metrics["val_acc"], "test_acc": correct / n,
             "test_wilson95": list(holdout.wilson_interval(correct, n)), "n_test": n, "fit_s": wall,

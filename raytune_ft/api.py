@@ -220,7 +220,7 @@ class Experiment:
     def torch_model(self, trial_id: str) -> tuple[torch.nn.Module, Preprocessing]:
         """The trial's trained network as a PyTorch module (eval mode, fp32: for an int8 trial the
         network before ONNX Runtime quantized it, `val_acc_fp32`) and its preprocessing."""
-        from raytune_ft import models
+        from raytune_ft import checkpoints, models
 
         row = self._row(trial_id)
         if not isinstance(row.get("checkpoint"), str):
@@ -229,7 +229,7 @@ class Experiment:
         folder = results.local_path(self.record, row["checkpoint"])
         if folder is None or not folder.is_dir():
             raise FileNotFoundError(f"trial {trial_id}: checkpoint folder {row['checkpoint']!r} not found")
-        model, meta = models.load_checkpoint(folder)
+        model, meta = checkpoints.load_checkpoint(folder)
         export = folder / layout.EXPORT_DIR
         if (export / layout.MANIFEST).is_file():
             return model, self._preprocessing(export)

@@ -31,7 +31,7 @@ class TrialConfig:
     model: str = "efficientnet_lite0"  # a timm model name, or "torchvision/NAME" (models.py)
     weights: str = "pretrained"  # "pretrained", "none", "auto" (pretrained where local weights exist), or a file
     dataset: str = "digits"  # one of DATASETS
-    data_root: str | None = None  # folder for imagefolder / cifar10 / cifar100 / parquet (data.py)
+    data_root: str | None = None  # folder for imagefolder / cifar10 / cifar100 / parquet (data/)
     image_size: int = 32  # square input side in pixels
     val_fraction: float = 0.2  # stratified hold-out used for val_acc (selection, early stopping, sampler)
     test_fraction: float = 0.2  # stratified hold-out no selection touches (test_acc, after the search), where

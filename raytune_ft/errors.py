@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class ModelError(ValueError):
+    """A model name or weights file the user gave cannot be used (models, networks, checkpoints)."""
+
+
 class ExportError(RuntimeError):
     """The model cannot be exported or quantized; the message is one line naming the step."""
 

@@ -5,9 +5,9 @@ export, results, analysis, the Python API) take the names from here.
     <storage>/<name>/                      one experiment
         space.json  space.yaml  trials.csv  pareto.csv  pareto.png  report.html  optuna_trials.csv
         optuna_journal.log  mlflow.db  skipped.txt
-        teacher.json  baselines.csv  test_front.json
+        teacher.json  teacher_gate.json  baselines.csv  test_front.json
         teacher/                           the dense teacher: model.pt  checkpoint.json  train_logits.pt
-                                           export/ (fp32)  export_int8/ (int8 PTQ)
+                                           teacher_key.json  export/ (fp32)  export_int8/ (int8 PTQ)
         confirmed.csv  confirm/  mo_asha_state.pkl  stage2/  fidelity.csv  fidelity.json  progress.jsonl
         <Tune's trial folders>/            params.json  result.json  error.txt  error.pkl  checkpoint_*/
     <trial>/checkpoint_*/                  model.pt  checkpoint.json, and training_state.pt (to resume)
@@ -52,7 +52,7 @@ TUNE_RESULT_JSON = "result.json"  # one line per reported epoch
 TUNE_ERROR_TXT = "error.txt"  # a failed trial's traceback
 TUNE_ERROR_PKL = "error.pkl"  # the same exception, pickled
 
-# a checkpoint folder (a trial's, or the dense teacher's teacher/): models.save_checkpoint
+# a checkpoint folder (a trial's, or the dense teacher's teacher/): checkpoints.save_checkpoint
 CHECKPOINT_WEIGHTS = "model.pt"  # the state dict, plain tensors (torch.load(weights_only=True))
 CHECKPOINT_META = "checkpoint.json"  # the resolved config, class names and metrics
 

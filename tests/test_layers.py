@@ -13,7 +13,7 @@ ROOT = "raytune_ft"  # the package root: it re-exports the API lazily, so it is 
 
 # lowest first; a module may import its own layer's modules and any layer below
 LAYERS = [
-    ("config", "data_fraction", "errors", "layout", "models", "pareto"),
+    ("config", "data_fraction", "errors", "layout", "networks", "models", "checkpoints", "pareto"),
     ("space", "data"),
     ("families",),
     ("train",),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from raytune_ft import models
+from raytune_ft import checkpoints, models
 
 IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
@@ -68,35 +68,6 @@ def test_weights_file_loads_and_shape_mismatch_is_reported(tmp_path):
         models.build_model("resnet34", 4, weights=str(path))
 
 
-def test_checkpoint_roundtrip_is_exact(tmp_path):
-    model = models.build_model("efficientnet_lite0", 3, weights="none").eval()
-    with torch.no_grad():
-        model.conv_stem.weight[0].zero_()
-    models.save_checkpoint(tmp_path, model, config={"model": "efficientnet_lite0", "dropout": 0.0},
-                           class_names=("a", "b", "c"), metrics={"val_acc": 0.5})
-    loaded, meta = models.load_checkpoint(tmp_path)
-    assert meta["class_names"] == ["a", "b", "c"] and meta["metrics"]["val_acc"] == 0.5
-    x = torch.randn(2, 3, 32, 32)
-    assert torch.equal(model(x), loaded(x))
-    assert int((loaded.conv_stem.weight[0] == 0).sum()) == loaded.conv_stem.weight[0].numel()
-
-
-def test_channel_pruned_checkpoint_rebuilds_from_tensor_shapes(tmp_path):
-    from raytune_ft.families import channel_pruning
-
-    model = models.build_model("efficientnet_lite0", 5, weights="none")
-    pruner = channel_pruning.ChannelPruner(model, torch.randn(2, 3, 32, 32), ratio=0.4, importance="l1", steps=1,
-                                           scope="global", head=model.get_classifier())
-    pruner.step()
-    model.eval()
-    models.save_checkpoint(tmp_path, model, config={"model": "efficientnet_lite0"}, class_names=tuple("abcde"),
-                           metrics={})
-    loaded, _ = models.load_checkpoint(tmp_path)
-    x = torch.randn(3, 3, 32, 32)
-    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
-    assert torch.equal(model(x), loaded(x))
-
-
 # --- torchvision models, local caches, weights files ---------------------------------------------
 
 
@@ -105,9 +76,9 @@ def test_torchvision_model_by_name_gets_a_new_head_and_checkpoints(tmp_path):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
     assert models.head_parameter_names(model) == {"fc.1.weight", "fc.1.bias"}  # Dropout, then Linear
     assert isinstance(models.classifier(model)[0], torch.nn.Dropout)
-    models.save_checkpoint(tmp_path, model.eval(), config={"model": "torchvision/resnet18", "dropout": 0.2},
-                           class_names=tuple("abcdefg"), metrics={})
-    loaded, _ = models.load_checkpoint(tmp_path)
+    checkpoints.save_checkpoint(tmp_path, model.eval(), config={"model": "torchvision/resnet18", "dropout": 0.2},
+                                class_names=tuple("abcdefg"), metrics={})
+    loaded, _ = checkpoints.load_checkpoint(tmp_path)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), loaded(x))
 
@@ -195,25 +166,26 @@ def test_searched_architectures_train_and_test_on_one_decode_of_a_folder(tmp_pat
     images: test 0.836 at val 0.914.)"""
     from raytune_ft import data as data_mod
     from raytune_ft import search
+    from raytune_ft.data import views
     from raytune_ft.train import teachers
 
     space = _fashion_space_on_a_folder(tmp_path)
     cfg = search.students_data_config(space)
     assert cfg.model == "compact_cnn_16" and models.input_config(cfg.model).crop_pct == 1.0
-    mixed = teachers.data_config(space.fixed, ("compact_cnn_16", "efficientnet_lite0"))
+    mixed = views.data_config(space.fixed, ("compact_cnn_16", "efficientnet_lite0"))
     assert mixed.model == "efficientnet_lite0"  # crops differ: one shared view, the default model's
-    fixed = teachers.data_config({**space.fixed, "model": "compact_cnn_24"}, ("compact_cnn_16",))
+    fixed = views.data_config({**space.fixed, "model": "compact_cnn_24"}, ("compact_cnn_16",))
     assert fixed.model == "compact_cnn_24"
 
     splits = data_mod.load_splits(cfg)
     assert splits.decode_view == (1.0, models.input_config(cfg.model).interpolation)
     # a Lite0 teacher: same mean/std and size, but a 0.875 crop
     teacher_cfg = dataclasses.replace(space.teacher_config(), model="efficientnet_lite0", weights="pretrained")
-    assert not teachers.same_view(splits, teacher_cfg)
+    assert not views.same_view(splits, teacher_cfg)
     view = teachers.teacher_splits(splits, teacher_cfg)
     assert view.decode_view[0] == 0.875 and torch.equal(view.y_train, splits.y_train)
     assert not torch.equal(view.x_train, splits.x_train)
-    assert teachers.same_view(splits, dataclasses.replace(teacher_cfg, model="compact_cnn_32"))
+    assert views.same_view(splits, dataclasses.replace(teacher_cfg, model="compact_cnn_32"))
 
 
 def test_the_teachers_baselines_use_its_own_view_and_record_how_files_were_decoded(tmp_path):
@@ -235,8 +207,8 @@ def test_the_teachers_baselines_use_its_own_view_and_record_how_files_were_decod
     teacher_cfg = dataclasses.replace(space.teacher_config(), model="efficientnet_lite0", weights="none", image_size=32)
     torch.manual_seed(0)
     net = models.build_model(teacher_cfg.model, 2, weights="none")
-    models.save_checkpoint(tmp_path / "teacher", net, config=teacher_cfg.to_dict(),
-                           class_names=splits.class_names, metrics={"val_acc": 0.5, "epoch": 1})
+    checkpoints.save_checkpoint(tmp_path / "teacher", net, config=teacher_cfg.to_dict(),
+                                class_names=splits.class_names, metrics={"val_acc": 0.5, "epoch": 1})
     space = space.with_overrides([f"teacher.checkpoint={tmp_path / 'teacher'}", "latency_budget_s=0.05"])
     exp = tmp_path / "exp"
     exp.mkdir()
@@ -357,9 +329,9 @@ def test_compact_cnn_is_a_timm_model_that_prunes_checkpoints_and_exports(tmp_pat
     channel_pruning.ChannelPruner(model, torch.randn(2, 3, 28, 28), ratio=0.5, importance="l2", steps=1,
                                   scope="uniform", head=model.get_classifier()).step()
     assert model.fc.in_features == 32 and model(torch.randn(2, 3, 28, 28)).shape == (2, 10)
-    models.save_checkpoint(tmp_path / "ckpt", model, config={"model": "compact_cnn_16", "dropout": 0.1},
-                           class_names=tuple("abcdefghij"), metrics={})
-    loaded, _ = models.load_checkpoint(tmp_path / "ckpt")
+    checkpoints.save_checkpoint(tmp_path / "ckpt", model, config={"model": "compact_cnn_16", "dropout": 0.1},
+                                class_names=tuple("abcdefghij"), metrics={})
+    loaded, _ = checkpoints.load_checkpoint(tmp_path / "ckpt")
     x = torch.randn(4, 3, 28, 28)
     assert torch.equal(loaded(x), model.eval()(x))
     export.export_model(loaded, tmp_path / "export", image_size=28, manifest={})

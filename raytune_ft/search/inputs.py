@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from raytune_ft import checkpoints, data_fraction, layout, train
 from raytune_ft import data as data_mod
-from raytune_ft import data_fraction, layout, models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits, parquet
 from raytune_ft.deploy.measure import epoch_size_metrics, export_and_measure
@@ -116,9 +116,7 @@ def load_training_checkpoint(model: torch.nn.Module, folder: Path) -> dict[str, 
     """Load a trial checkpoint's weights into `model` (shrunk first if it was channel-pruned) and
     return its training state, or None for a final checkpoint (which has none). Both files are
     read with weights_only=True: a checkpoint cannot run code when it is loaded."""
-    state = torch.load(folder / layout.CHECKPOINT_WEIGHTS, map_location="cpu", weights_only=True)
-    models.resize_to_state_dict(model, state)
-    model.load_state_dict(state)
+    checkpoints.load_weights(model, folder)
     path = folder / layout.TRAINING_STATE
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
@@ -146,7 +144,7 @@ def save_epoch(cfg: TrialConfig, data: Splits, metrics: dict[str, Any], model: t
           f"nonzero_params={metrics['nonzero_params']:,}  {metrics['precision']}  ({metrics['epoch_time_s']:.1f}s)",
           flush=True)
     if written:
-        models.save_checkpoint(directory, model, config=cfg.to_dict(), class_names=data.class_names,
-                               metrics=metrics)
+        checkpoints.save_checkpoint(directory, model, config=cfg.to_dict(), class_names=data.class_names,
+                                    metrics=metrics)
     return metrics, written
 

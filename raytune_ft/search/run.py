@@ -77,7 +77,7 @@ def run_search(space, where: Location, *, address: str | None = None, dashboard_
         if missing:
             raise UserError(f"{space.path}: {missing}; lower them or add resources")
     # The students' data (a searched model: normalized for the default one, trials convert it,
-    # teachers.student_view); the teacher makes its own view of the same rows (obtain_teacher).
+    # views.student_view); the teacher makes its own view of the same rows (obtain_teacher).
     # parquet: validation in memory, the training split streams in each trial (Ray Data)
     student_cfg = students_data_config(space)
     data = parquet.parquet_splits(student_cfg) if student_cfg.dataset == "parquet" \
@@ -162,23 +162,23 @@ def honest_results(trials, front, space, where: Location, teacher: dict[str, Any
     test_front.json the McNemar pairs), then `confirm` - 1 more seeds per front recipe (confirmed.csv).
     Returns (front, teacher, confirmed table or None)."""
     from raytune_ft import models
+    from raytune_ft.data import views
     from raytune_ft.deploy import holdout
     from raytune_ft.search import confirmation
-    from raytune_ft.train import teachers
 
     exp_dir, cfg = where.local, space.teacher_config()
     started = time.perf_counter()
     student_cfg = students_data_config(space)
     test = holdout.load_test(student_cfg)  # decoded as the trials' data was; the teacher's view is its own
-    views: dict[str, Any] = {student_cfg.model: test}
+    by_model: dict[str, Any] = {student_cfg.model: test}
     mean, std = models.input_config(student_cfg.model).mean, models.input_config(student_cfg.model).std
 
     def test_for(model: str) -> Any:
         """The test images as a front point's architecture was trained on them: the same decode
         (resize, crop) as the trials' data, normalized for the architecture (as student_view)."""
-        if model and model not in views and test is not None:
-            views[model] = holdout.TestSplit(teachers.renormalize(test.x, mean, std, model), test.y)
-        return views.get(model) or test
+        if model and model not in by_model and test is not None:
+            by_model[model] = holdout.TestSplit(views.renormalize(test.x, mean, std, model), test.y)
+        return by_model.get(model) or test
 
     if test is None:
         print("test: no test split (test_fraction 0 and none in the dataset): no test_acc", flush=True)

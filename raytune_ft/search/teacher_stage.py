@@ -37,7 +37,7 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None,
     teacher config (teacher_reuse.py)."""
     import torch
 
-    from raytune_ft import models, train
+    from raytune_ft import checkpoints, models, train
     from raytune_ft.config import TrialConfig
     from raytune_ft.search import trial
     from raytune_ft.train import teachers
@@ -46,21 +46,21 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None,
     logits_path = teacher_dir / layout.TRAIN_LOGITS
     cfg = space.teacher_config()
     reused_from = None
-    if not space.teacher_checkpoint and not (teacher_dir / models.CHECKPOINT_META).exists() and reuse_root:
+    if not space.teacher_checkpoint and not (teacher_dir / layout.CHECKPOINT_META).exists() and reuse_root:
         reused_from = teacher_reuse.find_fitted(reuse_root, cfg.to_dict(), exclude=exp_dir)
         if reused_from is not None:  # fitted once per dataset: the same data and teacher config in this storage
             print(f"teacher: reusing the teacher fitted by experiment {reused_from.parent.name!r} (the same data "
                   "and teacher config in this storage folder; change the teacher section or give "
                   "teacher.checkpoint to fit or load another)", flush=True)
             teacher_reuse.copy_in(reused_from, teacher_dir)
-    source = space.teacher_checkpoint or (teacher_dir if (teacher_dir / models.CHECKPOINT_META).exists() else None)
+    source = space.teacher_checkpoint or (teacher_dir if (teacher_dir / layout.CHECKPOINT_META).exists() else None)
     if source is not None:
         print(f"teacher: loading {source}", flush=True)
         try:
             teachers.check_checkpoint_classes(source, data.class_names)
         except models.ModelError as err:
             raise UserError(str(err)) from err
-        model, meta = models.load_checkpoint(source)
+        model, meta = checkpoints.load_checkpoint(source)
         torch.set_num_threads(cfg.cpus_per_trial)
         config = meta["config"]
         cfg = teachers.view_config(cfg, config)
@@ -109,7 +109,7 @@ def obtain_teacher(space, data, exp_dir: Path, location: str | None = None,
 
         pd.DataFrame(baselines).to_csv(exp_dir / layout.BASELINES_CSV, index=False)
     if changed:  # one write, with the measured sizes in its metrics
-        models.save_checkpoint(teacher_dir, model, config=config, class_names=data.class_names, metrics=metrics)
+        checkpoints.save_checkpoint(teacher_dir, model, config=config, class_names=data.class_names, metrics=metrics)
     if logits is not None:
         assert len(logits) == len(data.y_train), (len(logits), len(data.y_train))  # one row per student sample
         torch.save(logits, logits_path)
@@ -181,8 +181,8 @@ def plan_trials(space, cfg: Any, data: Any, view: Any) -> Any:
 
 
 def students_data_config(space) -> Any:
-    """The config the trials' data and the test split are decoded with (teachers.data_config)."""
-    from raytune_ft.train import teachers
+    """The config the trials' data and the test split are decoded with (views.data_config)."""
+    from raytune_ft.data import views
 
     choices = next((tuple(p.choices) for p in space.params if p.name == "model" and p.type == "categorical"), ())
-    return teachers.data_config(space.fixed, choices)
+    return views.data_config(space.fixed, choices)

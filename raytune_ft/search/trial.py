@@ -4,11 +4,11 @@ Single-worker trials run fit() inside the Tune function trainable (actors are re
 trials): a trial's start-up costs about 3 s against about 21 s for a nested Ray Train run
 (docs/benchmarks.md, "Framework overhead"). With `workers_per_trial > 1` the trainable starts a
 Ray Train `TorchTrainer` (the V2 driver pattern) whose workers run the same fit() as DDP ranks and
-report through `TuneReportCallback`. Also here: a trial's inputs (`training_inputs`,
-`train_subset`), its checkpoints (`save_epoch`, `load_training_checkpoint`), the export and
-measurement of its final model (`export_and_measure`, `epoch_size_metrics`), the resources it asks
-for, and the progress callback (`Progress`). What is not Ray is a call into `train/`, `models`,
-`data/` and `deploy/`.
+report through `TuneReportCallback`. Also here: the resources a trial asks for (`resources_for`,
+`missing_resources`, `missing_data_cpus`) and its folder name. A trial's inputs and checkpoints are
+in search/inputs.py, the export and measurement of its final model in deploy/measure.py, the
+progress callback in search/progress.py (callers reach those names through this module's
+`__all__`). What is not Ray is a call into `train/`, `data/`, `checkpoints` and `deploy/`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ray import tune
 from raytune_ft import data as data_mod
 from raytune_ft import models, train
 from raytune_ft.config import TrialConfig
-from raytune_ft.data import Splits
+from raytune_ft.data import Splits, views
 from raytune_ft.deploy.measure import EPOCH_SIZE_METRICS, epoch_size_metrics, export_and_measure
 from raytune_ft.search import planned, progress
 from raytune_ft.search.inputs import (
@@ -41,28 +41,11 @@ from raytune_ft.search.inputs import (
     training_inputs,
 )
 from raytune_ft.search.progress import Progress
-from raytune_ft.train import teachers
 
 # what callers reach through this module (the glue's public names), though they live beside it
 __all__ = ["EPOCH_SIZE_METRICS", "Progress", "epoch_size_metrics", "export_and_measure", "fit_teacher",
            "fit_teacher_remote", "load_training_checkpoint", "missing_data_cpus", "missing_resources",
            "online_teacher", "resources_for", "train_subset", "training_inputs", "trial_dirname", "tune_trial"]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def fit_teacher(cfg: TrialConfig, data: Splits, progress_log: str | None = None,
@@ -184,7 +167,7 @@ def tune_trial(
     (training_inputs decides between it and teacher_logits).
     """
     cfg = TrialConfig.from_dict({**fixed, **sampled})
-    data = teachers.student_view(data, cfg)  # a searched architecture may normalize differently
+    data = views.student_view(data, cfg)  # a searched architecture may normalize differently
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
     if cfg.workers_per_trial > 1:
         _ray_train_trial(cfg, data, teacher_logits if cfg.use_kd else None, epoch_metrics, checkpoint_every,
@@ -282,7 +265,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = TrialConfig.from_dict(config["cfg"])
-    data: Splits = teachers.student_view(config["data"], cfg)
+    data: Splits = views.student_view(config["data"], cfg)
     context = ray.train.get_context()
     dist = train.Dist(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
     setup_torch(cfg, cfg.worker_cpus)

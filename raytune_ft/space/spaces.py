@@ -4,7 +4,7 @@ A space says which `TrialConfig` fields are fixed, which are searched (with Optu
 distributions, optionally conditional on a categorical parent), how the distillation teacher is
 obtained (its own model, weights and fine-tuning settings, or a checkpoint), the sampler
 settings, the `initial` recipes (recipes.py) and the objectives. YAML is read here, the records
-are validated in space_parsing.py; every mistake fails at load time, naming the file, the key
+are validated in parsing.py; every mistake fails at load time, naming the file, the key
 and the bad value.
 """
 

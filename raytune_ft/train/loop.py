@@ -112,7 +112,7 @@ def fit(cfg: TrialConfig, model: nn.Module, data: Splits, *, head_names: set[str
     device (default: one CPU process); with world_size > 1 the model is wrapped in DDP, every rank
     calls fit() with the same arguments and `report` gets the same metrics on every rank. resume: a
     `state()` that `report` got from an earlier run of the same config, with `model` holding that
-    epoch's weights (models.resize_to_state_dict): training goes on as if it had never stopped.
+    epoch's weights (checkpoints.load_weights): training goes on as if it had never stopped.
     observers: families outside the registry, called after the recipe's (planned.PlannedSizes).
     Raises FloatingPointError when the loss stops being finite.
     """

@@ -12,8 +12,6 @@ the student's view into the teacher's (renormalize, resize).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raytune_ft import checkpoints, models
 from raytune_ft import data as data_mod
-from raytune_ft import layout, models
 from raytune_ft.config import TrialConfig
-from raytune_ft.data import Splits
+from raytune_ft.data import Splits, views
 
 
 class TeacherInput(nn.Module):
@@ -87,54 +85,6 @@ def build_online_teacher(teacher_model: dict[str, Any], student_cfg: TrialConfig
     return wrapped.eval()
 
 
-def same_view(data: Splits, cfg: TrialConfig) -> bool:
-    """Whether `data` is already `cfg`'s input view (its model's mean/std, its image_size, and for
-    images decoded from files its crop and interpolation)."""
-    inp = models.input_config(cfg.model)
-    size = data.x_val.shape[-1] if len(data.x_val) else cfg.image_size
-    decoded_alike = not data.decode_view or tuple(data.decode_view) == (inp.crop_pct, inp.interpolation)
-    return (tuple(data.mean) == tuple(inp.mean) and tuple(data.std) == tuple(inp.std) and size == cfg.image_size
-            and decoded_alike)
-
-
-def data_config(fixed: dict[str, Any], model_choices: tuple[str, ...] = ()) -> TrialConfig:
-    """The config the students' data is decoded with, once for every trial (and the test split
-    after the search): the fixed settings, and, when the architecture is searched, the first of
-    `model_choices` if all of them resize and crop alike (same crop_pct and interpolation: e.g.
-    compact CNNs without pretrained weights see the whole image), else the default model's view.
-    Each trial then converts only the normalization (`student_view`); resizing and cropping are
-    set here, at decode time, for all architectures."""
-    cfg = TrialConfig.from_dict(fixed)
-    if "model" in fixed or not model_choices:
-        return cfg
-    views = {(models.input_config(m).crop_pct, models.input_config(m).interpolation) for m in model_choices}
-    return TrialConfig.from_dict({**fixed, "model": model_choices[0]}) if len(views) == 1 else cfg
-
-
-def renormalize(x: torch.Tensor, mean: tuple, std: tuple, model: str) -> torch.Tensor:
-    """Images normalized with `mean`/`std` re-normalized for `model`'s pretrained statistics:
-    x' = (x · std_d + mean_d − mean_m) / std_m; `x` itself when they are the same."""
-    inp = models.input_config(model)
-    if tuple(mean) == tuple(inp.mean) and tuple(std) == tuple(inp.std) or not len(x):
-        return x
-    d_mean, d_std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    m_mean, m_std = torch.tensor(inp.mean).view(1, 3, 1, 1), torch.tensor(inp.std).view(1, 3, 1, 1)
-    return (x * d_std + d_mean - m_mean) / m_std
-
-
-def student_view(data: Splits, cfg: TrialConfig) -> Splits:
-    """`data` normalized for `cfg.model` (a searched architecture can normalize differently from the
-    one the experiment loaded the data for, `renormalize`). `data` itself when nothing differs (the
-    usual case: EfficientNet-Lite0/1/2 all use ImageNet's)."""
-    inp = models.input_config(cfg.model)
-    if tuple(data.mean) == tuple(inp.mean) and tuple(data.std) == tuple(inp.std):
-        return data
-    return dataclasses.replace(data, x_train=renormalize(data.x_train, data.mean, data.std, cfg.model),
-                               x_val=renormalize(data.x_val, data.mean, data.std, cfg.model),
-                               x_test=renormalize(data.x_test, data.mean, data.std, cfg.model),
-                               mean=tuple(inp.mean), std=tuple(inp.std))
-
-
 def view_config(teacher_cfg: TrialConfig, checkpoint_config: dict[str, Any] | None) -> TrialConfig:
     """The config whose input view a teacher needs: `teacher_cfg` (the space's), with the model and
     image_size of the checkpoint it was trained as when it is loaded from one."""
@@ -150,10 +100,10 @@ def view_config(teacher_cfg: TrialConfig, checkpoint_config: dict[str, Any] | No
 def teacher_splits(data: Splits, teacher_cfg: TrialConfig) -> Splits:
     """The teacher's own view of the students' split `data`: loaded again with the teacher's
     normalization and image_size from the same images (the data settings, data_seed included, are
-    the students': space_parsing.SHARED_DATA_FIELDS), so row i is the same image in both. `data`
+    the students': space.parsing.SHARED_DATA_FIELDS), so row i is the same image in both. `data`
     itself when the views agree. The labels and class names are compared: a mismatch would make
     the precomputed logits' index lookup wrong and raises."""
-    if same_view(data, teacher_cfg):
+    if views.same_view(data, teacher_cfg):
         return data
     view = data_mod.load_splits(teacher_cfg)
     if view.class_names != data.class_names or not torch.equal(view.y_train, data.y_train) \
@@ -183,10 +133,10 @@ def class_difference(teacher: tuple[str, ...] | list[str], dataset: tuple[str, .
 def check_checkpoint_classes(path: str | Path, class_names: tuple[str, ...], key: str = "teacher.checkpoint") -> dict:
     """The checkpoint.json of teacher checkpoint `path`; ModelError naming `key` unless it was
     trained on exactly `class_names` (same names, same order: the logits index the classes)."""
-    meta_path = Path(path) / layout.CHECKPOINT_META
-    if not meta_path.is_file():
-        raise models.ModelError(f"{key}: {str(path)!r} is not a raytune_ft checkpoint (no {layout.CHECKPOINT_META})")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = checkpoints.read_meta(path)
+    except models.ModelError as err:
+        raise models.ModelError(f"{key}: {err}") from err
     if list(meta["class_names"]) != list(class_names):
         raise models.ModelError(f"{key}: {str(path)!r} was trained on other classes than the dataset: "
                                 f"{class_difference(meta['class_names'], class_names)}")

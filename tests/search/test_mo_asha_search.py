@@ -149,7 +149,7 @@ def test_int8_size_stand_in_is_the_weights_on_the_export_grid():
     import torch
 
     from raytune_ft.families.quantization import WEIGHT_QMAX, int8_weight_bytes
-    from raytune_ft.models import CompactCNN
+    from raytune_ft.networks import CompactCNN
     from raytune_ft.search import trial
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from raytune_ft import layout, models, train
+from raytune_ft import checkpoints, layout, models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits
 from raytune_ft.deploy import export
@@ -109,7 +109,8 @@ def test_a_resumed_trial_reports_the_plan_of_its_start(splits, tmp_path):
     def report(m, model, state):  # the trial checkpoint of epoch 2, after the first channel-pruning step
         reports.append(dict(m))
         if m["epoch"] == 2:
-            models.save_checkpoint(tmp_path, model, config=cfg.to_dict(), class_names=splits.class_names, metrics=m)
+            checkpoints.save_checkpoint(tmp_path, model, config=cfg.to_dict(), class_names=splits.class_names,
+                                        metrics=m)
             torch.save(state(), tmp_path / layout.TRAINING_STATE)
 
     train.fit(cfg, model, splits, head_names=models.head_parameter_names(model), report=report,

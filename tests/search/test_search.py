@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from raytune_ft import data, layout, models, search, train
+from raytune_ft import checkpoints, data, layout, models, search, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.families import pruning
 
@@ -79,7 +79,7 @@ def test_front_is_non_dominated_and_checkpoints_reproduce_metrics_exactly(first_
                         & ((trials.val_acc > row.val_acc) | (trials[size] < row[size]))]
         assert better.empty, f"{row.trial_id} is dominated by {list(better.trial_id)}"
 
-        model, meta = models.load_checkpoint(row.checkpoint)
+        model, meta = checkpoints.load_checkpoint(row.checkpoint)
         cfg = TrialConfig.from_dict(meta["config"])
         splits = data.load_splits(cfg)
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format

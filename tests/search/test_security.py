@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raytune_ft import layout, models, search
+from raytune_ft import checkpoints, layout, models, search
 from raytune_ft.search import trial
 
 
@@ -27,8 +27,8 @@ class _RunsCode:
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, file: str):
     folder, marker = tmp_path / "ckpt", tmp_path / "pwned"
     model = models.build_model("test_efficientnet", 3, weights="none")
-    models.save_checkpoint(folder, model, config={"model": "test_efficientnet"}, class_names=("a", "b", "c"),
-                           metrics={})
+    checkpoints.save_checkpoint(folder, model, config={"model": "test_efficientnet"}, class_names=("a", "b", "c"),
+                                metrics={})
     if file == layout.TRAINING_STATE:
         torch.save({"epoch": 1, "step": _RunsCode(marker)}, folder / file)
     else:
@@ -37,7 +37,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, file: str):
         if file == layout.TRAINING_STATE:
             trial.load_training_checkpoint(models.build_model("test_efficientnet", 3, weights="none"), folder)
         else:
-            models.load_checkpoint(folder)
+            checkpoints.load_checkpoint(folder)
     assert not marker.exists()
 
 

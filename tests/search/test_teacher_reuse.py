@@ -8,15 +8,15 @@ import dataclasses
 import pytest
 import torch
 
-from raytune_ft import layout, models
+from raytune_ft import checkpoints, layout, models
 from raytune_ft.config import TrialConfig
 from raytune_ft.search import teacher_reuse
 
 
 def _fitted(root, name: str, cfg: TrialConfig) -> None:
     teacher_dir = root / name / layout.TEACHER_DIR
-    models.save_checkpoint(teacher_dir, models.build_model("compact_cnn_16", 3, weights="none"),
-                           config=cfg.to_dict(), class_names=("a", "b", "c"), metrics={"val_acc": 0.9})
+    checkpoints.save_checkpoint(teacher_dir, models.build_model("compact_cnn_16", 3, weights="none"),
+                                config=cfg.to_dict(), class_names=("a", "b", "c"), metrics={"val_acc": 0.9})
     teacher_reuse.write_key(teacher_dir, cfg.to_dict())
 
 
@@ -40,7 +40,7 @@ def test_a_fitted_teacher_is_found_in_another_experiment_of_the_same_storage(tmp
     assert teacher_reuse.find_fitted(tmp_path, dataclasses.replace(cfg, lr=0.1).to_dict(),
                                      exclude=tmp_path / "second") is None
     teacher_reuse.copy_in(found, tmp_path / "second" / layout.TEACHER_DIR)
-    model, meta = models.load_checkpoint(tmp_path / "second" / layout.TEACHER_DIR)
+    model, meta = checkpoints.load_checkpoint(tmp_path / "second" / layout.TEACHER_DIR)
     assert meta["metrics"]["val_acc"] == 0.9 and isinstance(model, torch.nn.Module)
 
 
@@ -54,8 +54,9 @@ def test_a_search_reuses_the_teacher_and_records_where_it_came_from(tmp_path, ca
     splits = data_mod.load_splits(search.students_data_config(space)).without_test()
     cfg = space.teacher_config()
     teacher_dir = tmp_path / "first" / layout.TEACHER_DIR
-    models.save_checkpoint(teacher_dir, models.build_model(cfg.model, splits.num_classes, weights="none"),
-                           config=cfg.to_dict(), class_names=splits.class_names, metrics={"val_acc": 0.5, "epoch": 1})
+    checkpoints.save_checkpoint(teacher_dir, models.build_model(cfg.model, splits.num_classes, weights="none"),
+                                config=cfg.to_dict(), class_names=splits.class_names,
+                                metrics={"val_acc": 0.5, "epoch": 1})
     teacher_reuse.write_key(teacher_dir, cfg.to_dict())
     second = tmp_path / "second"
     second.mkdir()

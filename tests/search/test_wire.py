@@ -12,7 +12,7 @@ import torch
 from conftest import TINY_HEAD, TinyClassifier
 from PIL import Image
 
-from raytune_ft import models, train
+from raytune_ft import checkpoints, models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import parquet
 from raytune_ft.search import trial
@@ -151,6 +151,6 @@ def test_search_on_parquet_shards_streams_with_an_online_teacher(tmp_path):
     assert json.loads((exp / "teacher.json").read_text())["val_acc"] >= 0
     front = pd.read_csv(exp / "pareto.csv")
     assert len(front) >= 1
-    model, meta = models.load_checkpoint(front["checkpoint"].iloc[0])
+    model, meta = checkpoints.load_checkpoint(front["checkpoint"].iloc[0])
     assert meta["class_names"] == ["blue", "green", "red"]
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)

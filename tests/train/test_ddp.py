@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from raytune_ft import models, search, train
+from raytune_ft import checkpoints, search, train
 from raytune_ft.config import TrialConfig
 from tests.conftest import TINY_HEAD, TinyClassifier
 
@@ -204,7 +204,7 @@ objectives: {val_acc: max, nonzero_params: min}
 
     from raytune_ft import data
 
-    model, meta = models.load_checkpoint(row.checkpoint)
+    model, meta = checkpoints.load_checkpoint(row.checkpoint)
     cfg = TrialConfig.from_dict(meta["config"])
     splits = data.load_splits(cfg)
     model.to(memory_format=torch.channels_last)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raytune_ft import layout, models, train
+from raytune_ft import checkpoints, layout, models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.families import quantization
 from raytune_ft.search import trial
@@ -46,8 +46,8 @@ def _run(cfg: TrialConfig, splits, teacher, *, model=None, resume=None, save_aft
     def report(metrics, model, state):
         reports.append(dict(metrics))
         if metrics["epoch"] == save_after:
-            models.save_checkpoint(folder, model, config=cfg.to_dict(), class_names=splits.class_names,
-                                   metrics=metrics)
+            checkpoints.save_checkpoint(folder, model, config=cfg.to_dict(), class_names=splits.class_names,
+                                        metrics=metrics)
             torch.save(state(), folder / layout.TRAINING_STATE)
 
     train.fit(cfg, model, splits, head_names=models.head_parameter_names(model), report=report,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from raytune_ft import data, models
+from raytune_ft import checkpoints, data, models
 from raytune_ft.config import TrialConfig
 from raytune_ft.space.spaces import SpaceError, load_space
 from raytune_ft.train import teachers
@@ -52,19 +52,6 @@ def test_teacher_input_turns_the_student_view_into_the_teachers():
     x = _normalize(pixels, STUDENT)
     identity(x)
     assert seen["x"] is x  # nothing to convert: the batch goes through untouched
-
-
-def test_student_view_renormalizes_only_when_the_architecture_needs_it():
-    pixels = torch.rand(4, 3, 8, 8)
-    split = data.Splits(_normalize(pixels, TEACHER), torch.arange(4), _normalize(pixels, TEACHER), torch.arange(4),
-                        ("a", "b", "c", "d"), mean=TEACHER.mean, std=TEACHER.std)
-    assert teachers.student_view(split, TrialConfig(model="efficientnet_lite1")) is split  # ImageNet stats
-    vit = TrialConfig(model="vit_tiny_patch16_224")  # timm: mean = std = 0.5
-    inp = models.input_config(vit.model)
-    assert inp.mean != TEACHER.mean
-    view = teachers.student_view(split, vit)
-    torch.testing.assert_close(view.x_train, _normalize(pixels, inp))
-    assert view.mean == inp.mean and torch.equal(view.y_val, split.y_val)
 
 
 def test_teacher_splits_are_the_students_rows_in_the_teachers_input_size():
@@ -164,8 +151,8 @@ def test_class_difference_names_what_differs():
 def _foreign_checkpoint(folder: Path) -> Path:
     """A raytune_ft checkpoint of a 3-class teacher (digits has 10)."""
     model = models.build_model("efficientnet_lite0", 3, weights="none")
-    models.save_checkpoint(folder, model, config=TrialConfig().to_dict(), class_names=("cat", "dog", "0"),
-                           metrics={})
+    checkpoints.save_checkpoint(folder, model, config=TrialConfig().to_dict(), class_names=("cat", "dog", "0"),
+                                metrics={})
     return folder
 
 
@@ -245,7 +232,7 @@ def test_students_of_two_architectures_share_one_front_and_reload(tmp_path):
         better = trials[(trials.val_acc >= row.val_acc) & (trials.nonzero_params <= row.nonzero_params)
                         & ((trials.val_acc > row.val_acc) | (trials.nonzero_params < row.nonzero_params))]
         assert better.empty, f"{row.trial_id} is dominated by {list(better.trial_id)}"
-        model, meta = models.load_checkpoint(row.checkpoint)
+        model, meta = checkpoints.load_checkpoint(row.checkpoint)
         assert meta["config"]["model"] == row.model
         splits = data.load_splits(TrialConfig.from_dict(meta["config"]))
         program = torch.export.load(str(Path(row.export_path) / "model.pt2"))

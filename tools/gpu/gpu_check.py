@@ -90,8 +90,8 @@ def family_case(case: str, *, cpu_smoke: bool, work: Path) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from raytune_ft import checkpoints, layout, models, train
     from raytune_ft import data as data_mod
-    from raytune_ft import layout, models, train
     from raytune_ft.config import TrialConfig
     from raytune_ft.deploy import export
     from raytune_ft.search import trial
@@ -146,8 +146,8 @@ def family_case(case: str, *, cpu_smoke: bool, work: Path) -> dict[str, Any]:
             epochs.append(metrics)
             checkpoint.mkdir(parents=True, exist_ok=True)
             torch.save(state(), checkpoint / layout.TRAINING_STATE)
-            models.save_checkpoint(checkpoint, model, config=cfg.to_dict(), class_names=data.class_names,
-                                   metrics=metrics)
+            checkpoints.save_checkpoint(checkpoint, model, config=cfg.to_dict(), class_names=data.class_names,
+                                        metrics=metrics)
             raise _Interrupted
 
         try:

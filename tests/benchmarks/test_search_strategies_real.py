@@ -1,104 +1,16 @@
-"""The replay benchmark's strategies (benchmarks/search_strategies.py): recipes, seeding, the
-flattened space, MO-ASHA on planned sizes — real Optuna, the real recorded curves."""
+"""The real-search benchmark (benchmarks/search_strategies_real.py): its summary of the budget to
+reach random search's final hypervolume, hypervolume at a wall time, the asynchronous replay of
+synchronous runs, strategy names as search arguments, and the fine-tune clock on the recorded runs."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("search_strategies", ROOT / "benchmarks" / "search_strategies.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["search_strategies"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def space(bench):
-    return bench.spaces.load_space(bench.HERE / "curves_space.yaml")
-
-
-def test_recipes_are_complete_configurations_of_the_curves_space(bench, space):
-    for label, recipe in bench.RECIPES:
-        bench.check_recipe(space, label, recipe)  # raises on any mistake
-        assert bench.active_params(space, recipe) == recipe
-
-
-@pytest.mark.parametrize(("change", "message"), [
-    ({"dropout": 0.1}, "unknown params ['dropout']"),
-    ({"final_sparsity": 0.99}, "final_sparsity=0.99 is outside [0.6, 0.92]"),
-    ({"weight_decay": 1e-4}, "['weight_decay'] are set but inactive"),
-    ({"use_kd": True}, "kd_alpha is active but missing"),
-    ({"pruning_frequency": 7}, "pruning_frequency=7 is not on the grid"),
-    ({"use_kd": "yes"}, "use_kd='yes' is not one of [True, False]"),
-])
-def test_bad_recipes_are_refused_naming_the_key(bench, space, change, message):
-    label, recipe = bench.RECIPES[2]  # no KD, no weight decay
-    with pytest.raises(ValueError, match="recipe 'sparsity 0.75") as err:
-        bench.check_recipe(space, label, {**recipe, **change})
-    assert message in str(err.value)
-
-
-def test_strategy_names(bench):
-    s = bench.parse_strategy("tpe4+seeded+mo_asha_planned")
-    assert (s.sampler, s.seeded, s.scheduler) == ("tpe4", True, "mo_asha_planned")
-    with pytest.raises(ValueError, match="unknown sampler 'cmaes'; choose from random, tpe, tpe4, gp"):
-        bench.parse_strategy("cmaes")
-    with pytest.raises(ValueError, match="SAMPLER\\[\\+seeded\\]"):
-        bench.parse_strategy("random+mo_asha+mo_asha_planned")
-    assert {"tpe4+seeded", "tpe4+mo_asha_planned", "random+mo_asha"} <= set(bench.default_strategies("tpe4"))
-
-
-def test_seeded_study_asks_the_recipes_first_then_samples(bench, space):
-    study = bench.new_study(bench.parse_strategy("tpe4+seeded"), seed=0)
-    define = space.define_by_run()
-    asked = []
-    for _ in range(len(bench.RECIPES) + 1):
-        trial = study.ask()
-        define(trial)
-        asked.append(dict(trial.params))
-        study.tell(trial, [0.9, 1e6])
-    assert asked[: len(bench.RECIPES)] == [r for _, r in bench.RECIPES]
-    assert asked[-1] not in asked[:-1]
-    # they count as start-up trials: TPE (4 start-up trials) models from the 5th trial on
-    assert study.sampler._n_startup_trials == 4
-
-
-def test_flattened_space_suggests_every_param_and_the_curve_sees_the_active_ones(bench, space):
-    flat = bench.flattened(space)
-    study = bench.new_study(bench.parse_strategy("random"), seed=3)
-    trial = study.ask()
-    flat.define_by_run()(trial)
-    assert set(trial.params) == {p.name for p in space.params}
-    active = bench.active_params(space, trial.params)
-    for off, children in (("use_kd", ("kd_alpha", "kd_temperature")), ("use_l2sp", ("l2sp_alpha", "l2sp_beta"))):
-        assert all((c in active) == trial.params[off] for c in children)
-
-
-def test_mo_asha_planned_ranks_the_final_size(bench, space):
-    nz = np.array([3.0e6, 2.0e6, 1.0e6, 0.6e6, 0.6e6])
-    assert bench.rung_point(0.9, nz, 1, planned=False).tolist() == [-0.9, 3.0e6]
-    assert bench.rung_point(0.9, nz, 1, planned=True).tolist() == [-0.9, 0.6e6]
-
-    curves = bench.load_curves([bench.RESULTS / "curves.csv", bench.RESULTS / "curves_b.csv"], space.max_epochs())
-    surrogate = bench.Surrogate(space, 3.4e6).fit(curves)
-    runs = {name: bench.simulate(bench.parse_strategy(name), 0, space=space, curve_of=surrogate.predict,
-                                 budget=40, workers=2, nz_scale=3.4e6)
-            for name in ("random", "random+mo_asha", "random+mo_asha_planned")}
-    for name, run in runs.items():
-        assert run["epochs"].iloc[-1] == 40, name
-    assert runs["random"]["trials_done"].iloc[0] == runs["random"]["trials"].iloc[-1]  # nothing stopped
-    planned = runs["random+mo_asha_planned"]
-    assert planned["trials"].iloc[-1] > planned["trials_done"].iloc[0]  # MO-ASHA stopped some trials
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +62,7 @@ def test_asynchronous_replay_starts_each_trial_when_a_slot_frees(real):
     out = real.replay_asynchronous(trials, slots=2).set_index("trial_id")
     assert out["start_time"].to_dict() == {"a": 0.0, "b": 0.0, "c": 60.0, "d": 180.0}
     assert out["end_time"].to_dict() == {"a": 60.0, "b": 300.0, "c": 180.0, "d": 240.0}  # durations kept
+
 
 def test_cost_to_front_strategy_names_become_search_arguments(real):
     assert real.strategy_args("by_hand", 12, 0.25, 3) == ["--num-samples", "1", "--set", "search.data_fraction=1"]
