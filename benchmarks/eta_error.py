@@ -5,6 +5,7 @@ made when a third of the search's time had passed against the time that actually
     python benchmarks/eta_error.py ray_results/<name> [--at 0.333] [--json]
     python benchmarks/eta_error.py ray_results/<name> --replay PLAN.json   # what a plan would have said
     python benchmarks/eta_error.py ray_results/<name> --replay-measured 48000 12000   # ... with exact steps
+    python benchmarks/eta_error.py ray_results/<name> --replay-trials   # stage 1's estimates, today's code
 
 The search runs from the "start" record to the "end" record (after the front was tested). An
 estimate covers its phase: a "teacher" estimate the teacher's remaining epochs (it ends at its last
@@ -120,6 +121,54 @@ def plan_from_trials(exp: Path, records: list[dict[str, Any]], train_rows: int, 
             "slots": int(search["max_concurrent"]), "ratios": ratio, "teacher_epoch_s": teacher_epoch}
 
 
+def replay_trials(exp: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`records` with every stage-1 "trials" estimate recomputed by today's Progress.estimate
+    (raytune_ft.search.progress) from the trials' own result.json files: at each record's time, the
+    trials started by then (start: first result's timestamp - its time_this_iter_s), their epochs so
+    far on the clock, and those whose last result was in as ended. Scheduler, slots and stage 2 from
+    the experiment's space.json. Stage-2 records are kept as recorded."""
+    from types import SimpleNamespace
+
+    from raytune_ft.search import progress
+
+    space = json.loads((exp / "space.json").read_text())
+    search, fixed = space["search"], space["fixed"]
+    fraction = float(search.get("data_fraction", 1.0))
+    plan = progress.Plan(slots=int(search["max_concurrent"]), early_stopping=True,
+                         later_trials=int(search.get("promote", 0)) + int(search.get("promote_random", 0))
+                         if fraction < 1 else 0,
+                         later_epochs=int(search.get("promote_epochs") or fixed["epochs"]), data_fraction=fraction)
+    runs = []
+    for folder in sorted(exp.glob("trial_*")):
+        rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+        if rows:
+            config = json.loads((folder / "params.json").read_text())
+            runs.append((rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows, config))
+    stage1_end = max(rows[-1]["timestamp"] for _, rows, _ in runs) if runs else 0
+    out = []
+    for record in records:
+        if record["phase"] != "trials" or record["time"] > stage1_end + 1:
+            out.append(record)
+            continue
+        est = progress.Progress(int(search["num_samples"]), space["objectives"], epochs=int(fixed["epochs"]),
+                                plan=plan)
+        est.most_running = plan.slots
+        trials = []
+        for start, rows, config in runs:
+            if start > record["time"]:
+                continue
+            seen = [r for r in rows if r["timestamp"] <= record["time"]]
+            est.clock.start(rows[0]["trial_id"], config.get("model"), start)
+            for r in seen:
+                est.clock.epoch(r["trial_id"], r["timestamp"])
+            ended = len(seen) == len(rows)
+            trials.append(SimpleNamespace(trial_id=rows[0]["trial_id"], status="TERMINATED" if ended else "RUNNING",
+                                          config=config, last_result=seen[-1] if seen else {}))
+        eta, upper = est.estimate(trials)
+        out.append({**record, "eta_s": eta, "upper_bound": upper})
+    return out
+
+
 def estimate_at(records: list[dict[str, Any]], when: float, phase: str | None = None) -> dict[str, Any] | None:
     """The last estimate recorded at or before `when` (of `phase` if given), or None."""
     made = [r for r in records if r.get("eta_s") is not None and r["time"] <= when
@@ -212,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                    "teacher's estimates with it first")
     p.add_argument("--replay-measured", nargs=2, type=int, metavar=("TRAIN_ROWS", "VAL_ROWS"),
                    help="replay with the plan made from the run's own measured epochs (plan_from_trials)")
+    p.add_argument("--replay-trials", action="store_true",
+                   help="recompute stage 1's estimates with today's Progress from the trials' result.json")
     args = p.parse_args(argv)
     try:
         records = read_records(args.experiment)
@@ -221,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             plan = plan_from_trials(args.experiment, records, *args.replay_measured)
             print(f"plan from the run's epochs: {json.dumps(plan)}")
             records = replay(records, plan)
+        if args.replay_trials:
+            records = replay_trials(args.experiment, records)
         result = measure(records, at=args.at, trials_end=_trials_end(args.experiment))
     except (OSError, ValueError) as err:
         print(f"eta_error: {err}", file=sys.stderr)

@@ -423,13 +423,30 @@ class Progress(tune.Callback):
         if self.epochs:
             queued += [(mean_rate, self.epochs * share)] * max(0, self.total - len(trials))
         slots = max(1, min(self.plan.slots, self.most_running or 1))
-        # stage 2 retrains fully trained recipes: their epoch time, not that of ones stopped after
-        # an epoch or two (whose setup weighs more per epoch)
-        trained = [self.clock.rate(t.trial_id) for t in trials if status[t.trial_id] == "TERMINATED"
+        # stage 2 retrains the recipes that would be promoted now (the fully trained ones first in
+        # non-dominated order): their epoch time, not that of all trials (on the shipped Fashion-MNIST
+        # search the mean over every fully trained recipe planned stage 2 at +181 %: a compact CNN 24
+        # slowed beside a ResNet, where the two promoted compact CNN 16s took 5.7 s per epoch)
+        trained = [t for t in trials if status[t.trial_id] == "TERMINATED"
                    and self.clock.epochs.get(t.trial_id) and self._fully_trained(t)]
-        stage2_rate = float(np.mean(trained)) if trained else mean_rate
+        chosen = self._promotable(trained, self.plan.later_trials)
+        stage2_rate = float(np.mean([self.clock.rate(t.trial_id) for t in chosen])) if chosen else mean_rate
         later = [(stage2_rate / self.plan.data_fraction, self.plan.later_epochs)] * self.plan.later_trials
         return time_left(running, queued, slots, later), upper
+
+    def _promotable(self, trained: list, k: int) -> list:
+        """The `k` of `trained` first in non-dominated order of the objectives (ties by the first
+        objective), as stage 2 promotes them; all of them when k is 0 or a value is missing."""
+        from raytune_ft import pareto
+
+        values = np.array([[float((t.last_result or {}).get(name, np.nan)) for name in self.objectives]
+                           for t in trained], dtype=float).reshape(len(trained), len(self.objectives))
+        if not k or not len(trained) or np.isnan(values).any():
+            return trained
+        points = pareto.to_minimization(values, list(self.objectives.values()))
+        ranks = pareto.non_dominated_sort(points)
+        order = sorted(range(len(trained)), key=lambda i: (ranks[i], points[i, 0]))
+        return [trained[i] for i in order[:k]]
 
     def _stamp(self, trials: list, done: Any = None, *, eta: bool = True) -> str:
         s = self.summary(trials, done)

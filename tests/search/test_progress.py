@@ -95,6 +95,27 @@ def test_progress_estimate_on_a_hand_made_search():
     assert p.estimate(done)[0] == pytest.approx(60 + 60 + 4 * 10 / 0.25)  # b 60; 3 x 60 on 2 slots: 120
 
 
+def test_stage_2_is_planned_at_the_epoch_time_of_the_recipes_it_would_promote():
+    from raytune_ft.search.trial import Progress
+
+    objectives = {"val_acc": "max", "nonzero_params": "min"}
+    p = Progress(3, objectives, epochs=2, plan=progress.Plan(slots=1, later_trials=1, later_epochs=10,
+                                                              data_fraction=0.5))
+    for tid, seconds in (("fast", 5.0), ("slow", 50.0), ("worse", 7.0)):
+        p.clock.start(tid, tid, 0.0)
+        p.clock.epoch(tid, seconds)
+        p.clock.epoch(tid, 2 * seconds)
+    trials = [_trial("fast", "TERMINATED", 2, "fast"), _trial("slow", "TERMINATED", 2, "slow"),
+              _trial("worse", "TERMINATED", 2, "worse")]
+    trials[0].last_result.update(val_acc=0.95, nonzero_params=10)  # promoted: the front's best
+    trials[1].last_result.update(val_acc=0.90, nonzero_params=20)  # dominated by fast
+    trials[2].last_result.update(val_acc=0.80, nonzero_params=30)
+    # one recipe promoted: fast's 5 s per epoch / 0.5 x 10 epochs, not the mean over all three (20.7 s)
+    assert p.estimate(trials)[0] == pytest.approx(10 * 5.0 / 0.5)
+    trials[1].last_result.update(val_acc=0.99, nonzero_params=5)  # now slow dominates
+    assert p.estimate(trials)[0] == pytest.approx(10 * 50.0 / 0.5)
+
+
 def test_record_appends_json_lines_and_skips_a_missing_folder(tmp_path, monkeypatch):
     monkeypatch.delenv(progress.LOG_ENV, raising=False)
     path = tmp_path / "progress.jsonl"
@@ -188,7 +209,7 @@ def test_plan_after_teacher_on_the_fashion_mnist_space_with_equal_steps(monkeypa
     after = progress.plan_after_teacher(space, space.teacher_config(), x, x, 10, 48_000, 12_000)
     assert after.slots == 2 and len(after.stage1) == 10
     assert all(r == pytest.approx(16_000 / 52_000) for r, _ in after.stage1)
-    assert [n for _, n in after.stage1] == progress.expected_epochs(10, 12, [1, 3, 9], 3)
+    assert [n for _, n in after.stage1] == progress.expected_epochs(10, 12, [3, 9], 3)  # grace period 3
     assert len(after.stage2) == 2 and all(r == pytest.approx(1.0) and n == 30 for r, n in after.stage2)
 
 
