@@ -129,9 +129,9 @@ def train_unit(space: Space, recipe: dict[str, Any], fidelity: dict[str, Any], d
 
     from raytune_ft import models, train
     from raytune_ft.config import TrialConfig
+    from raytune_ft.data import views
     from raytune_ft.deploy.measure import EPOCH_SIZE_METRICS, epoch_size_metrics
     from raytune_ft.search.inputs import save_epoch, setup_torch, training_inputs
-    from raytune_ft.train import teachers
 
     settings = {**space.fixed, **recipe, **fidelity, "cpus_per_trial": threads, "cpus_per_worker": None}
     int8 = bool(settings.get("use_quantization"))
@@ -140,7 +140,7 @@ def train_unit(space: Space, recipe: dict[str, Any], fidelity: dict[str, Any], d
             raise SystemExit("--no-export cannot train quantization-aware recipes (quant_aware_fraction > 0)")
         settings.update(export=False, use_quantization=False)
     cfg = TrialConfig.from_dict(settings)
-    view = teachers.student_view(data, cfg)
+    view = views.student_view(data, cfg)
     setup_torch(cfg, cfg.worker_cpus)
     model = models.build_model(cfg.model, view.num_classes, weights=cfg.weights, dropout=cfg.dropout)
     sizes = tuple(m for m in space.objectives if m in EPOCH_SIZE_METRICS)
