@@ -202,6 +202,16 @@ def record(path: Path, setup: dict[str, Any], key: str | None = None, unit: dict
         os.replace(tmp, path)
 
 
+def space_label(path: Path) -> str:
+    """The space file as the results record it: relative to the repository when inside it, so that a
+    study started in one checkout (or worktree) resumes in another."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -418,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"recipes {kd} distil: give --teacher-checkpoint DIR (teacher_candidates.py writes one) "
                          "or --no-kd")
     levels = fidelities(space, args.full_epochs, args.equal_epochs, args.smoke)
-    setup = {"space": str(space.path), "overrides": [*(SMOKE if args.smoke else []), *args.set],
+    setup = {"space": space_label(space.path), "overrides": [*(SMOKE if args.smoke else []), *args.set],
              "drawn": f"{'search.initial, then ' if not args.no_initial else ''}RandomSampler(seed={seed}) through the "
                       f"space's define-by-run{', use_kd pinned false' if args.no_kd else ''}"
                       f"{', models ' + ' '.join(args.models) if args.models else ''}",
