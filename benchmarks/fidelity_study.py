@@ -39,6 +39,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import sys
 import tempfile
@@ -339,7 +340,9 @@ def markdown(summary: pd.DataFrame, study: dict[str, Any], k: int, source: str) 
             lines.append(f"| {recipe} | " + " | ".join("—" if pd.isna(v) else f"{v:.4f}" for v in values)
                          + f" | {'—' if size is None or pd.isna(size) else f'{size:,.0f}'} | "
                          + ", ".join(f"{k}={_short(v)}" for k, v in setup["recipes"][recipe].items()) + " |")
-    lines += ["", "Commands:", "", *(f"    {c}" for c in seen["command"])]
+    # the commands as run, with the measuring machine's checkout left out of their paths
+    commands = dict.fromkeys(re.sub(r"(?<=[\s=])/\S*?/(?=(benchmarks|search_spaces)/)", "", c) for c in seen["command"])
+    lines += ["", "Commands:", "", *(f"    {c}" for c in commands)]
     return "\n".join(lines) + "\n"
 
 
