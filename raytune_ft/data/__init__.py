@@ -3,11 +3,14 @@
 Every `dataset` name (config.DATASETS) has one source: the in-memory ones (`memory.py`: digits,
 imagefolder, cifar10/100, fashion_mnist) load train/val/test tensors once; `parquet` (`parquet.py`)
 streams its training rows through Ray Data and holds only val/test in memory. Callers ask here —
-`load_splits`, `check_dataset`, `class_names`, `streams` — and never branch on the name.
+`load_splits`, `check_dataset`, `class_names`, `streams`, `calibration_images` — and never branch
+on the name.
 What the sources share (`Splits`, `DataError`, decoding, augmentation) is in `images.py`.
 """
 
 from __future__ import annotations
+
+import torch
 
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import memory, parquet
@@ -25,7 +28,7 @@ from raytune_ft.data.memory import CIFAR, FASHION_MNIST_CLASSES, FASHION_MNIST_R
 STREAMED = ("parquet",)  # datasets whose training rows stream through Ray Data (not held in memory)
 
 __all__ = ["CIFAR", "FASHION_MNIST_CLASSES", "FASHION_MNIST_ROOT", "MAX_LISTED", "STREAMED", "DataError", "Splits",
-           "augment_batch", "check_dataset", "class_names", "decode_image", "load_splits", "read_idx",
+           "augment_batch", "calibration_images", "check_dataset", "class_names", "decode_image", "load_splits", "read_idx",
            "scan_imagefolder", "stratified_take", "streams", "to_model_input"]
 
 
@@ -53,3 +56,12 @@ def check_dataset(cfg: TrialConfig) -> None:
 def class_names(cfg: TrialConfig) -> tuple[str, ...] | None:
     """The dataset's class names read cheaply (no images decoded), or None where that needs loading."""
     return parquet.parquet_info(cfg).class_names if streams(cfg) else memory.class_names(cfg)
+
+
+def calibration_images(cfg: TrialConfig, splits: Splits, count: int) -> torch.Tensor:
+    """Training images for int8 calibration: `splits.x_train` when it is in memory, else (a streamed
+    dataset) the first `count` training rows read from storage in the validation split's view
+    (`parquet.parquet_calibration_images`). Never validation or test images."""
+    if len(splits.x_train) or not streams(cfg):
+        return splits.x_train
+    return parquet.parquet_calibration_images(cfg, count, decode_view=splits.decode_view)

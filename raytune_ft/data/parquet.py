@@ -2,8 +2,9 @@
 
 `parquet_info` checks a shard folder without reading images, `ray_datasets` streams it (decode and
 augment in `map_batches`), `parquet_selection` counts the rows each split yields (max_samples),
-`parquet_splits` materialises the small validation split, `parquet_test_batches` streams the test
-split (test/ shards, read only after a search). Ray is imported only inside these functions.
+`parquet_splits` materialises the small validation split, `parquet_calibration_images` reads the
+few training rows int8 calibration needs, `parquet_test_batches` streams the test split (test/
+shards, read only after a search). Ray is imported only inside these functions.
 """
 
 from __future__ import annotations
@@ -222,6 +223,34 @@ def _decode_batch(batch: dict[str, np.ndarray], *, size: int, inp: models.InputC
     return {"image": ((x - mean) * scale).astype(np.float32),
             "label": np.asarray(batch["label"])[keep].astype(np.int64),
             "index": np.asarray(batch["index"])[keep].astype(np.int64)}
+
+
+def parquet_calibration_images(cfg: TrialConfig, count: int, *, decode_view: tuple = ()) -> torch.Tensor:
+    """The first `count` usable training rows in storage order, decoded as evaluation decodes them
+    (no augmentation; in `decode_view` like `ray_datasets`), as a float32 (n, 3, size, size) tensor:
+    the int8 calibration images of a streamed dataset, whose training split is never in memory.
+    to_parquet stores each split in a seeded random order, so they are a random sample of it;
+    max_samples' selection and on_bad_image apply as when streaming. Reads with pyarrow (no Ray):
+    about `count` rows' bytes, whatever the dataset's size."""
+    import pyarrow.parquet as pq
+
+    info = parquet_info(cfg)
+    keep = parquet_selection(cfg, info)["train"][1]
+    inp = models.input_config(cfg.model)
+    if decode_view:
+        inp = dataclasses.replace(inp, crop_pct=decode_view[0], interpolation=decode_view[1])
+    images, have = [], 0
+    for shard in info.files["train"]:
+        for batch in pq.ParquetFile(shard).iter_batches(columns=["image", "label", "index"], batch_size=256):
+            decoded = _decode_batch({name: batch.column(name).to_numpy(zero_copy_only=False)
+                                     for name in ("image", "label", "index")},
+                                    size=cfg.image_size, inp=inp, augment=False, min_scale=cfg.crop_min_scale,
+                                    num_classes=len(info.class_names), on_bad_image=cfg.on_bad_image, keep=keep)
+            images.append(decoded["image"][: count - have])
+            have += len(images[-1])
+            if have >= count:
+                return torch.from_numpy(np.concatenate(images))
+    return torch.from_numpy(np.concatenate(images)) if images else torch.empty(0, 3, cfg.image_size, cfg.image_size)
 
 
 def parquet_test_batches(cfg: TrialConfig, batch_size: int = 256) -> Any:

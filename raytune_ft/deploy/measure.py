@@ -12,7 +12,7 @@ import torch
 
 from raytune_ft import models
 from raytune_ft.config import TrialConfig
-from raytune_ft.data import Splits
+from raytune_ft.data import Splits, calibration_images
 from raytune_ft.deploy import export
 
 
@@ -49,8 +49,10 @@ def export_and_measure(model: torch.nn.Module, cfg: TrialConfig, data: Splits, m
     transforms = [f for f in active if type(f).at_export is not families.Family.at_export]
 
     def transform(path: Path) -> Path:
+        # int8 calibration reads training images; a streamed dataset's are read from storage here
+        images = calibration_images(cfg, data, cfg.quant_calibration_batches * cfg.batch_size)
         for family in transforms:
-            path = family.at_export(path, data.x_train) or path
+            path = family.at_export(path, images) or path
         return path
 
     measured = export.ship(model, directory, image_size=cfg.image_size, manifest=manifest, threads=cfg.worker_cpus,

@@ -370,3 +370,41 @@ def test_augmentation_settings_are_checked_with_the_key_named():
         TrialConfig(random_erasing=1.5)
     with pytest.raises(ValueError, match="random_erasing work on in-memory datasets"):
         TrialConfig(dataset="parquet", data_root="/x", augment=True, random_erasing=0.5)
+
+
+def test_a_streamed_dataset_is_calibrated_on_its_own_training_rows_and_ships_an_int8_file(tmp_path):
+    """dataset: parquet holds no training split in memory; int8 calibration reads the first training
+    rows from storage (never val or test) and the trial ships model.int8.onnx (it failed at export
+    after the whole training before, for the teacher's int8 baseline and every int8 trial)."""
+    import pyarrow.parquet as pq
+
+    from raytune_ft import models, to_parquet
+    from raytune_ft.deploy import measure
+    from raytune_ft.errors import ExportError
+    from raytune_ft.families.quantization import Quantization
+
+    _colour_folder(tmp_path / "images")
+    root = tmp_path / "shards"
+    to_parquet.convert(str(tmp_path / "images"), str(root), rows_per_shard=5, test_fraction=0.0)
+    cfg = TrialConfig(dataset="parquet", data_root=str(root), model="compact_cnn_16", weights="none", image_size=16,
+                      augment=True, batch_size=4, quant_calibration_batches=2, use_quantization=True, export=True)
+    images = parquet.parquet_calibration_images(cfg, 8)
+    assert images.shape == (8, 3, 16, 16) and images.dtype == torch.float32
+    # the first 8 rows of the train shards in storage order, decoded without augmentation
+    first = pq.read_table(sorted((root / "train").glob("*.parquet"))[0]).to_pydict()
+    inp = models.input_config(cfg.model)
+    decoded = np.stack([data.decode_image(b, 16, inp) for b in first["image"][:5]]).transpose(0, 3, 1, 2)
+    expected = data.to_model_input(decoded, 16, inp)
+    assert torch.allclose(images[:5], torch.as_tensor(expected), atol=1e-5)
+    assert len(parquet.parquet_calibration_images(cfg, 1000)) == 15  # all 15 training rows, no val rows
+    with pytest.raises(ExportError, match="training split is not in memory"):
+        Quantization.from_config(cfg).reader(torch.empty(0, 3, 16, 16))  # what the export met before
+
+    val = data.Splits(torch.empty(0, 3, 16, 16), torch.empty(0, dtype=torch.int64), images[:6],
+                      torch.tensor([0, 1, 2, 0, 1, 2]), ("blue sky", "grün", "red"))
+    assert torch.equal(data.calibration_images(cfg, val, 8), images)
+    torch.manual_seed(0)
+    model = models.build_model("compact_cnn_16", 3, weights="none").eval()
+    measured = measure.export_and_measure(model, cfg, val, {"val_acc": 0.5}, tmp_path / "export")
+    assert (tmp_path / "export" / "model.int8.onnx").is_file()
+    assert measured["model_bytes"] == (tmp_path / "export" / "model.int8.onnx").stat().st_size
