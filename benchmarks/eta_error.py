@@ -9,7 +9,7 @@ made when a third of the search's time had passed against the time that actually
 
 The search runs from the "start" record to the "end" record (after the front was tested). An
 estimate covers its phase: a "teacher" estimate the teacher's remaining epochs (it ends at its last
-epoch) — or, recorded with "covers": "search" (progress.AfterTeacher planned the trials), the
+epoch) — or, recorded with "covers": "search" (forecast.AfterTeacher planned the trials), the
 teacher and all the trials after it; a "trials" estimate the remaining trials and a two-stage
 search's stage 2 (they end with the last trial, trials.csv's largest end_time, else the "end"
 record). So the estimate
@@ -20,7 +20,7 @@ phase is also scored at the same share of its own duration. Relative error = (es
 measured from its last start.
 
 --replay PLAN.json recomputes the teacher phase's estimates of a recorded run as a given plan of
-the trials would have made them (progress.AfterTeacher's fields as JSON: stage1, stage2, slots; the
+the trials would have made them (forecast.AfterTeacher's fields as JSON: stage1, stage2, slots; the
 teacher's epoch times read from its records), then measures them as above: what the estimator
 prints today, checked on a run recorded before it existed.
 """
@@ -70,9 +70,9 @@ def replay(records: list[dict[str, Any]], plan: dict[str, Any]) -> list[dict[str
     """`records` with every teacher estimate recomputed as fit_teacher makes it with `plan` (an
     AfterTeacher's fields): the teacher's epochs left at its mean epoch so far (epoch times: the
     differences of the records' elapsed_s) plus plan.seconds(that mean)."""
-    from raytune_ft.search import progress
+    from raytune_ft.search import forecast, progress
 
-    after = progress.AfterTeacher(stage1=tuple(map(tuple, plan["stage1"])),
+    after = forecast.AfterTeacher(stage1=tuple(map(tuple, plan["stage1"])),
                                   stage2=tuple(map(tuple, plan.get("stage2", ()))),
                                   slots=int(plan.get("slots", 1)))
     out, times, last = [], [], 0.0
@@ -88,14 +88,14 @@ def replay(records: list[dict[str, Any]], plan: dict[str, Any]) -> list[dict[str
 
 
 def plan_from_trials(exp: Path, records: list[dict[str, Any]], train_rows: int, val_rows: int) -> dict[str, Any]:
-    """The plan progress.plan_after_teacher would have made for the recorded run `exp` had its timed
+    """The plan forecast.plan_after_teacher would have made for the recorded run `exp` had its timed
     steps been exact: each model's stage-1 epoch over the teacher's as the run measured them
     (trials.csv: wall_time_s / epochs_trained of its stage-1 trials, setup and export included; the
     teacher's mean epoch from its records), everything else as the planner does it (the `initial`
     recipes' models first, then the mean over the space's model choices; MO-ASHA's expected epochs;
-    stage 2 at the mean model, grown by progress.ratio_growth). Isolates the planner's assumptions
+    stage 2 at the mean model, grown by forecast.ratio_growth). Isolates the planner's assumptions
     from the timing of one step."""
-    from raytune_ft.search import mo_asha, progress
+    from raytune_ft.search import forecast, mo_asha
 
     space = json.loads((exp / "space.json").read_text())
     search, fixed = space["search"], space["fixed"]
@@ -111,12 +111,12 @@ def plan_from_trials(exp: Path, records: list[dict[str, Any]], train_rows: int, 
     mean1 = sum(ratio.values()) / len(ratio)
     n, epochs = int(search["num_samples"]), int(fixed["epochs"])
     rungs = mo_asha.rung_milestones(1, epochs, 3)  # the shipped space's grace_period 1, reduction_factor 3
-    planned = progress.expected_epochs(n, epochs, rungs, 3, objectives=2)
+    planned = forecast.expected_epochs(n, epochs, rungs, 3, objectives=2)
     first = [ratio.get(r.get("model"), mean1) for r in search.get("initial", [])][:n]
     fraction = float(search["data_fraction"])
     later = int(search["promote"]) + int(search.get("promote_random", 0))
     return {"stage1": [list(x) for x in zip(first + [mean1] * (n - len(first)), planned, strict=True)],
-            "stage2": [[mean1 * progress.ratio_growth(fraction, train_rows, val_rows),
+            "stage2": [[mean1 * forecast.ratio_growth(fraction, train_rows, val_rows),
                         float(search.get("promote_epochs") or epochs)]] * later,
             "slots": int(search["max_concurrent"]), "ratios": ratio, "teacher_epoch_s": teacher_epoch}
 

@@ -28,8 +28,8 @@ from raytune_ft.data.memory import CIFAR, FASHION_MNIST_CLASSES, FASHION_MNIST_R
 STREAMED = ("parquet",)  # datasets whose training rows stream through Ray Data (not held in memory)
 
 __all__ = ["CIFAR", "FASHION_MNIST_CLASSES", "FASHION_MNIST_ROOT", "MAX_LISTED", "STREAMED", "DataError", "Splits",
-           "augment_batch", "calibration_images", "check_dataset", "class_names", "decode_image", "load_splits", "read_idx",
-           "scan_imagefolder", "stratified_take", "streams", "to_model_input"]
+           "augment_batch", "calibration_images", "check_dataset", "class_names", "decode_image", "load_splits",
+           "read_idx", "scan_imagefolder", "stratified_take", "streams", "to_model_input"]
 
 
 def streams(cfg: TrialConfig) -> bool:

@@ -162,17 +162,17 @@ def teacher_baselines(model: Any, cfg: Any, view: Any, metrics: dict[str, Any], 
 
 
 def plan_trials(space, cfg: Any, data: Any, view: Any) -> Any:
-    """The trials after the teacher, planned from one timed step of each model (progress.plan_after_teacher),
+    """The trials after the teacher, planned from one timed step of each model (forecast.plan_after_teacher),
     so the teacher's lines estimate the whole search; None (the teacher's own time left only) when
     the data has no validation images to time on, the teacher trains on a GPU (timed on this CPU the
     steps would not say what the GPUs will take) or the timing fails (a one-line note)."""
-    from raytune_ft.search import progress
+    from raytune_ft.search import forecast
 
     if cfg.use_gpu or not len(data.x_val) or not len(view.x_val):
         return None
     train_rows = len(data.y_train) if len(data.y_train) else len(data.y_val)  # parquet: the training split streams
     try:
-        return progress.plan_after_teacher(space, cfg, view.x_val, data.x_val, data.num_classes,
+        return forecast.plan_after_teacher(space, cfg, view.x_val, data.x_val, data.num_classes,
                                            train_rows, len(data.y_val))
     except Exception as err:  # noqa: BLE001  (an estimate must never stop the search)
         print(f"teacher: time left of the teacher only (the trials could not be timed: {type(err).__name__}: "

@@ -29,7 +29,7 @@ from raytune_ft import models, train
 from raytune_ft.config import TrialConfig
 from raytune_ft.data import Splits, views
 from raytune_ft.deploy.measure import EPOCH_SIZE_METRICS, epoch_size_metrics, export_and_measure
-from raytune_ft.search import planned, progress
+from raytune_ft.search import forecast, planned, progress
 from raytune_ft.search.inputs import (
     device_for,
     load_training_checkpoint,
@@ -49,7 +49,7 @@ __all__ = ["EPOCH_SIZE_METRICS", "Progress", "epoch_size_metrics", "export_and_m
 
 
 def fit_teacher(cfg: TrialConfig, data: Splits, progress_log: str | None = None,
-                after: progress.AfterTeacher | None = None) -> dict[str, Any]:
+                after: forecast.AfterTeacher | None = None) -> dict[str, Any]:
     """Fine-tune the dense teacher `cfg` (its own model, weights and settings) on `data`, its own
     view of the students' split (teachers.teacher_splits); returns its state dict, final metrics
     and train-set logits in that row order (None for dataset parquet, whose training split is not
@@ -92,7 +92,7 @@ def fit_teacher(cfg: TrialConfig, data: Splits, progress_log: str | None = None,
     }
 
 
-def fit_teacher_remote(cfg: TrialConfig, data: Splits, after: progress.AfterTeacher | None = None) -> dict[str, Any]:
+def fit_teacher_remote(cfg: TrialConfig, data: Splits, after: forecast.AfterTeacher | None = None) -> dict[str, Any]:
     """Run fit_teacher as a Ray task with one worker's resources (on a cluster: on a worker node);
     the teacher always trains in one process."""
     task = ray.remote(num_cpus=cfg.worker_cpus, num_gpus=cfg.gpus_per_worker if cfg.use_gpu else 0)(fit_teacher)

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from raytune_ft.search import progress
+from raytune_ft.search import forecast, progress
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,28 +170,28 @@ def test_eta_error_scores_the_estimate_made_at_a_third_of_the_time(eta_error, tm
 def test_after_teacher_schedules_both_stages_in_units_of_the_teachers_epoch():
     # teacher epoch 10 s: stage 1 jobs 0.5*2*10 = 10, 10 and 1.0*1*10 = 10 on 2 slots -> 20; then
     # stage 2: two jobs of 1.0*3*10 = 30 side by side -> 30
-    after = progress.AfterTeacher(stage1=((0.5, 2), (0.5, 2), (1.0, 1)), stage2=((1.0, 3),) * 2, slots=2)
+    after = forecast.AfterTeacher(stage1=((0.5, 2), (0.5, 2), (1.0, 1)), stage2=((1.0, 3),) * 2, slots=2)
     assert after.seconds(10.0) == 50
-    assert progress.AfterTeacher().seconds(10.0) == 0
+    assert forecast.AfterTeacher().seconds(10.0) == 0
 
 
 def test_epoch_ratio_counts_steps_and_a_third_of_a_step_per_validation_batch():
     # a step of 0.1 s over 1,000 rows (10 steps) against the teacher's 0.2 s over 4,000 (40 steps)
-    assert progress.epoch_ratio(0.1, 100, 1000, 0.2, 100, 4000) == pytest.approx(1 / 8)
+    assert forecast.epoch_ratio(0.1, 100, 1000, 0.2, 100, 4000) == pytest.approx(1 / 8)
     # 300 validation rows are 100 rows' worth of steps in both epochs
-    assert progress.epoch_ratio(0.1, 100, 1000, 0.2, 100, 4000, val_rows=300) == pytest.approx(1.1 / 8.2)
-    assert progress.ratio_growth(0.25, 4000, 0) == pytest.approx(4)
-    assert progress.ratio_growth(0.25, 4000, 3000) == pytest.approx(5000 / 2000)  # validation does not grow
+    assert forecast.epoch_ratio(0.1, 100, 1000, 0.2, 100, 4000, val_rows=300) == pytest.approx(1.1 / 8.2)
+    assert forecast.ratio_growth(0.25, 4000, 0) == pytest.approx(4)
+    assert forecast.ratio_growth(0.25, 4000, 3000) == pytest.approx(5000 / 2000)  # validation does not grow
 
 
 def test_expected_epochs_under_mo_asha_rungs():
     # no rung below the last epoch: every trial trains to the end
-    assert progress.expected_epochs(3, 4, [4], 3) == [4.0, 4.0, 4.0]
+    assert forecast.expected_epochs(3, 4, [4], 3) == [4.0, 4.0, 4.0]
     # rungs 1, 3, 9 of 12 epochs, one objective: the first trial always continues; the second one
     # continues at rung 1 iff it beats the first (1/2), and then at every later rung (same rank): 6.5
-    first, second = progress.expected_epochs(2, 12, [1, 3, 9], 3, objectives=1, repeats=2000)
+    first, second = forecast.expected_epochs(2, 12, [1, 3, 9], 3, objectives=1, repeats=2000)
     assert first == 12 and second == pytest.approx(6.5, abs=0.4)
-    many = progress.expected_epochs(40, 12, [1, 3, 9], 3, simulated=12)
+    many = forecast.expected_epochs(40, 12, [1, 3, 9], 3, simulated=12)
     assert len(many) == 40 and many[0] == 12 and many[-1] == many[12] < 6  # levelled off, extrapolated
 
 
@@ -203,13 +203,13 @@ def test_plan_after_teacher_on_the_fashion_mnist_space_with_equal_steps(monkeypa
 
     from raytune_ft.space import builtin_space_path, load_space
 
-    monkeypatch.setattr(progress, "step_seconds", lambda *args, **kwargs: 1.0)
+    monkeypatch.setattr(forecast, "step_seconds", lambda *args, **kwargs: 1.0)
     space = load_space(builtin_space_path("fashion_mnist"))
     x = torch.zeros(4, 3, 28, 28)
-    after = progress.plan_after_teacher(space, space.teacher_config(), x, x, 10, 48_000, 12_000)
+    after = forecast.plan_after_teacher(space, space.teacher_config(), x, x, 10, 48_000, 12_000)
     assert after.slots == 2 and len(after.stage1) == 10
     assert all(r == pytest.approx(16_000 / 52_000) for r, _ in after.stage1)
-    assert [n for _, n in after.stage1] == progress.expected_epochs(10, 12, [3, 9], 3)  # grace period 3
+    assert [n for _, n in after.stage1] == forecast.expected_epochs(10, 12, [3, 9], 3)  # grace period 3
     # the 2 best recipes and 1 drawn at random (search.promote_random)
     assert len(after.stage2) == 3 and all(r == pytest.approx(1.0) and n == 30 for r, n in after.stage2)
 
